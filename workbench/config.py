@@ -1,0 +1,355 @@
+"""The one run configuration: a typed tree shared by the CLI, the notebooks and the dashboard.
+
+Every field carries its help text in `metadata["help"]` (the dashboard shows it next to each knob,
+`workbench config --explain` prints it). Fields that mean what a `transformers.TrainingArguments`
+field means have its name. `RunConfig.validate()` returns *every* problem with its fix;
+`RunConfig.check()` raises them together as one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+TASKS = ("text-classification",)
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its help text (mutable defaults go through default_factory)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained model to start from, and how to load it safely."""
+
+    name_or_path: str = _f("minilm", "A built-in name (`workbench models`), a local folder with config.json and "
+                           "weights, or a hub id such as `bert-base-uncased` (needs a network).")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) when `name_or_path` is a hub id.")
+    allow_pickle: bool = _f(False, "Allow pickle-based weight files (`.bin`, `.pt`). Pickle can run code while "
+                            "loading: only enable this for files you trust. Safetensors are always preferred.")
+    trust_remote_code: bool = _f(False, "Run Python code shipped with a hub model. Off unless you trust that model.")
+    dropout: float | None = _f(None, "Override the model's dropout probabilities (hidden, attention, classifier). "
+                               "Empty keeps the pretrained values.")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and which columns hold what."""
+
+    source: str = _f("rotten_tomatoes", "A built-in data set (`workbench datasets`), a file (CSV, TSV, JSON, JSONL, "
+                     "Parquet), or a hub data set id prefixed with `hub:` (needs a network).")
+    validation_source: str | None = _f(None, "Optional separate validation file; otherwise split from `source`.")
+    test_source: str | None = _f(None, "Optional separate test file; otherwise split from `source`.")
+    text_column: str | None = _f(None, "Column with the text. Empty: guessed from common names (text, sentence, ...).")
+    text_pair_column: str | None = _f(None, "Optional second text column for pair tasks (e.g. premise/hypothesis).")
+    label_column: str | None = _f(None, "Column with the label (strings or integers). Empty: guessed (label, class, ...).")
+    split_column: str | None = _f(None, "Optional column whose values (train/validation/test) assign each row a split.")
+    validation_size: float = _f(0.1, "Share of rows held out for validation when no validation split is given.")
+    test_size: float = _f(0.2, "Share of rows held out for testing when no test split is given.")
+    max_train_samples: int | None = _f(None, "Use at most this many training rows (a seeded, stratified subset).")
+    max_eval_samples: int | None = _f(None, "Use at most this many validation and test rows each.")
+    max_length: int = _f(256, "Truncate texts to this many tokens. Batches are padded dynamically, never to this.")
+    delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
+    encoding: str | None = _f(None, "Force the file encoding. Empty: UTF-8 (with or without BOM), then cp1252 with a warning.")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings; names follow `transformers.TrainingArguments`."""
+
+    learning_rate: float = _f(5e-5, "Peak learning rate of AdamW.")
+    num_train_epochs: float = _f(3.0, "Passes over the training data.")
+    max_steps: int = _f(-1, "If > 0, stop after this many optimizer steps (overrides epochs).")
+    per_device_train_batch_size: int = _f(16, "Examples per training batch on each device.")
+    per_device_eval_batch_size: int = _f(64, "Examples per evaluation batch on each device.")
+    gradient_accumulation_steps: int = _f(1, "Batches whose gradients add up before one optimizer step.")
+    warmup_steps: float = _f(0.1, "Learning-rate warmup: a number of steps, or a fraction of all steps if < 1.")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
+        "linear", "How the learning rate decays after warmup.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Clip gradients to this norm.")
+    optim: str = _f("adamw_torch_fused", "Optimizer name as in TrainingArguments (`adamw_torch_fused`, `adamw_torch`).")
+    seed: int = _f(42, "Seed for initialisation, data order and splits: the same seed gives the same run on CPU.")
+    bf16: bool | Literal["auto"] = _f("auto", "bfloat16 mixed precision. `auto`: on where the hardware runs it fast "
+                                      "(recent GPUs; CPUs with native bf16).")
+    fp16: bool = _f(False, "float16 mixed precision (GPUs without bf16).")
+    eval_strategy: Literal["no", "steps", "epoch"] = _f("epoch", "When to score the validation split.")
+    eval_steps: int | None = _f(None, "With `eval_strategy: steps`, evaluate every this many steps.")
+    save_strategy: Literal["no", "steps", "epoch"] = _f("epoch", "When to write a checkpoint.")
+    save_steps: int | None = _f(None, "With `save_strategy: steps`, checkpoint every this many steps.")
+    save_total_limit: int | None = _f(2, "Keep at most this many checkpoints (the best one is kept when "
+                                      "`load_best_model_at_end` is on).")
+    logging_steps: int = _f(10, "Write train loss and learning rate to metrics.jsonl every this many steps.")
+    load_best_model_at_end: bool = _f(False, "At the end, reload the checkpoint with the best validation metric.")
+    metric_for_best_model: str = _f("accuracy", "Validation metric for early stopping and best model "
+                                    "(accuracy, f1_macro, loss, ...).")
+    early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement. Empty: off.")
+    use_cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
+    torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long GPU runs).")
+
+
+@dataclass
+class PeftConfig:
+    """Full fine-tuning, or a parameter-efficient method (LoRA)."""
+
+    method: Literal["full", "lora"] = _f("full", "`full` trains every weight; `lora` trains small low-rank adapters "
+                                         "plus the classification head.")
+    r: int = _f(8, "LoRA rank: size of the adapter matrices.")
+    lora_alpha: int = _f(16, "LoRA scaling: updates are scaled by lora_alpha / r.")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA path.")
+    target_modules: list[str] | None = _f(None, "Module names that get adapters. Empty: chosen per architecture "
+                                          "(Llama: q/k/v/o_proj; BERT: query/key/value).")
+    merge_adapter: bool = _f(False, "Also save a merged full model (adapter folded into the weights) in `model/merged`.")
+
+
+@dataclass
+class RunConfig:
+    """One fine-tuning run: task, model, data, training and PEFT settings."""
+
+    task: Literal["text-classification"] = _f("text-classification", "What the model learns to do.")
+    name: str | None = _f(None, "Run name, also the run directory's name. Empty: made from model, data and time.")
+    output_dir: str | None = _f(None, "Folder that holds run directories. Empty: `$WORKBENCH_RUNS` or `./runs`.")
+    evaluate_before: bool = _f(True, "Score the test split with the model before fine-tuning, for before/after.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+
+    # --- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "RunConfig":
+        """Build from a nested dict; unknown keys and wrong types are all reported at once."""
+        problems: list[str] = []
+        cfg = _build(cls, raw or {}, "", problems)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> "RunConfig":
+        p = Path(path_or_text) if not (isinstance(path_or_text, str) and "\n" in path_or_text) else None
+        if p is not None:
+            if not p.is_file():
+                raise ConfigError(f"config file {str(p)!r} not found: give the path to a YAML file "
+                                  f"(examples are in configs/).")
+            text = p.read_text(encoding="utf-8-sig")
+        else:
+            text = str(path_or_text)
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p or 'config'} is not valid YAML: {e}. Fix the line it names.") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{p or 'config'} must be a YAML mapping (key: value), got {type(raw).__name__}.")
+        return cls.from_dict(raw)
+
+    def override(self, dotted: dict[str, Any]) -> "RunConfig":
+        """A copy with `{"training.learning_rate": 1e-4, ...}` applied (CLI `--set`, dashboard widgets)."""
+        raw = self.to_dict()
+        for key, value in dotted.items():
+            *parents, leaf = key.split(".")
+            node = raw
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"`{key}`: `{part}` is not a section. Sections: model, data, training, peft.")
+                node = node[part]
+            node[leaf] = value
+        return RunConfig.from_dict(raw)
+
+    # --- validation --------------------------------------------------------------------------
+    def validate(self) -> list[str]:
+        """Every problem with this config, each naming the field and the fix. Empty list: valid."""
+        p: list[str] = []
+        t, d, pe = self.training, self.data, self.peft
+        if self.task not in TASKS:
+            p.append(f"task: {self.task!r} is not supported; use one of {', '.join(TASKS)}.")
+        if not self.model.name_or_path:
+            p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a hub id.")
+        if self.model.dropout is not None and not 0 <= self.model.dropout < 1:
+            p.append(f"model.dropout={self.model.dropout}: must be in [0, 1).")
+        if not d.source:
+            p.append("data.source is empty: give a built-in data set (see `workbench datasets`) or a file path.")
+        for name in ("validation_size", "test_size"):
+            v = getattr(d, name)
+            if not 0 <= v < 1:
+                p.append(f"data.{name}={v}: must be a fraction in [0, 1), e.g. 0.1.")
+        if d.validation_size + d.test_size >= 1:
+            p.append(f"data.validation_size + data.test_size = {d.validation_size + d.test_size:g} leaves nothing "
+                     f"to train on: keep their sum below 1 (e.g. 0.1 and 0.2).")
+        for name in ("max_train_samples", "max_eval_samples"):
+            v = getattr(d, name)
+            if v is not None and v < 1:
+                p.append(f"data.{name}={v}: must be at least 1, or empty for all rows.")
+        if d.max_length < 8:
+            p.append(f"data.max_length={d.max_length}: must be at least 8 tokens (typical: 128-512).")
+        if d.text_column and d.label_column and d.text_column == d.label_column:
+            p.append(f"data.text_column and data.label_column are both {d.text_column!r}: they must differ.")
+        if not t.learning_rate > 0:
+            p.append(f"training.learning_rate={t.learning_rate}: must be > 0 (typical: 2e-5 to 5e-5 full, 1e-4 to 1e-3 LoRA).")
+        elif t.learning_rate > 1:
+            p.append(f"training.learning_rate={t.learning_rate}: far too large; typical values are 2e-5 to 1e-3.")
+        if t.max_steps <= 0 and not t.num_train_epochs > 0:
+            p.append("training.num_train_epochs must be > 0 (or set training.max_steps > 0).")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps"):
+            if getattr(t, name) < 1:
+                p.append(f"training.{name}={getattr(t, name)}: must be at least 1.")
+        if t.warmup_steps < 0:
+            p.append(f"training.warmup_steps={t.warmup_steps}: must be >= 0 (a step count, or a fraction < 1).")
+        if t.weight_decay < 0:
+            p.append(f"training.weight_decay={t.weight_decay}: must be >= 0.")
+        if t.bf16 is True and t.fp16:
+            p.append("training.bf16 and training.fp16 are both on: choose one.")
+        for kind in ("eval", "save"):
+            if getattr(t, f"{kind}_strategy") == "steps" and not getattr(t, f"{kind}_steps"):
+                p.append(f"training.{kind}_strategy is 'steps' but training.{kind}_steps is empty: set it (e.g. 50).")
+        if t.save_total_limit is not None and t.save_total_limit < 1:
+            p.append(f"training.save_total_limit={t.save_total_limit}: must be at least 1, or empty for no limit.")
+        if (t.early_stopping_patience is not None or t.load_best_model_at_end) and t.eval_strategy == "no":
+            p.append("training.early_stopping_patience / load_best_model_at_end need validation scores: "
+                     "set training.eval_strategy to 'epoch' or 'steps'.")
+        if t.load_best_model_at_end and t.save_strategy != t.eval_strategy:
+            p.append(f"training.load_best_model_at_end needs save_strategy == eval_strategy (now "
+                     f"{t.save_strategy!r} vs {t.eval_strategy!r}): set both to the same value.")
+        if pe.method == "lora":
+            if pe.r < 1:
+                p.append(f"peft.r={pe.r}: LoRA rank must be at least 1 (typical: 4-64).")
+            if pe.lora_alpha <= 0:
+                p.append(f"peft.lora_alpha={pe.lora_alpha}: must be > 0 (typical: 2 x r).")
+            if not 0 <= pe.lora_dropout < 1:
+                p.append(f"peft.lora_dropout={pe.lora_dropout}: must be in [0, 1).")
+            if pe.target_modules is not None and not pe.target_modules:
+                p.append("peft.target_modules is an empty list: list module names, or leave it empty (null) "
+                         "for the per-architecture default.")
+        elif pe.merge_adapter:
+            p.append("peft.merge_adapter only applies to peft.method: lora.")
+        if self.name is not None and (not self.name.strip() or any(c in self.name for c in "/\\\0") or
+                                      self.name in (".", "..")):
+            p.append(f"name={self.name!r}: a run name cannot be empty or contain / or \\ (it names a folder).")
+        return p
+
+    def check(self) -> "RunConfig":
+        """Raise `ConfigError` listing every problem; return self when valid."""
+        problems = self.validate()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce) a YAML value against a field's type hint."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return True, None
+        for a in args:
+            if a is type(None):
+                continue
+            ok, v = _type_ok(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if origin is Literal:
+        return (value in args), value
+    if origin is list:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        return isinstance(value, list) and all(isinstance(x, str) for x in value), value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return isinstance(value, int), value
+    if hint is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, str):
+            try:
+                return True, float(value)  # YAML reads `5e-5` as a string
+            except ValueError:
+                return False, value
+        return isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
+        return isinstance(value, str), value
+    return True, value
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of fields, got {raw!r}.")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" Did you mean `{prefix}{close[0]}`?" if close else f" Known fields: {', '.join(fields)}."
+            problems.append(f"`{prefix}{key}` is not a config field.{hint}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
+            continue
+        ok, coerced = _type_ok(value, hint)
+        if not ok:
+            problems.append(f"`{prefix}{key}` = {value!r} has the wrong type: expected {_describe(hint)}.")
+            continue
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def field_help(section: str | None = None) -> dict[str, str]:
+    """`{"training.learning_rate": "Peak learning rate ...", ...}` for help texts in every front end."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(RunConfig):
+        if dataclasses.is_dataclass(f.type) or f.name in ("model", "data", "training", "peft"):
+            sub = typing.get_type_hints(RunConfig)[f.name]
+            for g in dataclasses.fields(sub):
+                out[f"{f.name}.{g.name}"] = g.metadata.get("help", "")
+        else:
+            out[f.name] = f.metadata.get("help", "")
+    if section:
+        out = {k: v for k, v in out.items() if k.startswith(section + ".")}
+    return out
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config, apply dotted overrides, and validate it (raises `ConfigError`)."""
+    cfg = RunConfig.from_yaml(path)
+    if overrides:
+        cfg = cfg.override(overrides)
+    return cfg.check()

@@ -1,0 +1,91 @@
+"""The data report: what a person should know about their data before a run starts.
+
+Returned as data (`DataReport`, JSON-serialisable via `to_dict`), printed by the CLI with
+`format_report`, drawn by the dashboard. `problems` stop a run; `warnings` do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class DataReport:
+    source: str = ""
+    format: str = ""
+    columns_found: list[str] = field(default_factory=list)
+    columns: dict[str, str | None] = field(default_factory=dict)  # role -> column used
+    guessed: list[str] = field(default_factory=list)  # roles whose column was guessed
+    rows_read: int = 0
+    rows_used: int = 0
+    dropped: dict[str, list[int]] = field(default_factory=dict)  # reason -> row/line numbers
+    row_kind: str = "row"
+    labels: list[str] = field(default_factory=list)
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    class_balance: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> label -> count
+    duplicates: int = 0  # rows in train whose text repeats an earlier train row
+    conflicting_duplicates: int = 0  # repeated texts that carry different labels
+    leakage: dict[str, int] = field(default_factory=dict)  # split -> rows whose text is also in train
+    token_lengths: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataReport":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def token_length_stats(lengths: list[int] | np.ndarray, max_length: int, tokenizer_name: str = "") -> dict[str, Any]:
+    """Percentiles of token counts (before truncation) and the share of texts that get truncated."""
+    arr = np.asarray(lengths, dtype=float)
+    if arr.size == 0:
+        return {}
+    pct = {f"p{q}": int(np.percentile(arr, q)) for q in (50, 90, 95, 99)}
+    return {"tokenizer": tokenizer_name, "n": int(arr.size), "mean": round(float(arr.mean()), 1), **pct,
+            "max": int(arr.max()), "max_length": max_length,
+            "truncated": int((arr > max_length).sum()), "truncated_share": round(float((arr > max_length).mean()), 4),
+            "histogram": np.histogram(arr, bins=min(30, max(5, int(arr.max() - arr.min() + 1))))[0].tolist(),
+            "histogram_edges": np.histogram_bin_edges(arr, bins=min(30, max(5, int(arr.max() - arr.min() + 1)))).tolist()}
+
+
+def format_report(r: DataReport, verbose: bool = False) -> str:
+    """A short, human-readable summary (CLI and notebooks)."""
+    out = [f"Data: {r.source} ({r.format}), {r.rows_read} rows read, {r.rows_used} used"]
+    cols = ", ".join(f"{role}={col!r}" + (" (guessed)" if role in r.guessed else "")
+                     for role, col in r.columns.items() if col)
+    if cols:
+        out.append(f"  columns: {cols}")
+    for reason, rows in r.dropped.items():
+        shown = ", ".join(map(str, rows[:8])) + (" ..." if len(rows) > 8 else "")
+        out.append(f"  dropped {len(rows)} row(s), {reason} ({r.row_kind}s {shown})")
+    if r.split_sizes:
+        out.append("  splits: " + ", ".join(f"{k} {v}" for k, v in r.split_sizes.items()))
+    if r.class_balance.get("train"):
+        total = sum(r.class_balance["train"].values()) or 1
+        out.append("  train classes: " + ", ".join(f"{k} {v} ({v / total:.0%})"
+                                                   for k, v in r.class_balance["train"].items()))
+    if r.duplicates:
+        out.append(f"  duplicates in train: {r.duplicates}" +
+                   (f" ({r.conflicting_duplicates} with conflicting labels)" if r.conflicting_duplicates else ""))
+    for split, n in r.leakage.items():
+        if n:
+            out.append(f"  leakage: {n} {split} text(s) also appear in train")
+    t = r.token_lengths
+    if t:
+        out.append(f"  tokens ({t.get('tokenizer', '')}): median {t['p50']}, p95 {t['p95']}, max {t['max']}; "
+                   f"{t['truncated']} text(s) longer than max_length={t['max_length']} get truncated")
+    for w in r.warnings:
+        out.append(f"  warning: {w}")
+    for p in r.problems:
+        out.append(f"  PROBLEM: {p}")
+    return "\n".join(out)

@@ -1,0 +1,197 @@
+"""Model stage: find a model (built-in, local folder, hub id), load it safely, add a task head.
+
+Safety defaults: safetensors only unless `allow_pickle` is set (pickle can run code while
+loading), and `trust_remote_code` off unless asked. Every failure says what was looked for and how
+to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .assets import BUILTIN_MODELS, builtin_model_path
+from .config import ModelConfig, PeftConfig
+from .errors import ModelError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout",
+                  "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "seq_classif_dropout")
+# Adapters on every attention projection: better than peft's q/v default for classification.
+LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"], "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"], "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "bert": ["query", "key", "value"], "roberta": ["query", "key", "value"], "xlm-roberta": ["query", "key", "value"],
+    "electra": ["query", "key", "value"], "distilbert": ["q_lin", "k_lin", "v_lin"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj"],
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A built-in name becomes its cached folder; a folder is returned as is; anything else is a hub id."""
+    if name_or_path in BUILTIN_MODELS:
+        return str(builtin_model_path(name_or_path))
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        return str(p)
+    if name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1):
+        raise ModelError(f"Model folder {name_or_path!r} does not exist. Fix: give an existing folder with "
+                         f"config.json and model.safetensors, a built-in ({', '.join(BUILTIN_MODELS)}), or a hub id.")
+    return name_or_path
+
+
+def check_model_dir(path: str | Path, allow_pickle: bool = False) -> None:
+    """Refuse folders that cannot be loaded safely, naming what is there and the fix."""
+    p = Path(path)
+    if not p.is_dir():
+        return  # a hub id: checked by the download itself (use_safetensors)
+    files = sorted(f.name for f in p.iterdir())
+    if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+        raise ModelError(f"{p} is not a model folder: no config.json. Found: {files[:12]}. Fix: point at the "
+                         f"folder written by `save_pretrained` (it holds config.json and model.safetensors).")
+    has_st = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files)
+    pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    if not has_st:
+        if pickled and not allow_pickle:
+            raise ModelError(
+                f"{p} holds only pickle-based weights ({', '.join(pickled[:3])}), which can run code when loaded. "
+                f"Fix: convert them to safetensors (load once in a trusted session and `save_pretrained(..., "
+                f"safe_serialization=True)`), or set model.allow_pickle: true if you trust this file.")
+        if not pickled:
+            raise ModelError(f"{p} has config.json but no weights (model.safetensors). Found: {files[:12]}.")
+
+
+def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise _load_error(path, cfg, e, "tokenizer") from None
+    if tok.pad_token is None:  # Llama-family tokenizers ship without one; batching needs it
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def _load_error(path: str, cfg: ModelConfig, e: Exception, what: str) -> ModelError:
+    msg = str(e)
+    if "trust_remote_code" in msg:
+        return ModelError(f"{cfg.name_or_path} ships its own Python code, which the workbench does not run by "
+                          f"default. Fix: set model.trust_remote_code: true only if you trust this model's code.")
+    if isinstance(e, ModelError):
+        return e
+    if "offline" in msg.lower() or "connect" in msg.lower() or "resolve" in msg.lower() or "not a local folder" in msg:
+        return ModelError(f"Could not load the {what} of {cfg.name_or_path!r}: it is not a local folder and the "
+                          f"model hub could not be reached ({type(e).__name__}). Fix: connect to the network, "
+                          f"give a local folder, or use a built-in model ({', '.join(BUILTIN_MODELS)}).")
+    return ModelError(f"Could not load the {what} from {path!r}: {type(e).__name__}: {msg[:400]}")
+
+
+def _hf_kwargs(cfg: ModelConfig, path: str) -> dict[str, Any]:
+    kw: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if not cfg.allow_pickle:
+        kw["use_safetensors"] = True
+    return kw
+
+
+def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation: str | None = None,
+                    dtype: torch.dtype = torch.float32, tokenizer: Any = None) -> Any:
+    """A sequence-classification model with `len(labels)` outputs and the label names as id2label."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model_path(cfg.name_or_path)
+    check_model_dir(path, cfg.allow_pickle)
+    try:
+        mconf = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise _load_error(path, cfg, e, "config") from None
+    mconf.num_labels = len(labels)
+    mconf.id2label = dict(enumerate(labels))
+    mconf.label2id = {name: i for i, name in enumerate(labels)}
+    if cfg.dropout is not None:
+        for f in DROPOUT_FIELDS:
+            if isinstance(getattr(mconf, f, None), float):
+                setattr(mconf, f, cfg.dropout)
+    if tokenizer is not None and getattr(mconf, "pad_token_id", None) is None:
+        mconf.pad_token_id = tokenizer.pad_token_id
+    kw = _hf_kwargs(cfg, path)
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, **kw)
+    except Exception as e:
+        raise _load_error(path, cfg, e, "model") from None
+    return model
+
+
+def architecture(model: Any) -> str:
+    cfg = getattr(model, "config", model)
+    return getattr(cfg, "model_type", "") or ""
+
+
+def lora_targets(model: Any, peft_cfg: PeftConfig) -> list[str]:
+    if peft_cfg.target_modules:
+        return list(peft_cfg.target_modules)
+    arch = architecture(model)
+    if arch in LORA_TARGETS:
+        return LORA_TARGETS[arch]
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_defaults
+    if arch in peft_defaults:
+        return list(peft_defaults[arch])
+    linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    raise ModelError(f"No default LoRA target modules for architecture {arch!r}. Fix: set peft.target_modules "
+                     f"to some of its linear layers: {linear[:12]}.")
+
+
+def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
+    """Wrap with LoRA adapters; the classification head stays fully trainable (PEFT's SEQ_CLS does that)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = lora_targets(model, peft_cfg)
+    present = {n.split(".")[-1] for n, _ in model.named_modules()}
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
+                         f"Linear modules it has: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})[:12]}.")
+    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
+                      lora_dropout=peft_cfg.lora_dropout, target_modules=targets)
+    return get_peft_model(model, lcfg)
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def load_trained(model_dir: str | Path, *, attn_implementation: str | None = None,
+                 dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """Load a run's final model (full weights, or a LoRA adapter on its base) and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    d = Path(model_dir)
+    kw: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    if (d / "adapter_config.json").exists():
+        from peft import PeftModel
+        meta = json.loads((d / "workbench_model.json").read_text())
+        base_cfg = ModelConfig(**meta["model"])
+        model = load_classifier(base_cfg, meta["labels"], attn_implementation=attn_implementation, dtype=dtype)
+        check_model_dir(d, allow_pickle=False)
+        model = PeftModel.from_pretrained(model, d)
+    else:
+        check_model_dir(d, allow_pickle=False)
+        model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True, **kw)
+    tok = AutoTokenizer.from_pretrained(d)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok

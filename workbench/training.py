@@ -1,0 +1,299 @@
+"""Training stage: one function runs a whole run into its run directory.
+
+`run_training(cfg, run)` is what the CLI (`workbench train`), `launch()` (a separate process) and
+`torchrun`/`accelerate launch` (several processes) all execute, so every front end produces the
+same run directory. Training itself is `transformers.Trainer`; what we add is what it lacks:
+the run directory's status and metrics files, a graceful stop that checkpoints first, halting on
+a NaN/inf loss at the step it happens (the trainer's `logging_nan_inf_filter` would hide it), and
+before/after scoring of the test split.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+import traceback
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from .config import RunConfig
+from .errors import TrainingHalted, WorkbenchError
+from .evaluate import metrics_from_predictions, trainer_metrics
+from .models import apply_lora, count_parameters, load_classifier, load_tokenizer, resolve_model_path
+from .rundir import RunDir, write_json_atomic
+from .tasks.classification import PaddingCollator, predict_proba, predictions_frame, tokenize_frame
+
+_SIGNALLED = {"stop": False}
+
+
+def precision(cfg: RunConfig) -> dict[str, bool]:
+    """Resolve `bf16: auto`: bf16 where the hardware runs it natively, else fp32 (or fp16 if asked)."""
+    t = cfg.training
+    cuda = torch.cuda.is_available() and not t.use_cpu
+    if t.bf16 == "auto":
+        if cuda:
+            bf16 = torch.cuda.is_bf16_supported()
+        else:
+            try:  # CPUs with avx512_bf16/AMX: autocast is ~1.4x faster here at the same accuracy
+                bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            except (AttributeError, RuntimeError):
+                bf16 = False
+        bf16 = bf16 and not t.fp16
+    else:
+        bf16 = bool(t.bf16)
+    return {"bf16": bf16, "fp16": bool(t.fp16) and cuda, "use_cpu": not cuda}
+
+
+def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progress: bool) -> TrainingArguments:
+    t = cfg.training
+    prec = precision(cfg)
+    eval_strategy = t.eval_strategy if has_validation else "no"
+    return TrainingArguments(
+        output_dir=str(run.checkpoints_dir),
+        learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        optim=t.optim, seed=t.seed, data_seed=t.seed, **prec,
+        eval_strategy=eval_strategy, eval_steps=t.eval_steps, save_strategy=t.save_strategy, save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, logging_strategy="steps", logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must show, not be replaced by the previous loss
+        load_best_model_at_end=t.load_best_model_at_end and eval_strategy != "no",
+        metric_for_best_model=t.metric_for_best_model if eval_strategy != "no" else None,
+        greater_is_better=None if t.metric_for_best_model in ("accuracy", "f1_macro", "precision_macro",
+                                                             "recall_macro") else False,
+        train_sampling_strategy="group_by_length",  # batches of similar length: little padding
+        remove_unused_columns=False,  # keep `length` for the sampler; the collator drops it
+        dataloader_pin_memory=not prec["use_cpu"], torch_compile=t.torch_compile,
+        report_to="none", disable_tqdm=not progress, save_only_model=False,
+    )
+
+
+class WorkbenchTrainer(Trainer):
+    """`Trainer` plus a per-step finite-loss check and a count of real (non-padding) tokens."""
+
+    real_tokens = 0
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        self.real_tokens += int(inputs["attention_mask"].sum())
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss).all().float()
+        if self.args.world_size > 1:  # every rank must halt together or the others hang
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item() < 1:
+            step = self.state.global_step + 1
+            raise TrainingHalted(f"the training loss became {loss.item()} at step {step}; training halted. "
+                                 f"The last good checkpoint is kept. Fix: lower training.learning_rate, or turn off "
+                                 f"fp16 (try bf16 or fp32).", )
+        return loss
+
+
+class RunDirCallback(TrainerCallback):
+    """Writes metrics.jsonl and status.json; turns a stop request into checkpoint-then-stop."""
+
+    def __init__(self, run: RunDir, trainer_ref: dict[str, Any], main: bool):
+        self.run, self.ref, self.main = run, trainer_ref, main
+        self.stopped = False
+        self._t0 = self._last_status = self._last_log_t = time.time()
+        self._first_step: int | None = None
+        self._last_tokens = 0
+
+    def _stop_requested(self, args: TrainingArguments) -> bool:
+        flag = self.run.stop_requested or _SIGNALLED["stop"]
+        if args.world_size > 1:
+            t = torch.tensor([float(flag)])
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._first_step = state.global_step
+        self._t0 = self._last_log_t = time.time()
+        if self.main:
+            self.run.update_status(state="running", step=state.global_step, total_steps=state.max_steps,
+                                   epoch=state.epoch)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self._stop_requested(args):
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+        now = time.time()
+        if self.main and (now - self._last_status > 1.0 or state.global_step == state.max_steps or self.stopped):
+            done = state.global_step - (self._first_step or 0)
+            rate = done / max(now - self._t0, 1e-9)
+            eta = (state.max_steps - state.global_step) / rate if rate > 0 else None
+            self.run.update_status(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
+                                   eta_seconds=eta, steps_per_second=rate,
+                                   **({"state": "stopping"} if self.stopped else {}))
+            self._last_status = now
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not self.main or not logs:
+            return
+        row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
+        trainer = self.ref.get("trainer")
+        if "loss" in logs:
+            row["kind"] = "train"
+            now = time.time()
+            tokens = trainer.real_tokens if trainer else 0
+            row["tokens_per_second"] = (tokens - self._last_tokens) * args.world_size / max(now - self._last_log_t, 1e-9)
+            self._last_tokens, self._last_log_t = tokens, now
+        elif any(k.startswith("eval_") for k in logs):
+            row["kind"] = "eval"
+        elif "train_runtime" in logs:
+            row["kind"] = "summary"
+            if trainer:
+                row["real_tokens"] = trainer.real_tokens * args.world_size
+                row["tokens_per_second"] = row["real_tokens"] / max(logs["train_runtime"], 1e-9)
+        else:
+            row["kind"] = "other"
+        row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        self.run.append_metrics(row)
+
+
+def _score(model: Any, tok: Any, frame: Any, labels: list[str], cfg: RunConfig, bf16: bool) -> Any:
+    probs = predict_proba(model, tok, frame["text"].tolist(),
+                          frame["text_pair"].tolist() if "text_pair" in frame else None,
+                          max_length=cfg.data.max_length, batch_size=cfg.training.per_device_eval_batch_size,
+                          bf16=bf16)
+    return predictions_frame(frame, probs, labels)
+
+
+def _write_predictions(path: Any, pred: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pred.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    os.replace(tmp, path)
+
+
+def run_training(cfg: RunConfig, run: RunDir, *, resume: bool = False, progress: bool = True) -> RunDir:
+    """Run `cfg` into `run` (created by `new_run_dir`); with `resume`, continue from its last checkpoint.
+
+    Any failure is recorded in status.json (state `failed`, the message) and re-raised.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()  # under torchrun this joins the process group
+    main = state.is_main_process
+    try:
+        return _run(cfg, run, resume, progress, state, main)
+    except BaseException as e:
+        if main:
+            msg = str(e) if isinstance(e, WorkbenchError) else f"{type(e).__name__}: {e}"
+            if isinstance(e, KeyboardInterrupt):
+                msg = "interrupted"
+            run.update_status(state="failed", error=msg, finished=time.time())
+            with run.log_file.open("a") as f:
+                f.write(traceback.format_exc())
+        raise
+
+
+def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, main: bool) -> RunDir:
+    cfg.check()
+    if main:
+        if resume and run.stop_file.exists():
+            run.stop_file.unlink()
+        run.update_status(state="running", pid=os.getpid(), error=None, started=time.time(),
+                          world_size=state.num_processes, device=str(state.device))
+    set_seed(cfg.training.seed)
+    with state.main_process_first():  # the first process fetches/converts a built-in model
+        path = resolve_model_path(cfg.model.name_or_path)
+    tok = load_tokenizer(path, cfg.model)
+    from .data import prepare_data
+
+    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok)
+    if prep.report.token_lengths:
+        prep.report.token_lengths["tokenizer"] = cfg.model.name_or_path
+    if main:
+        write_json_atomic(run.labels_file, prep.labels)
+        write_json_atomic(run.report_file, prep.report.to_dict())
+    model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
+    prec = precision(cfg)
+    evaluation = run.evaluation() if resume else {}
+    if main and cfg.evaluate_before and "before" not in evaluation and len(prep.test):
+        run.update_status(phase="scoring the test split before fine-tuning")
+        before = _score(model, tok, prep.test, prep.labels, cfg, prec["bf16"])
+        _write_predictions(run.predictions_before_file, before)
+        evaluation["before"] = metrics_from_predictions(before, prep.labels)
+        write_json_atomic(run.eval_file, evaluation)
+    state.wait_for_everyone()
+
+    if cfg.peft.method == "lora":
+        model = apply_lora(model, cfg.peft)
+    params = count_parameters(model)
+    train_ds = tokenize_frame(prep.train, tok, cfg.data.max_length)
+    val_ds = tokenize_frame(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
+    args = training_arguments(cfg, run, val_ds is not None, progress)
+    ref: dict[str, Any] = {}
+    cb = RunDirCallback(run, ref, main)
+    callbacks: list[Any] = [cb]
+    if cfg.training.early_stopping_patience and val_ds is not None:
+        from transformers import EarlyStoppingCallback
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                               processing_class=tok, data_collator=PaddingCollator(tok),
+                               compute_metrics=trainer_metrics, callbacks=callbacks)
+    ref["trainer"] = trainer
+    if main:
+        run.update_status(phase="training", parameters=params, precision="bf16" if prec["bf16"] else
+                          "fp16" if prec["fp16"] else "fp32", train_rows=len(prep.train))
+    ckpt = run.latest_checkpoint() if resume else None
+    if resume and ckpt is None and main:
+        run.update_status(note="no complete checkpoint was found; training restarted from step 0")
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+
+    if cb.stopped:
+        if main:
+            last = run.latest_checkpoint()
+            run.update_status(state="stopped", phase=None, checkpoint=last.name if last else None,
+                              finished=time.time())
+        return run
+
+    if main:
+        run.update_status(phase="saving the model")
+    trainer.save_model(str(run.model_dir))
+    if main:
+        tok.save_pretrained(run.model_dir)
+        write_json_atomic(run.model_dir / "workbench_model.json",
+                          {"labels": prep.labels, "task": cfg.task, "method": cfg.peft.method,
+                           "model": cfg.model.__dict__})
+        final = trainer.model
+        if cfg.peft.method == "lora" and cfg.peft.merge_adapter:
+            merged = final.merge_and_unload()
+            merged.save_pretrained(run.model_dir / "merged", safe_serialization=True)
+            tok.save_pretrained(run.model_dir / "merged")
+            final = merged
+        run.update_status(phase="scoring the test split after fine-tuning")
+        if len(prep.test):
+            after = _score(final, tok, prep.test, prep.labels, cfg, prec["bf16"])
+            _write_predictions(run.predictions_file, after)
+            evaluation["after"] = metrics_from_predictions(after, prep.labels)
+            write_json_atomic(run.eval_file, evaluation)
+        run.update_status(state="completed", phase=None, finished=time.time(), step=trainer.state.global_step)
+    state.wait_for_everyone()
+    return run
+
+
+def install_stop_signals() -> None:
+    """SIGTERM/SIGINT ask for a graceful stop (checkpoint, then exit); a second SIGINT interrupts."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if _SIGNALLED["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        _SIGNALLED["stop"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def eta_text(status: dict[str, Any]) -> str:
+    eta = status.get("eta_seconds")
+    if eta is None or not math.isfinite(eta):
+        return "-"
+    return f"{int(eta // 60)}m{int(eta % 60):02d}s"
+

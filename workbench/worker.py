@@ -1,0 +1,29 @@
+"""Entry point of a run's own process: `python -m workbench.worker RUN_DIR [--resume]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import WorkbenchError
+from .rundir import RunDir
+from .training import install_stop_signals, run_training
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m workbench.worker")
+    ap.add_argument("run_dir")
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args(argv)
+    install_stop_signals()
+    run = RunDir(a.run_dir).require()
+    try:
+        run_training(run.config(), run, resume=a.resume, progress=False)
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
