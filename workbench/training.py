@@ -239,6 +239,10 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
                                processing_class=tok, data_collator=PaddingCollator(tok),
                                compute_metrics=trainer_metrics, callbacks=callbacks)
     ref["trainer"] = trainer
+    if not progress:  # the run directory is the progress report; no dict lines on stdout
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     if main:
         run.update_status(phase="training", parameters=params, precision="bf16" if prec["bf16"] else
                           "fp16" if prec["fp16"] else "fp32", train_rows=len(prep.train))

@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny BERT and Llama models built from config (no download), small data sets,
+and an isolated WORKBENCH_HOME / WORKBENCH_RUNS per test session."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+POS = ["good", "great", "excellent", "wonderful", "superb", "lovely", "brilliant", "fine"]
+NEG = ["bad", "awful", "terrible", "poor", "boring", "dull", "weak", "horrible"]
+FILLER = ["the", "movie", "film", "was", "a", "plot", "acting", "really", "quite", "story", "and", "it", "this",
+          "very", "cast", "ending", "scenes", "music", "script", "truly"]
+
+
+def make_sentiment_frame(n: int = 200, seed: int = 0, extra: bool = True) -> pd.DataFrame:
+    """A learnable toy task: the label is carried by one sentiment word among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.sample(FILLER, rng.randint(3, 12))
+        words.insert(rng.randint(0, len(words)), rng.choice(POS if label == "pos" else NEG))
+        rows.append({"text": " ".join(words), "label": label, "source": rng.choice(["web", "mail"])})
+    return pd.DataFrame(rows)
+
+
+def _tokenizer(kind: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if kind == "bert" else ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(POS + NEG + FILLER)))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "bert":
+        tk.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                       sep_token="[SEP]", mask_token="[MASK]")
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                      special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def build_tiny_model(kind: str, folder: Path) -> Path:
+    """Save a tiny randomly initialised BERT or Llama (+ tokenizer) as a safetensors folder."""
+    import torch
+    from transformers import AutoModel, BertConfig, LlamaConfig
+
+    torch.manual_seed(0)
+    tok = _tokenizer(kind)
+    if kind == "bert":
+        cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    else:
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = AutoModel.from_config(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("wbhome")
+    old = {k: os.environ.get(k) for k in ("WORKBENCH_HOME", "WORKBENCH_RUNS")}
+    # Reuse an existing asset cache (built-in models/data) when the caller points at one.
+    os.environ["WORKBENCH_HOME"] = os.environ.get("WORKBENCH_TEST_HOME") or str(home)
+    os.environ["WORKBENCH_RUNS"] = str(home / "runs")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_model("bert", tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path) -> Path:
+    p = tmp_path / "sentiment.csv"
+    make_sentiment_frame(200).to_csv(p, index=False)
+    return p
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    return tmp_path / "runs"

@@ -1,0 +1,391 @@
+"""The `workbench` command: a thin front door over the package.
+
+Every subcommand builds the same `RunConfig` or reads the same run directory as the notebooks and
+the dashboard do. Problems the user can fix print as one clear message (exit code 2), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import WorkbenchError
+
+DEMO = {
+    "name": None,
+    "model": {"name_or_path": "minilm"},
+    "data": {"source": "rotten_tomatoes", "max_train_samples": 3200, "max_eval_samples": 1000},
+    "training": {"num_train_epochs": 1, "learning_rate": 1e-4, "per_device_train_batch_size": 16,
+                 "logging_steps": 20, "save_strategy": "epoch", "save_total_limit": 1},
+}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    import datasets
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise WorkbenchError(f"--set {p!r}: expected KEY=VALUE, e.g. --set training.learning_rate=2e-5")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _train_foreground(cfg: Any, run: Any = None, resume: bool = False) -> Any:
+    """Run in this process with a progress bar; print the report, before/after and where the run is."""
+    from .data import format_report
+    from .rundir import RunDir, new_run_dir
+    from .training import install_stop_signals, run_training
+
+    _quiet_libraries()
+    cfg.check()
+    if run is None:
+        run = new_run_dir(cfg)
+    print(f"run directory: {run.path}")
+    install_stop_signals()
+    print("(Ctrl+C stops after saving a checkpoint; `workbench resume RUN` continues it)")
+    watcher = _ProgressPrinter(run)
+    watcher.start()
+    try:
+        run_training(cfg, run, resume=resume, progress=False)
+    finally:
+        watcher.stop()
+    rep = RunDir(run.path).data_report()
+    st = run.status()
+    if rep and not watcher.printed_report:
+        from .data import DataReport
+        print(format_report(DataReport.from_dict(rep)))
+    _print_result(run, st)
+    return run
+
+
+class _ProgressPrinter:
+    """Follows the run directory from a thread and draws a tqdm bar (the same files the dashboard reads)."""
+
+    def __init__(self, run: Any):
+        import threading
+        self.run, self.printed_report = run, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        from tqdm import tqdm
+
+        from .data import DataReport, format_report
+        bar, phase = None, None
+        while not self._stop.is_set():
+            if not self.printed_report and self.run.report_file.exists():
+                print(format_report(DataReport.from_dict(self.run.data_report())), flush=True)
+                self.printed_report = True
+            st = self.run.status()
+            if st.get("phase") != phase and st.get("phase") not in (None, "training"):
+                tqdm.write(f"... {st['phase']}")
+            phase = st.get("phase")
+            total = st.get("total_steps")
+            if total and phase == "training":
+                if bar is None:
+                    bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
+                bar.n = st.get("step") or 0
+                m = self.run.metrics()
+                if len(m) and "loss" in m:
+                    last = m["loss"].dropna()
+                    if len(last):
+                        bar.set_postfix(loss=f"{last.iloc[-1]:.4f}", refresh=False)
+                bar.refresh()
+            self._stop.wait(0.5)
+        if bar is not None:
+            st = self.run.status()
+            bar.n = st.get("step") or bar.n
+            bar.refresh()
+            bar.close()
+
+
+def _print_result(run: Any, st: dict[str, Any]) -> None:
+    ev = run.evaluation()
+    b, a = ev.get("before", {}), ev.get("after", {})
+    if st.get("state") == "stopped":
+        print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {run.path}")
+        return
+    if b.get("accuracy") is not None:
+        print(f"test accuracy before fine-tuning: {b['accuracy']:.3f}   (macro F1 {b['f1_macro']:.3f}, n={b['n']})")
+    if a.get("accuracy") is not None:
+        print(f"test accuracy after fine-tuning:  {a['accuracy']:.3f}   (macro F1 {a['f1_macro']:.3f}, n={a['n']})")
+    print(f"run: {run.path}  (state: {st.get('state')})")
+    print(f"next: workbench eval {run.path}   |   workbench predict {run.path} \"some text\"")
+
+
+# --- subcommands ---------------------------------------------------------------------------------
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .config import RunConfig
+    raw = json.loads(json.dumps(DEMO))
+    if a.quick:
+        raw["data"].update(max_train_samples=400, max_eval_samples=200)
+    if a.output_dir:
+        raw["output_dir"] = a.output_dir
+    cfg = RunConfig.from_dict(raw)
+    print("workbench demo: fine-tune MiniLM (built-in) on Rotten Tomatoes (built-in), offline.")
+    t0 = time.time()
+    _train_foreground(cfg)
+    print(f"total time: {time.time() - t0:.0f}s")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .config import load_config
+    sets = _parse_sets(a.set)
+    if a.name:
+        sets["name"] = a.name
+    if a.output_dir:
+        sets["output_dir"] = a.output_dir
+    cfg = load_config(a.config, sets)
+    if a.detach:
+        from .launch import launch
+        h = launch(cfg)
+        print(f"started run {h.run.name} in process {h.pid}\nrun directory: {h.path}\n"
+              f"watch: workbench status {h.path}   stop: workbench stop {h.path}")
+        return 0
+    _train_foreground(cfg)
+    return 0
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from .launch import resume
+    from .rundir import RunDir
+    run = RunDir(a.run).require()
+    if a.detach:
+        h = resume(run)
+        print(f"resumed {run.name} in process {h.pid}")
+        return 0
+    st = run.status()
+    if st.get("state") == "completed":
+        raise WorkbenchError(f"run {run.name} has already completed; start a new run to train further.")
+    _train_foreground(run.config(), run, resume=True)
+    return 0
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    from .launch import attach
+    h = attach(a.run)
+    st = h.stop(wait=not a.no_wait)
+    print(f"{h.run.name}: {st.get('state')} at step {st.get('step')}")
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from .rundir import RunDir
+    from .training import eta_text
+    run = RunDir(a.run).require()
+    st = run.status()
+    print(f"{run.name}: {st.get('state')}  step {st.get('step')}/{st.get('total_steps')}  ETA {eta_text(st)}"
+          + (f"  ({st['phase']})" if st.get("phase") else ""))
+    if st.get("error"):
+        print(f"error: {st['error']}")
+    return 0
+
+
+def cmd_runs(a: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .rundir import list_runs
+    rows = [r.summary() for r in list_runs(a.dir)]
+    if not rows:
+        print("no runs yet: start one with `workbench demo` or `workbench train CONFIG`")
+        return 0
+    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step", "accuracy_before", "accuracy"]]
+    print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+    from .rundir import RunDir
+    run = RunDir(a.run).require()
+    if a.data:
+        _quiet_libraries()
+        m = evaluate_run(run, split_file=a.data)["metrics"]
+        print(f"scored {a.data} with {run.name}")
+        _print_metrics(m)
+        return 0
+    ev = run.evaluation()
+    if "after" not in ev:
+        raise WorkbenchError(f"run {run.name} has no test evaluation yet (state: {run.status().get('state')}).")
+    for when in ("before", "after"):
+        if when in ev:
+            print(f"== {when} fine-tuning ==")
+            _print_metrics(ev[when])
+    return 0
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    import pandas as pd
+    print(f"accuracy {m['accuracy']:.4f}   macro F1 {m['f1_macro']:.4f}   weighted F1 {m['f1_weighted']:.4f}   "
+          f"micro F1 {m['f1_micro']:.4f}   n={m['n']}")
+    print(pd.DataFrame(m["per_class"]).T.to_string(float_format=lambda x: f"{x:.3f}"))
+    cm = pd.DataFrame(m["confusion_matrix"], index=[f"gold {x}" for x in m["labels"]],
+                      columns=[f"pred {x}" for x in m["labels"]])
+    print(cm.to_string())
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .predict import Predictor
+    _quiet_libraries()
+    texts = a.text if a.text != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+    p = Predictor.from_run(a.run)
+    out = p.predict(texts)
+    for _, row in out.iterrows():
+        probs = "  ".join(f"{lab}={row[f'p_{lab}']:.3f}" for lab in p.labels)
+        print(f"{row['predicted']}\t{probs}\t{row['text'][:80]}")
+    return 0
+
+
+def cmd_datasets(a: argparse.Namespace) -> int:
+    from .assets import BUILTIN_DATASETS
+    from .paths import assets_dir
+    for d in BUILTIN_DATASETS.values():
+        cached = (assets_dir() / "datasets" / f"{d.name}.parquet").exists()
+        print(f"{d.name:18s} {'cached ' if cached else 'fetched on first use'}  {d.description}")
+    print("\nOr give a file (CSV, TSV, JSON, JSONL, Parquet) as data.source, or `hub:NAME` when online.")
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from .assets import BUILTIN_MODELS
+    from .paths import assets_dir
+    for m in BUILTIN_MODELS.values():
+        cached = (assets_dir() / "models" / m.name / "config.json").exists()
+        print(f"{m.name:14s} {'cached ' if cached else 'fetched on first use'}  {m.description}")
+    print("\nOr give a local folder (config.json + model.safetensors) or a hub id when online.")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .config import DataConfig, RunConfig
+    from .data import format_report, prepare_data
+    from .models import load_tokenizer, resolve_model_path
+    _quiet_libraries()
+    if a.source.endswith((".yaml", ".yml")):
+        cfg = RunConfig.from_yaml(a.source)
+    else:
+        cfg = RunConfig(data=DataConfig(source=a.source, text_column=a.text_column, label_column=a.label_column))
+        if a.model:
+            cfg.model.name_or_path = a.model
+    tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
+    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False)
+    print(format_report(prep.report))
+    return 0 if prep.report.ok else 2
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    from .config import RunConfig, field_help, load_config
+    if a.validate:
+        load_config(a.validate)
+        print(f"{a.validate}: valid")
+        return 0
+    if a.explain:
+        for k, v in field_help().items():
+            print(f"{k:40s} {v}")
+        return 0
+    print(RunConfig().to_yaml(), end="")
+    return 0
+
+
+def cmd_app(a: argparse.Namespace) -> int:
+    import subprocess
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.exists():
+        raise WorkbenchError(f"app.py not found next to the package ({app}); run `streamlit run app.py` from a "
+                             f"checkout of the repository.")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", a.address,
+           "--server.port", str(a.port), "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false"]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="workbench", description="Fine-tune, evaluate and look inside transformer "
+                                 "language models.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("demo", cmd_demo, "Fine-tune MiniLM on Rotten Tomatoes offline and show before/after accuracy.")
+    p.add_argument("--quick", action="store_true", help="a smaller subset (seconds, for smoke tests)")
+    p.add_argument("--output-dir", help="folder for run directories (default ./runs)")
+    p = add("train", cmd_train, "Train from a YAML config file.")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. training.learning_rate=2e-5")
+    p.add_argument("--name", help="run name")
+    p.add_argument("--output-dir", help="folder for run directories")
+    p.add_argument("--detach", action="store_true", help="start in the background and return")
+    p = add("resume", cmd_resume, "Continue a stopped or failed run from its last checkpoint.")
+    p.add_argument("run")
+    p.add_argument("--detach", action="store_true")
+    p = add("stop", cmd_stop, "Ask a running run to checkpoint and stop.")
+    p.add_argument("run")
+    p.add_argument("--no-wait", action="store_true")
+    p = add("status", cmd_status, "Show a run's state, step and ETA.")
+    p.add_argument("run")
+    p = add("runs", cmd_runs, "List runs with their state and test accuracy.")
+    p.add_argument("--dir", help="folder of run directories (default ./runs)")
+    p = add("eval", cmd_eval, "Show a run's test metrics before and after, or score another labelled file.")
+    p.add_argument("run")
+    p.add_argument("--data", help="a labelled file to score instead of the stored test split")
+    p = add("predict", cmd_predict, "Classify texts with a run's fine-tuned model ('-' reads lines from stdin).")
+    p.add_argument("run")
+    p.add_argument("text", nargs="+")
+    add("datasets", cmd_datasets, "List built-in data sets.")
+    add("models", cmd_models, "List built-in models.")
+    p = add("report", cmd_report, "Show the data report for a file or a config, without training.")
+    p.add_argument("source", help="a data file, a built-in data set, or a YAML config")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--model", help="tokenizer to measure token lengths with (default minilm)")
+    p = add("config", cmd_config, "Print the default config, explain every field, or validate a file.")
+    p.add_argument("--explain", action="store_true")
+    p.add_argument("--validate", metavar="FILE")
+    p = add("app", cmd_app, "Start the dashboard (binds to 127.0.0.1).")
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

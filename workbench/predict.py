@@ -1,0 +1,55 @@
+"""Prediction with a run's fine-tuned model: the same batched, length-sorted path the run used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .models import load_trained
+from .rundir import RunDir
+
+
+class Predictor:
+    """Load once, predict many times (CLI `predict`, the dashboard's try-it box, notebooks)."""
+
+    def __init__(self, model, tokenizer, labels: list[str], max_length: int = 256, bf16: bool = False):
+        self.model, self.tokenizer, self.labels = model, tokenizer, labels
+        self.max_length, self.bf16 = max_length, bf16
+
+    @classmethod
+    def from_run(cls, run: str | Path | RunDir, bf16: bool | None = None) -> "Predictor":
+        r = run if isinstance(run, RunDir) else RunDir(run)
+        r.require()
+        if not r.model_dir.exists():
+            from .errors import RunError
+            raise RunError(f"run {r.name} has no final model yet (state: {r.status().get('state')}); "
+                           f"wait for it to complete, or resume it.")
+        cfg = r.config()
+        model, tok = load_trained(r.model_dir)
+        if bf16 is None:
+            from .training import precision
+            bf16 = precision(cfg)["bf16"]
+        return cls(model, tok, r.labels() or [model.config.id2label[i] for i in range(model.config.num_labels)],
+                   cfg.data.max_length, bf16)
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                      batch_size: int = 64) -> np.ndarray:
+        from .tasks.classification import predict_proba
+        return predict_proba(self.model, self.tokenizer, texts, pairs, max_length=self.max_length,
+                             batch_size=batch_size, bf16=self.bf16)
+
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64) -> pd.DataFrame:
+        probs = self.predict_proba(texts, pairs, batch_size)
+        out = pd.DataFrame({"text": list(texts), "predicted": [self.labels[i] for i in probs.argmax(1)],
+                            "confidence": probs.max(1)})
+        for i, name in enumerate(self.labels):
+            out[f"p_{name}"] = probs[:, i]
+        return out
+
+    def to(self, device: str | torch.device) -> "Predictor":
+        self.model.to(device)
+        return self
