@@ -135,8 +135,8 @@ class RunConfig:
         """Build from a nested dict; unknown keys and wrong types are all reported at once."""
         problems: list[str] = []
         cfg = _build(cls, raw or {}, "", problems)
-        if problems:
-            raise ConfigError(problems)
+        if problems:  # report the value problems of what did parse too: every problem at once
+            raise ConfigError(problems + cfg.validate())
         return cfg
 
     def to_yaml(self, path: str | Path | None = None) -> str:

@@ -80,8 +80,8 @@ def pid_alive(pid: int | None) -> bool:
 class RunDir:
     """Read and write one run directory."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: "str | Path | RunDir"):
+        self.path = Path(path.path if isinstance(path, RunDir) else path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -48,6 +48,17 @@ def precision(cfg: RunConfig) -> dict[str, bool]:
     return {"bf16": bf16, "fp16": bool(t.fp16) and cuda, "use_cpu": not cuda}
 
 
+def process_state(cfg: RunConfig) -> Any:
+    """accelerate's process state; under torchrun this joins the process group (gloo on CPUs).
+
+    It is a singleton: created here first with the right `cpu` flag, or a CPU-only torchrun job
+    would silently run as independent single processes.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=precision(cfg)["use_cpu"])
+
+
 def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progress: bool) -> TrainingArguments:
     t = cfg.training
     prec = precision(cfg)
@@ -176,9 +187,7 @@ def run_training(cfg: RunConfig, run: RunDir, *, resume: bool = False, progress:
 
     Any failure is recorded in status.json (state `failed`, the message) and re-raised.
     """
-    from accelerate import PartialState
-
-    state = PartialState()  # under torchrun this joins the process group
+    state = process_state(cfg)
     main = state.is_main_process
     try:
         return _run(cfg, run, resume, progress, state, main)
@@ -262,6 +271,9 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         run.update_status(phase="saving the model")
     trainer.save_model(str(run.model_dir))
     if main:
+        # The trainer drops a pickled TrainingArguments here; config.yaml already records the run,
+        # and a model folder we hand to others should hold no pickle files.
+        (run.model_dir / "training_args.bin").unlink(missing_ok=True)
         tok.save_pretrained(run.model_dir)
         write_json_atomic(run.model_dir / "workbench_model.json",
                           {"labels": prep.labels, "task": cfg.task, "method": cfg.peft.method,
@@ -281,6 +293,22 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         run.update_status(state="completed", phase=None, finished=time.time(), step=trainer.state.global_step)
     state.wait_for_everyone()
     return run
+
+
+def new_run_dir_all_ranks(cfg: RunConfig) -> RunDir:
+    """Create the run directory once, on the main process, and share its path with every rank.
+
+    Under `torchrun`/`accelerate launch` each process runs the CLI; without this, each would make
+    its own timestamped directory.
+    """
+    from .rundir import new_run_dir
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return new_run_dir(cfg)
+    state = process_state(cfg)
+    box = [str(new_run_dir(cfg).path) if state.is_main_process else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return RunDir(box[0])
 
 
 def install_stop_signals() -> None:

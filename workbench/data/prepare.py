@@ -71,9 +71,8 @@ def guess_columns(df: pd.DataFrame) -> dict[str, str | None]:
                    if c != label and df[c].dtype == object or pd.api.types.is_string_dtype(df[c])}
         lengths = {c: v for c, v in lengths.items() if c != label and v == v}
         text = max(lengths, key=lengths.get) if lengths else None
-    if label is None and len(df):  # a low-cardinality column that is not the text
-        cands = [c for c in df.columns if c not in (text, pair) and 1 < df[c].nunique() <= min(50, max(2, len(df) // 2))]
-        label = min(cands, key=lambda c: df[c].nunique()) if cands else None
+    # The label is guessed by name only: a wrong guess from content (say, a `source` column) would
+    # train a model on the wrong target without anyone noticing.
     return {"text": text, "text_pair": pair, "label": label}
 
 
