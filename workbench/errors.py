@@ -36,3 +36,11 @@ class RunError(WorkbenchError):
 
 class TrainingHalted(WorkbenchError):
     """Training stopped on its own because of a fault (NaN loss, out of memory at batch size 1)."""
+
+    step: int | None = None
+
+    @classmethod
+    def at_step(cls, step: int, message: str) -> "TrainingHalted":
+        err = cls(message)
+        err.step = step
+        return err

@@ -10,6 +10,7 @@ before/after scoring of the test split.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -18,7 +19,7 @@ import traceback
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from .config import RunConfig
 from .errors import TrainingHalted, WorkbenchError
@@ -26,8 +27,9 @@ from .evaluate import metrics_from_predictions, trainer_metrics
 from .models import apply_lora, count_parameters, load_classifier, load_tokenizer, resolve_model_path
 from .rundir import RunDir, write_json_atomic
 from .tasks.classification import PaddingCollator, predict_proba, predictions_frame, tokenize_frame
+from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
-_SIGNALLED = {"stop": False}
+from .trainer import SIGNALLED as _SIGNALLED
 
 
 def precision(cfg: RunConfig) -> dict[str, bool]:
@@ -85,95 +87,38 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
     )
 
 
-class WorkbenchTrainer(Trainer):
-    """`Trainer` plus a per-step finite-loss check and a count of real (non-padding) tokens."""
-
-    real_tokens = 0
-
-    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        self.real_tokens += int(inputs["attention_mask"].sum())
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        finite = torch.isfinite(loss).all().float()
-        if self.args.world_size > 1:  # every rank must halt together or the others hang
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if finite.item() < 1:
-            step = self.state.global_step + 1
-            raise TrainingHalted(f"the training loss became {loss.item()} at step {step}; training halted. "
-                                 f"The last good checkpoint is kept. Fix: lower training.learning_rate, or turn off "
-                                 f"fp16 (try bf16 or fp32).", )
-        return loss
-
-
-class RunDirCallback(TrainerCallback):
-    """Writes metrics.jsonl and status.json; turns a stop request into checkpoint-then-stop."""
-
-    def __init__(self, run: RunDir, trainer_ref: dict[str, Any], main: bool):
-        self.run, self.ref, self.main = run, trainer_ref, main
-        self.stopped = False
-        self._t0 = self._last_status = self._last_log_t = time.time()
-        self._first_step: int | None = None
-        self._last_tokens = 0
-
-    def _stop_requested(self, args: TrainingArguments) -> bool:
-        flag = self.run.stop_requested or _SIGNALLED["stop"]
-        if args.world_size > 1:
-            t = torch.tensor([float(flag)])
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
-
-    def on_train_begin(self, args, state, control, **kw):
-        self._first_step = state.global_step
-        self._t0 = self._last_log_t = time.time()
-        if self.main:
-            self.run.update_status(state="running", step=state.global_step, total_steps=state.max_steps,
-                                   epoch=state.epoch)
-
-    def on_step_end(self, args, state, control, **kw):
-        if self._stop_requested(args):
-            self.stopped = True
-            control.should_save = True
-            control.should_training_stop = True
-        now = time.time()
-        if self.main and (now - self._last_status > 1.0 or state.global_step == state.max_steps or self.stopped):
-            done = state.global_step - (self._first_step or 0)
-            rate = done / max(now - self._t0, 1e-9)
-            eta = (state.max_steps - state.global_step) / rate if rate > 0 else None
-            self.run.update_status(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
-                                   eta_seconds=eta, steps_per_second=rate,
-                                   **({"state": "stopping"} if self.stopped else {}))
-            self._last_status = now
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if not self.main or not logs:
-            return
-        row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
-        trainer = self.ref.get("trainer")
-        if "loss" in logs:
-            row["kind"] = "train"
-            now = time.time()
-            tokens = trainer.real_tokens if trainer else 0
-            row["tokens_per_second"] = (tokens - self._last_tokens) * args.world_size / max(now - self._last_log_t, 1e-9)
-            self._last_tokens, self._last_log_t = tokens, now
-        elif any(k.startswith("eval_") for k in logs):
-            row["kind"] = "eval"
-        elif "train_runtime" in logs:
-            row["kind"] = "summary"
-            if trainer:
-                row["real_tokens"] = trainer.real_tokens * args.world_size
-                row["tokens_per_second"] = row["real_tokens"] / max(logs["train_runtime"], 1e-9)
-        else:
-            row["kind"] = "other"
-        row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
-        self.run.append_metrics(row)
+def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: Any, val_ds: Any, progress: bool,
+                  main: bool) -> tuple[WorkbenchTrainer, RunDirCallback]:
+    args = training_arguments(cfg, run, val_ds is not None, progress)
+    ref: dict[str, Any] = {}
+    cb = RunDirCallback(run, ref, main)
+    callbacks: list[Any] = [cb]
+    if cfg.training.early_stopping_patience and val_ds is not None:
+        from transformers import EarlyStoppingCallback
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                               processing_class=tok, data_collator=PaddingCollator(tok),
+                               compute_metrics=trainer_metrics, callbacks=callbacks)
+    ref["trainer"] = trainer
+    if not progress:  # the run directory is the progress report; no dict lines on stdout
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+    return trainer, cb
 
 
 def _score(model: Any, tok: Any, frame: Any, labels: list[str], cfg: RunConfig, bf16: bool) -> Any:
-    probs = predict_proba(model, tok, frame["text"].tolist(),
-                          frame["text_pair"].tolist() if "text_pair" in frame else None,
-                          max_length=cfg.data.max_length, batch_size=cfg.training.per_device_eval_batch_size,
-                          bf16=bf16)
-    return predictions_frame(frame, probs, labels)
+    batch = cfg.training.per_device_eval_batch_size
+    while True:  # out of memory while scoring: smaller batches, never a smaller training batch
+        try:
+            probs = predict_proba(model, tok, frame["text"].tolist(),
+                                  frame["text_pair"].tolist() if "text_pair" in frame else None,
+                                  max_length=cfg.data.max_length, batch_size=batch, bf16=bf16)
+            return predictions_frame(frame, probs, labels)
+        except Exception as e:
+            if not is_oom(e) or batch <= 1:
+                raise
+            batch //= 2
 
 
 def _write_predictions(path: Any, pred: Any) -> None:
@@ -196,6 +141,8 @@ def run_training(cfg: RunConfig, run: RunDir, *, resume: bool = False, progress:
             msg = str(e) if isinstance(e, WorkbenchError) else f"{type(e).__name__}: {e}"
             if isinstance(e, KeyboardInterrupt):
                 msg = "interrupted"
+            if isinstance(e, TrainingHalted) and e.step is not None:  # a gap in the curve, marked
+                run.append_metrics({"kind": "train", "step": e.step, "loss": None, "nan": True, "time": time.time()})
             run.update_status(state="failed", error=msg, finished=time.time())
             with run.log_file.open("a") as f:
                 f.write(traceback.format_exc())
@@ -232,33 +179,47 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         write_json_atomic(run.eval_file, evaluation)
     state.wait_for_everyone()
 
-    if cfg.peft.method == "lora":
-        model = apply_lora(model, cfg.peft)
-    params = count_parameters(model)
     train_ds = tokenize_frame(prep.train, tok, cfg.data.max_length)
     val_ds = tokenize_frame(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
-    args = training_arguments(cfg, run, val_ds is not None, progress)
-    ref: dict[str, Any] = {}
-    cb = RunDirCallback(run, ref, main)
-    callbacks: list[Any] = [cb]
-    if cfg.training.early_stopping_patience and val_ds is not None:
-        from transformers import EarlyStoppingCallback
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
-    trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                               processing_class=tok, data_collator=PaddingCollator(tok),
-                               compute_metrics=trainer_metrics, callbacks=callbacks)
-    ref["trainer"] = trainer
-    if not progress:  # the run directory is the progress report; no dict lines on stdout
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-    if main:
-        run.update_status(phase="training", parameters=params, precision="bf16" if prec["bf16"] else
-                          "fp16" if prec["fp16"] else "fp32", train_rows=len(prep.train))
+    # A batch size shrunk by an earlier out-of-memory error is reused on resume.
+    batch = (run.status().get("batch_override") if resume else None) or {}
     ckpt = run.latest_checkpoint() if resume else None
     if resume and ckpt is None and main:
         run.update_status(note="no complete checkpoint was found; training restarted from step 0")
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    while True:
+        if model is None:  # rebuilt after an OOM: the old one may hold half-applied updates
+            model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
+        if cfg.peft.method == "lora" and not hasattr(model, "peft_config"):
+            model = apply_lora(model, cfg.peft)
+        eff = cfg.override({f"training.{k}": v for k, v in batch.items()}) if batch else cfg
+        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main)
+        if main:
+            run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
+                              precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32")
+        try:
+            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+            break
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            bs, acc = eff.training.per_device_train_batch_size, eff.training.gradient_accumulation_steps
+            if bs <= 1:
+                raise TrainingHalted("out of memory in training even at batch size 1. Fix: lower data.max_length, "
+                                     "use peft.method: lora, a smaller model, or a device with more memory.") from None
+            batch = {"per_device_train_batch_size": bs // 2, "gradient_accumulation_steps": acc * 2}
+            if main:
+                run.update_status(batch_override=batch, note=f"out of memory at batch size {bs}: continuing with "
+                                  f"{bs // 2} x {acc * 2} gradient accumulation (same effective batch)")
+                run.append_metrics({"kind": "event", "event": "oom", "step": trainer.state.global_step,
+                                    "time": time.time(), **batch})
+            del trainer
+            model = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            ckpt = run.latest_checkpoint()
+    if main and trainer.eval_batch_changes:
+        run.update_status(eval_batch_size=trainer.eval_batch_changes[-1])
 
     if cb.stopped:
         if main:

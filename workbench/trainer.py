@@ -1,0 +1,190 @@
+"""The trainer and its callback: what `transformers.Trainer` does not promise and a run needs.
+
+- a NaN/inf loss halts the run at the step it happens (the trainer would log and carry on);
+- checkpoints are written atomically: into a staging folder, fsynced, then renamed, and old ones
+  rotated only after the new one is complete (the trainer writes in place);
+- an out-of-memory error during evaluation halves the evaluation batch and retries, leaving the
+  training batch alone (training OOM is handled one level up, in `training.run_training`);
+- status.json and metrics.jsonl are kept current; a stop request becomes checkpoint-then-stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import rotate_checkpoints
+
+from .errors import TrainingHalted
+from .rundir import RunDir
+
+SIGNALLED = {"stop": False}
+_SIGNALLED = SIGNALLED
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA/MPS out-of-memory, or the CPU allocator failing."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WorkbenchTrainer(Trainer):
+    """`Trainer` plus a per-step finite-loss check and a count of real (non-padding) tokens."""
+
+    real_tokens = 0
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.eval_batch_changes: list[int] = []
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        self.real_tokens += int(inputs["attention_mask"].sum())
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss).all().float()
+        if self.args.world_size > 1:  # every rank must halt together or the others hang
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item() < 1:
+            step = self.state.global_step + 1
+            raise TrainingHalted.at_step(step, f"the training loss became {loss.item()} at step {step}; training halted. "
+                                 f"The last good checkpoint is kept. Fix: lower training.learning_rate, or turn off "
+                                 f"fp16 (try bf16 or fp32).")
+        return loss
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Write the checkpoint into `.staging/`, fsync it, rename it into place, then rotate."""
+        root = Path(self.args.output_dir)
+        staging = root / ".staging"
+        name = f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging / name, ignore_errors=True)  # a partial one left by a crash
+        self.accelerator.wait_for_everyone()
+        self.args.output_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)  # rotates inside staging only: nothing to delete there
+        finally:
+            self.args.output_dir = str(root)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            src, dst = staging / name, root / name
+            if self.state.best_model_checkpoint and str(staging) in self.state.best_model_checkpoint:
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging), str(root))
+            state_file = src / "trainer_state.json"
+            if state_file.exists():  # it records where the best checkpoint lives: the final path
+                st = json.loads(state_file.read_text())
+                st["best_model_checkpoint"] = self.state.best_model_checkpoint
+                state_file.write_text(json.dumps(st, indent=2))
+            _fsync_tree(src)
+            if dst.exists():  # the same step saved again (after a resume): replace it whole
+                old = root / f".old-{name}"
+                os.replace(dst, old)
+                os.replace(src, dst)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(src, dst)
+            _fsync_dir(root)
+            rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Evaluation OOM halves the evaluation batch only, and retries."""
+        while True:
+            try:
+                return super().evaluate(*args, **kwargs)
+            except Exception as e:
+                if not is_oom(e) or self.args.per_device_eval_batch_size <= 1:
+                    raise
+                self.args.per_device_eval_batch_size //= 2
+                self.eval_batch_changes.append(self.args.per_device_eval_batch_size)
+                if hasattr(self, "_eval_dataloaders"):
+                    self._eval_dataloaders = {}
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+
+class RunDirCallback(TrainerCallback):
+    """Writes metrics.jsonl and status.json; turns a stop request into checkpoint-then-stop."""
+
+    def __init__(self, run: RunDir, trainer_ref: dict[str, Any], main: bool):
+        self.run, self.ref, self.main = run, trainer_ref, main
+        self.stopped = False
+        self._t0 = self._last_status = self._last_log_t = time.time()
+        self._first_step: int | None = None
+        self._last_tokens = 0
+
+    def _stop_requested(self, args: TrainingArguments) -> bool:
+        flag = self.run.stop_requested or _SIGNALLED["stop"]
+        if args.world_size > 1:
+            t = torch.tensor([float(flag)])
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._first_step = state.global_step
+        self._t0 = self._last_log_t = time.time()
+        if self.main:
+            self.run.update_status(state="running", step=state.global_step, total_steps=state.max_steps,
+                                   epoch=state.epoch)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self._stop_requested(args):
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+        now = time.time()
+        if self.main and (now - self._last_status > 1.0 or state.global_step == state.max_steps or self.stopped):
+            done = state.global_step - (self._first_step or 0)
+            rate = done / max(now - self._t0, 1e-9)
+            eta = (state.max_steps - state.global_step) / rate if rate > 0 else None
+            self.run.update_status(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
+                                   eta_seconds=eta, steps_per_second=rate,
+                                   **({"state": "stopping"} if self.stopped else {}))
+            self._last_status = now
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not self.main or not logs:
+            return
+        row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
+        trainer = self.ref.get("trainer")
+        if "loss" in logs:
+            row["kind"] = "train"
+            now = time.time()
+            tokens = trainer.real_tokens if trainer else 0
+            row["tokens_per_second"] = (tokens - self._last_tokens) * args.world_size / max(now - self._last_log_t, 1e-9)
+            self._last_tokens, self._last_log_t = tokens, now
+        elif any(k.startswith("eval_") for k in logs):
+            row["kind"] = "eval"
+        elif "train_runtime" in logs:
+            row["kind"] = "summary"
+            if trainer:
+                row["real_tokens"] = trainer.real_tokens * args.world_size
+                row["tokens_per_second"] = row["real_tokens"] / max(logs["train_runtime"], 1e-9)
+        else:
+            row["kind"] = "other"
+        row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        self.run.append_metrics(row)
