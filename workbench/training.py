@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import pickle
 import signal
 import time
 import traceback
@@ -22,7 +23,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from .config import RunConfig
-from .errors import TrainingHalted, WorkbenchError
+from .errors import RunError, TrainingHalted, WorkbenchError
 from .evaluate import metrics_from_predictions, trainer_metrics
 from .models import apply_lora, count_parameters, load_classifier, load_tokenizer, resolve_model_path
 from .rundir import RunDir, write_json_atomic
@@ -199,6 +200,10 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         try:
             trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
             break
+        except pickle.UnpicklingError as e:
+            raise RunError(f"checkpoint {ckpt} holds a file that is not plain tensors; loading it was refused, "
+                           f"since unpickling it could run code ({str(e).splitlines()[0][:120]}). Fix: delete that "
+                           f"checkpoint folder to resume from an earlier one, or start a new run.") from None
         except Exception as e:
             if not is_oom(e):
                 raise
