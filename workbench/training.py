@@ -155,7 +155,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     if main:
         if resume and run.stop_file.exists():
             run.stop_file.unlink()
-        run.update_status(state="running", pid=os.getpid(), error=None, started=time.time(),
+        run.update_status(state="running", phase="loading the model and data", pid=os.getpid(), error=None,
+                          started=time.time(),
                           world_size=state.num_processes, device=str(state.device))
     set_seed(cfg.training.seed)
     with state.main_process_first():  # the first process fetches/converts a built-in model
