@@ -1,0 +1,85 @@
+"""The Train page's "before you launch" panel: the data check and the memory/time estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from workbench.assets import BUILTIN_DATASETS
+from workbench.config import RunConfig
+from workbench.estimate import estimate_run, format_bytes, format_seconds, gpu_memory_note, local_model_dir
+from workbench.paths import assets_dir
+
+from . import widgets
+
+
+def show(cfg: RunConfig) -> list[str]:
+    """Draw the data check and the estimate for `cfg`; return the data problems (they block Launch)."""
+    source = cfg.data.source
+    if source in BUILTIN_DATASETS and not (assets_dir() / "datasets" / f"{source}.parquet").exists():
+        st.info(f"{source} is not downloaded yet: the run fetches it first. Open it on the Data page to see "
+                f"its report and a time estimate before launching.", icon=":material/download:")
+        report, train_rows = None, None
+    elif source not in BUILTIN_DATASETS and not Path(source).is_file():
+        st.error(f"Data file {source} no longer exists: upload it again on the Data page.", icon=":material/error:")
+        return ["missing data file"]
+    else:
+        tok_dir = local_model_dir(cfg.model.name_or_path)
+        d = cfg.data
+        report, train_rows = widgets.data_report(source, widgets.file_stamp(source),
+                                                 (d.text_column, d.label_column, d.text_pair_column), d.max_length,
+                                                 str(tok_dir) if tok_dir else None)
+        for p in report["problems"]:
+            st.error(f"Data: {p}", icon=":material/block:")
+        if report["problems"]:
+            return report["problems"]
+        if cfg.data.max_train_samples:
+            train_rows = min(train_rows, cfg.data.max_train_samples)
+        st.caption(f"Data: {train_rows:,} training rows, labels {', '.join(report['labels'])}"
+                   + (f"; {len(report['warnings'])} warning(s) on the Data page" if report["warnings"] else "") + ".")
+    if train_rows is not None:
+        _estimate(cfg, report, train_rows)
+    return []
+
+
+def _estimate(cfg: RunConfig, report: dict, train_rows: int) -> None:
+    tl = report.get("token_lengths") or {}
+    eval_rows = sum(v for k, v in report.get("split_sizes", {}).items() if k != "train")
+    if cfg.data.max_eval_samples:
+        eval_rows = min(eval_rows, 2 * cfg.data.max_eval_samples)
+    est = _cached_estimate(cfg.to_yaml(), train_rows, len(report["labels"]), tl.get("mean"), tl.get("p99"), eval_rows)
+    st.markdown("**Estimate** (not a measurement)")
+    c = st.columns(2)
+    if est.total_params is not None:
+        trainable = f"{_count(est.trainable_params)} trainable" if est.trainable_params is not None else None
+        c[0].metric("Parameters", _count(est.total_params), help=trainable)
+        c[1].metric("Peak memory", format_bytes(est.total_memory),
+                    help=", ".join(f"{k} {format_bytes(v)}" for k, v in est.memory.items()))
+    c = st.columns(2)
+    c[0].metric("Time", format_seconds(est.total_seconds), help="process start, training and evaluation")
+    c[1].metric("Optimizer steps", f"{est.steps:,}")
+    if est.memory:
+        table = pd.DataFrame({"part": list(est.memory), "size": [format_bytes(v) for v in est.memory.values()]})
+        with st.expander("Memory breakdown"):
+            st.dataframe(table, hide_index=True)
+    st.caption(f"Estimated, not measured: parameters are counted from the model's config; memory is weights + "
+               f"gradients + AdamW state + a rough activation term for the longest batch; time is "
+               f"{est.time_source}. Expect ±50%." + (" " + " ".join(est.notes) if est.notes else ""))
+    note = gpu_memory_note(est.total_memory) if est.memory else None
+    if note:
+        st.warning(note, icon=":material/memory:")
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
+
+
+@st.cache_data(ttl=30, max_entries=32, show_spinner="Estimating...")
+def _cached_estimate(cfg_yaml: str, train_rows: int, num_labels: int, mean_tokens: float | None,
+                     max_tokens: int | None, eval_rows: int):
+    return estimate_run(RunConfig.from_yaml(cfg_yaml), train_rows, num_labels=num_labels, mean_tokens=mean_tokens,
+                        max_tokens=max_tokens, eval_rows=eval_rows)

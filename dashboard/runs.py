@@ -1,0 +1,97 @@
+"""Runs page: every run with its state and key metrics; overlay curves, diff configs, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from workbench.figures.training import loss_figure, metric_figure
+from workbench.paths import runs_root
+from workbench.rundir import ACTIVE, RunDir, list_runs
+from workbench.storage import delete_run
+
+from . import widgets
+
+
+def page() -> None:
+    st.title("Runs")
+    runs = list_runs()
+    if not runs:
+        st.info(f"No runs in {runs_root()} yet. Start one on the Train page (or `workbench train`).")
+        return
+    st.caption(f"{len(runs)} run(s) in `{runs_root()}`, newest first. States are read from each run directory.")
+    st.dataframe(_table(runs), hide_index=True, column_config={
+        "accuracy": st.column_config.NumberColumn(format="%.3f"),
+        "accuracy_before": st.column_config.NumberColumn("accuracy before", format="%.3f"),
+        "f1_macro": st.column_config.NumberColumn("macro F1", format="%.3f"),
+        "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
+    failed = [r for r in runs if r.status().get("state") == "failed"]
+    for r in failed:
+        st.error(f"{r.name} failed: {r.status().get('error') or 'no message recorded'}", icon=":material/error:")
+
+    st.subheader("Compare")
+    names = [r.name for r in runs]
+    by_name = {r.name: r for r in runs}
+    chosen = st.multiselect("Runs to overlay", names, default=names[:2], key="compare_runs")
+    if chosen:
+        metrics = {n: by_name[n].metrics() for n in chosen}
+        a, b = st.columns(2)
+        a.plotly_chart(loss_figure(metrics), key="cmp_loss")
+        b.plotly_chart(metric_figure(metrics), key="cmp_metric")
+    if len(chosen) >= 2:
+        with widgets.shown_errors():
+            diff = config_diff({n: by_name[n].config().to_dict() for n in chosen})
+            st.markdown("**Config differences**" if len(diff) else "**Config differences**: none (same settings)")
+            if len(diff):
+                st.dataframe(diff, key="cfg_diff")
+
+    st.subheader("Delete a run")
+    victim = st.selectbox("Run to delete", names, index=None, key="delete_run", placeholder="choose a run")
+    if victim:
+        run = by_name[victim]
+        if run.status().get("state") in ACTIVE:
+            st.warning(f"{victim} is still {run.status()['state']}: stop it on the Train page before deleting.")
+            return
+        sure = st.checkbox(f"Yes, delete {victim} with its checkpoints and model (cannot be undone)",
+                           key=f"delete_sure_{victim}")
+        if st.button("Delete", type="primary", disabled=not sure, icon=":material/delete:"):
+            with widgets.shown_errors():
+                delete_run(run)
+                st.session_state.pop("delete_run", None)
+                st.toast(f"Deleted {victim}")
+                st.rerun()
+
+
+def _table(runs: list[RunDir]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        s = r.summary()
+        total = s.get("total_steps")
+        s["progress"] = (s.get("step") or 0) / total if total else (1.0 if s["state"] == "completed" else 0.0)
+        s["created"] = pd.to_datetime(s["created"], unit="s") if s.get("created") else None
+        rows.append(s)
+    df = pd.DataFrame(rows)
+    return df[["run", "state", "progress", "model", "method", "data", "accuracy_before", "accuracy", "f1_macro",
+               "created"]]
+
+
+def config_diff(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Fields whose values differ between configs: one row per dotted field, one column per run."""
+    flat = {name: _flatten(c) for name, c in configs.items()}
+    keys = sorted({k for f in flat.values() for k in f} - {"name"})
+    rows = {k: [f.get(k) for f in flat.values()] for k in keys}
+    differing = {k: v for k, v in rows.items() if len({repr(x) for x in v}) > 1}
+    return pd.DataFrame.from_dict({k: [str(x) for x in v] for k, v in differing.items()}, orient="index",
+                                  columns=list(flat))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

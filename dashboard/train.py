@@ -1,0 +1,218 @@
+"""Train page: model, method and hyper-parameters into one RunConfig, an estimate, Launch, live progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from workbench.assets import BUILTIN_DATASETS, BUILTIN_MODELS
+from workbench.config import RunConfig, field_help
+from workbench.errors import ConfigError, ModelError
+from workbench.estimate import model_summary
+from workbench.launch import launch
+from workbench.rundir import list_runs
+from workbench.storage import list_uploads
+
+from . import estimate_panel, monitor, widgets
+
+HELP = field_help()
+# Presets set these dotted fields; the LoRA learning rate is ~10x the full fine-tuning one.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick look": {"training.num_train_epochs": 1.0, "training.learning_rate": 5e-5, "lora_lr": 5e-4,
+                   "data.max_train_samples": 1000, "data.max_eval_samples": 500, "data.max_length": 128,
+                   "training.per_device_train_batch_size": 16, "training.logging_steps": 5,
+                   "training.early_stopping_patience": 0},
+    "good default": {"training.num_train_epochs": 3.0, "training.learning_rate": 5e-5, "lora_lr": 2e-4,
+                     "data.max_train_samples": 0, "data.max_eval_samples": 0, "data.max_length": 256,
+                     "training.per_device_train_batch_size": 16, "training.logging_steps": 10,
+                     "training.early_stopping_patience": 0},
+    "thorough": {"training.num_train_epochs": 6.0, "training.learning_rate": 3e-5, "lora_lr": 1e-4,
+                 "data.max_train_samples": 0, "data.max_eval_samples": 0, "data.max_length": 512,
+                 "training.per_device_train_batch_size": 16, "training.logging_steps": 10,
+                 "training.early_stopping_patience": 2},
+}
+MAIN = [("training.learning_rate", "%.1e"), ("training.num_train_epochs", "%.1f"),
+        ("training.per_device_train_batch_size", None), ("data.max_length", None),
+        ("data.max_train_samples", None), ("data.max_eval_samples", None),
+        ("training.gradient_accumulation_steps", None), ("training.early_stopping_patience", None)]
+ADVANCED = [("training.warmup_steps", "%.2f"), ("training.weight_decay", "%.3f"), ("training.logging_steps", None),
+            ("training.seed", None), ("data.validation_size", "%.2f"), ("data.test_size", "%.2f")]
+ZERO_IS_NONE = ("data.max_train_samples", "data.max_eval_samples", "training.early_stopping_patience")
+PERSIST = {"persist_state": "session"}  # keep the form while visiting other pages
+
+
+def page() -> None:
+    st.title("Train")
+    _init_state()
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        model = _model_section()
+        data = _data_section()
+        _method_section()
+        _hyper_section()
+    overrides = {"model.name_or_path": model, **data, **_form_values()}
+    try:
+        cfg = RunConfig().override(overrides)
+        problems = cfg.validate()
+    except ConfigError as e:
+        cfg, problems = None, e.problems
+    with right:
+        st.subheader("Before you launch")
+        for p in problems:
+            st.error(p, icon=":material/error:")
+        report_problems = estimate_panel.show(cfg) if cfg is not None and not problems else ["config"]
+        name = st.text_input("Run name (optional)", key="train_name", help=HELP["name"], **PERSIST)
+        if st.button("Launch", type="primary", icon=":material/rocket_launch:", disabled=bool(problems or
+                     report_problems), help="Starts training in its own process: closing this tab does not stop it."):
+            with widgets.shown_errors():
+                handle = launch(cfg.override({"name": name.strip() or None}))
+                st.session_state["run"] = handle.run.name
+                st.toast(f"Started {handle.run.name}", icon=":material/rocket_launch:")
+    st.divider()
+    st.subheader("Live run")
+    runs = list_runs()
+    run = widgets.pick_run("Run", runs, key="run", help="Runs keep going when this tab closes; reopen to watch.")
+    if run is None:
+        st.info("No runs yet: launch one above.")
+        return
+    monitor.run_monitor(run)
+
+
+def _init_state() -> None:
+    if "t.training.learning_rate" in st.session_state:
+        return
+    d = RunConfig().to_dict()
+    for section in ("training", "data", "peft"):
+        for k, v in d[section].items():
+            st.session_state.setdefault(f"t.{section}.{k}", v)
+    st.session_state["t.peft.target_modules"] = ""
+    st.session_state["t.training.bf16"] = "auto"
+    st.session_state["train_preset"] = "good default"
+    _apply_preset()
+
+
+def _apply_preset() -> None:
+    preset = PRESETS.get(st.session_state.get("train_preset") or "")
+    if not preset:
+        return
+    lora = st.session_state.get("t.peft.method") == "lora"
+    for k, v in preset.items():
+        if k != "lora_lr":
+            st.session_state[f"t.{k}"] = v
+    st.session_state["t.training.learning_rate"] = preset["lora_lr"] if lora else preset["training.learning_rate"]
+
+
+def _model_section() -> str:
+    st.subheader("Model")
+    kind = st.radio("Start from", ["Built-in", "Local folder", "Hub id"], horizontal=True, key="train_model_kind",
+                    **PERSIST)
+    if kind == "Built-in":
+        name = st.selectbox("Built-in model", list(BUILTIN_MODELS), key="train_builtin",
+                            help=HELP["model.name_or_path"],
+                            format_func=lambda n: f"{n}: {BUILTIN_MODELS[n].description}", **PERSIST)
+    elif kind == "Local folder":
+        name = st.text_input("Model folder", key="train_folder", placeholder="/path/to/model (config.json + "
+                             "model.safetensors)", help=HELP["model.name_or_path"], **PERSIST).strip()
+        if name:
+            from workbench.models import check_model_dir  # torch comes with it: only when a folder is given
+
+            try:
+                if not Path(name).expanduser().is_dir():
+                    raise ModelError(f"Model folder {name} does not exist. Give the folder written by "
+                                     f"`save_pretrained` (config.json and model.safetensors).")
+                check_model_dir(Path(name).expanduser())
+            except ModelError as e:
+                st.error(str(e), icon=":material/error:")
+                name = ""
+    else:
+        name = st.text_input("Hub id", key="train_hub", placeholder="bert-base-uncased", **PERSIST).strip()
+        st.caption("Needs a network to download; the config is checked when the run starts.")
+    st.session_state["train_model"] = name  # the Data page measures token lengths with this tokenizer
+    facts = model_summary(name) if name else {}
+    if facts:
+        st.caption(" · ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items()))
+    return name
+
+
+def _data_section() -> dict[str, Any]:
+    st.subheader("Data")
+    choice = st.session_state.get("data_choice") or {}
+    options = [str(p) for p in list_uploads()] + list(BUILTIN_DATASETS)
+    if choice.get("source") and choice["source"] not in options:
+        options.insert(0, choice["source"])
+    if st.session_state.get("train_source") not in options:
+        st.session_state["train_source"] = choice.get("source") or options[0]
+    source = st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,
+                          help=HELP["data.source"])
+    cols = choice if choice.get("source") == source else {}
+    st.caption("Columns: " + (f"text `{cols['text_column']}`, label `{cols['label_column']}` (from the Data page)"
+                              if cols else "guessed from the column names (set them on the Data page)"))
+    columns = {f"data.{k}": cols.get(k) for k in ("text_column", "label_column", "text_pair_column")}
+    return {"data.source": source, **columns}
+
+
+def _method_section() -> None:
+    st.subheader("Method")
+    method = st.radio("Fine-tuning method", ["full", "lora"], horizontal=True, key="t.peft.method",
+                      help=HELP["peft.method"], on_change=_apply_preset, **PERSIST)
+    if method == "lora":
+        c = st.columns(4)
+        c[0].number_input("r", min_value=1, max_value=256, key="t.peft.r", help=HELP["peft.r"], **PERSIST)
+        c[1].number_input("alpha", min_value=1, max_value=1024, key="t.peft.lora_alpha", help=HELP["peft.lora_alpha"],
+                          **PERSIST)
+        c[2].number_input("dropout", min_value=0.0, max_value=0.9, step=0.05, key="t.peft.lora_dropout",
+                          help=HELP["peft.lora_dropout"], **PERSIST)
+        c[3].text_input("target modules", key="t.peft.target_modules", placeholder="default for the architecture",
+                        help=HELP["peft.target_modules"] + " Comma-separated.", **PERSIST)
+
+
+def _hyper_section() -> None:
+    st.subheader("Hyper-parameters")
+    st.segmented_control("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset,
+                         help="Fills the knobs below; change any of them afterwards.", **PERSIST)
+    cols = st.columns(4)
+    for i, (key, fmt) in enumerate(MAIN):
+        _knob(cols[i % 4], key, fmt)
+    with st.expander("More settings"):
+        cols = st.columns(3)
+        for i, (key, fmt) in enumerate(ADVANCED):
+            _knob(cols[i % 3], key, fmt)
+        c = st.columns(3)
+        c[0].selectbox("lr scheduler", ["linear", "cosine", "constant", "constant_with_warmup"],
+                       key="t.training.lr_scheduler_type", help=HELP["training.lr_scheduler_type"], **PERSIST)
+        c[1].selectbox("eval strategy", ["epoch", "no"], key="t.training.eval_strategy",
+                       help=HELP["training.eval_strategy"], **PERSIST)
+        c[2].selectbox("bf16", ["auto", True, False], key="t.training.bf16", help=HELP["training.bf16"], **PERSIST)
+
+
+def _knob(where: Any, key: str, fmt: str | None) -> None:
+    label = key.split(".")[-1].replace("per_device_train_", "").replace("_", " ")
+    value = st.session_state.get(f"t.{key}")
+    is_float = isinstance(value, float) or fmt is not None
+    help_text = HELP[key] + (" 0 means none." if key in ZERO_IS_NONE else "")
+    if st.session_state.get(f"t.{key}") is None:
+        st.session_state[f"t.{key}"] = 0
+    where.number_input(label, min_value=0.0 if is_float else 0, format=fmt, key=f"t.{key}", help=help_text,
+                       step=_step(key) if is_float else 1, **PERSIST)
+
+
+def _step(key: str) -> float:
+    return {"training.learning_rate": 1e-5, "training.num_train_epochs": 1.0, "training.warmup_steps": 0.05,
+            "training.weight_decay": 0.01, "data.validation_size": 0.05, "data.test_size": 0.05}.get(key, 0.1)
+
+
+def _form_values() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, _ in MAIN + ADVANCED:
+        v = st.session_state.get(f"t.{key}")
+        out[key] = None if key in ZERO_IS_NONE and not v else v
+    for key in ("training.lr_scheduler_type", "training.eval_strategy", "training.bf16", "peft.method", "peft.r",
+                "peft.lora_alpha", "peft.lora_dropout"):
+        out[key] = st.session_state.get(f"t.{key}")
+    targets = st.session_state.get("t.peft.target_modules") or ""
+    out["peft.target_modules"] = [t.strip() for t in targets.split(",") if t.strip()] or None
+    if out["training.eval_strategy"] == "no":
+        out["training.early_stopping_patience"] = None
+    return out

@@ -1,0 +1,284 @@
+"""Before a run starts: how big is the model, how much memory will training take, how long will it run.
+
+Every number here is an *estimate*, made without loading weights or touching a GPU:
+
+- parameters are counted exactly, by building the classifier from its `config.json` on PyTorch's
+  `meta` device (no memory, no weights read);
+- memory is weights + gradients + AdamW state + a rough activation term (Korthikanti et al., 2022,
+  "Reducing Activation Recomputation in Large Transformer Models": ~`s*b*h*(34 + 5*a*s/h)` bytes per
+  layer at 16 bits) + a fixed runtime overhead;
+- time comes from the seconds per step *measured* by an earlier completed run of the same model and
+  method when there is one (scaled up for longer batches), else from a tabulated FLOP rate (calibrated on 2-core CPUs:
+  MiniLM 16x128 step ~1.3 s, SmolLM2-135M ~10 s, i.e. ~50 GFLOP/s per core in fp32).
+
+The dashboard's Train page and notebooks both call `estimate_run`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+
+GB = 1024 ** 3
+# Tabulated effective training throughput (FLOP/s) when nothing was measured yet.
+CPU_FLOPS_PER_CORE = 50e9
+GPU_FLOPS = 25e12  # a mid-range GPU at realistic utilisation with bf16/fp16
+BF16_CPU_SPEEDUP = 1.4  # autocast on CPUs with native bf16 (see ASSETS.md reference figures)
+RUNTIME_OVERHEAD_BYTES = 0.5 * GB  # torch + transformers + tokenizer in the run's process
+STARTUP_SECONDS = 15.0  # process start, imports, model load, data preparation
+# Used only when a built-in model is not downloaded yet (its config.json is not on disk).
+KNOWN_PARAMS = {"minilm": 22_713_216, "smollm2-135m": 134_515_008}
+
+
+@dataclass
+class Estimate:
+    """What `estimate_run` found. Sizes in bytes, times in seconds; `None` where unknown."""
+
+    total_params: int | None
+    trainable_params: int | None
+    memory: dict[str, float] = field(default_factory=dict)  # weights, gradients, optimizer, activations, ...
+    steps: int = 0
+    step_seconds: float | None = None
+    total_seconds: float | None = None
+    time_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_memory(self) -> float:
+        return float(sum(self.memory.values()))
+
+
+def local_model_dir(name_or_path: str) -> Path | None:
+    """The folder holding this model's config.json, without downloading anything (None: not on disk)."""
+    from .assets import BUILTIN_MODELS
+    from .paths import assets_dir
+
+    if name_or_path in BUILTIN_MODELS:
+        p = assets_dir() / "models" / name_or_path
+    else:
+        p = Path(name_or_path).expanduser()
+    return p if (p / "config.json").is_file() else None
+
+
+def load_model_config(name_or_path: str) -> Any | None:
+    """A `PretrainedConfig` from a local folder, a cached built-in or the local hub cache; None if absent."""
+    from transformers import AutoConfig
+
+    folder = local_model_dir(name_or_path)
+    try:
+        if folder is not None:
+            return AutoConfig.from_pretrained(folder)
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except Exception:  # not cached, not a model: the caller says "unknown" rather than failing
+        return None
+
+
+def count_parameters(config: Any, num_labels: int, peft: Any = None) -> tuple[int, int]:
+    """(total, trainable) parameters of the classifier built from `config`, with LoRA if `peft.method == "lora"`.
+
+    The model is built on the `meta` device, so this is exact and takes no memory.
+    """
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(config)
+    config.num_labels = max(2, num_labels)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    if peft is None or peft.method != "lora":
+        return total, total
+    from .models import lora_targets
+
+    targets = set(lora_targets(model, peft))
+    lora = sum(peft.r * (m.in_features + m.out_features) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets)
+    head = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in ("classifier", "score"))
+    return total + lora + head, lora + head  # PEFT trains a copy of the head (modules_to_save)
+
+
+def activation_bytes(config: Any, batch: int, seq: int, bytes_per_value: float) -> float:
+    """Activations kept for the backward pass (rough): per layer s*b*h*(34 + 5*a*s/h) at 16-bit."""
+    h = getattr(config, "hidden_size", None) or getattr(config, "d_model", 0)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    inter = getattr(config, "intermediate_size", None) or 4 * h
+    if not h or not layers:
+        return 0.0
+    # The 34 assumes a 4h MLP: 10 for attention and norms, 24 for the MLP; scale the MLP part.
+    per_layer = seq * batch * h * (10 + 24 * inter / (4 * h) + 5 * heads * seq / h)
+    return float(layers * per_layer * bytes_per_value / 2)
+
+
+def measured_step(cfg: RunConfig, root: str | Path | None = None) -> tuple[float, float, str] | None:
+    """(seconds per optimizer step, real tokens per step, run name) of the newest completed run with the
+    same model and method; None when there is none yet."""
+    from .rundir import list_runs
+
+    for run in list_runs(root):
+        try:
+            if run.status().get("state") != "completed":
+                continue
+            other = run.config()
+        except Exception:
+            continue
+        if other.model.name_or_path != cfg.model.name_or_path or other.peft.method != cfg.peft.method:
+            continue
+        m = run.metrics()
+        if "kind" not in m or "train_steps_per_second" not in m:
+            continue
+        rows = m[(m["kind"] == "summary") & m["train_steps_per_second"].notna()]
+        if len(rows) and rows["train_steps_per_second"].iloc[-1] > 0:
+            last = rows.iloc[-1]
+            steps = max(float(last.get("step") or 1), 1.0)
+            return 1.0 / float(last["train_steps_per_second"]), float(last.get("real_tokens") or 0) / steps, run.name
+    return None
+
+
+def _device() -> tuple[str, float, bool]:
+    """(description, tabulated FLOP/s, native bf16) for the machine this runs on."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0), GPU_FLOPS, torch.cuda.is_bf16_supported()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        bf16 = False
+    return f"CPU, {cores} core(s)", CPU_FLOPS_PER_CORE * cores, bf16
+
+
+def estimate_run(cfg: RunConfig, train_rows: int, *, num_labels: int = 2, mean_tokens: float | None = None,
+                 max_tokens: int | None = None, eval_rows: int = 0, runs_root: str | Path | None = None,
+                 model_config: Any = None) -> Estimate:
+    """Estimate parameters, peak training memory and wall time of `cfg` on `train_rows` examples.
+
+    `mean_tokens`/`max_tokens` come from the data report (token lengths); without them the estimate
+    assumes half of `data.max_length` on average and all of it for the longest batch.
+    """
+    t = cfg.training
+    conf = model_config if model_config is not None else load_model_config(cfg.model.name_or_path)
+    est = Estimate(None, None)
+    if conf is not None:
+        est.total_params, est.trainable_params = count_parameters(conf, num_labels, cfg.peft)
+    elif cfg.model.name_or_path in KNOWN_PARAMS:
+        est.total_params = KNOWN_PARAMS[cfg.model.name_or_path]
+        est.notes.append("The built-in model is not downloaded yet: its parameter count comes from a table; "
+                         "the LoRA share and activation memory are unknown until it is.")
+    else:
+        est.notes.append(f"No config.json for {cfg.model.name_or_path!r} on this machine (a hub id needs a "
+                         f"network): parameters and memory are unknown.")
+
+    device, flops, native_bf16 = _device()
+    bf16 = native_bf16 if t.bf16 == "auto" else bool(t.bf16)
+    mixed = bf16 or t.fp16
+    seq_mean = min(mean_tokens or cfg.data.max_length / 2, cfg.data.max_length)
+    seq_max = min(max_tokens or cfg.data.max_length, cfg.data.max_length)
+    if est.total_params is not None:
+        trainable = est.trainable_params if est.trainable_params is not None else est.total_params
+        est.memory = {"weights": est.total_params * 4.0, "gradients": trainable * 4.0,
+                      "optimizer (AdamW)": trainable * 8.0}
+        if conf is not None:
+            est.memory["activations"] = activation_bytes(conf, t.per_device_train_batch_size, seq_max,
+                                                         3.0 if mixed else 4.0)
+        est.memory["runtime overhead"] = RUNTIME_OVERHEAD_BYTES
+
+    per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(train_rows / per_step))
+    est.steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch * t.num_train_epochs))
+    tokens = est.steps * per_step * seq_mean * 1.1  # length-grouped batches still pad a little
+    measured = measured_step(cfg, runs_root)
+    if measured:
+        step_s, step_tokens, name = measured
+        # Small models spend most of a step on fixed overhead, so time does not shrink with fewer
+        # tokens per step; it is scaled up (only) when steps carry more tokens than the measured ones.
+        ratio = max(1.0, tokens / est.steps / step_tokens) if step_tokens else 1.0
+        train_s = est.steps * step_s * ratio
+        est.time_source = (f"measured: {step_s:.2f} s per step in run {name!r} (same model and method)"
+                           + (f", scaled x{ratio:.1f} for longer batches" if ratio > 1.05 else ""))
+    elif est.total_params is not None:
+        emb = _embedding_params(conf) if conf is not None else 0
+        layers = getattr(conf, "num_hidden_layers", 0) or 0
+        h = getattr(conf, "hidden_size", 0) or 0
+        body = max(est.total_params - emb, 1)
+        # 6N per token for full fine-tuning (forward 2N, backward 4N); LoRA skips weight gradients: ~4N.
+        per_token = (6 if cfg.peft.method == "full" else 4) * body + 12 * layers * h * seq_mean
+        rate = flops * (BF16_CPU_SPEEDUP if bf16 and "CPU" in device else 1.0)
+        train_s = tokens * per_token / rate
+        est.time_source = f"tabulated: ~{rate / 1e9:,.0f} GFLOP/s assumed for this machine ({device})"
+    else:
+        est.time_source = "unknown: no measured run and no model config to count FLOPs from"
+        return est
+    eval_passes = (2 if cfg.evaluate_before else 1) + (t.num_train_epochs if t.eval_strategy != "no" else 0)
+    eval_s = train_s / max(train_rows, 1) * eval_rows * eval_passes / 3  # forward only: ~1/3 of a train step
+    est.step_seconds = train_s / est.steps
+    est.total_seconds = STARTUP_SECONDS + train_s + eval_s
+    return est
+
+
+def _embedding_params(conf: Any) -> int:
+    """Input embeddings do a lookup, not a matmul: leave them out of the FLOP count."""
+    h = getattr(conf, "hidden_size", 0) or 0
+    vocab = getattr(conf, "vocab_size", 0) or 0
+    pos = getattr(conf, "max_position_embeddings", 0) if getattr(conf, "model_type", "") in ("bert", "roberta") else 0
+    return int((vocab + (pos or 0)) * h)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit in ("B", "KB") else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def format_seconds(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "unknown"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def gpu_memory_note(total_bytes: float) -> str | None:
+    """A warning when the estimate exceeds the free memory of the device it will train on."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            where = "GPU"
+        else:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            where = "RAM"
+    except (ValueError, OSError, AttributeError):
+        return None
+    if total_bytes > free:
+        return (f"the estimate ({format_bytes(total_bytes)}) exceeds the free {where} ({format_bytes(free)}): "
+                f"lower the batch size or data.max_length, or use LoRA.")
+    return None
+
+
+def model_summary(name_or_path: str) -> dict[str, Any]:
+    """Architecture facts from config.json for display (empty when the config is not on disk)."""
+    conf = load_model_config(name_or_path)
+    if conf is None:
+        return {}
+    keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size", "max_position_embeddings")
+    return {k: getattr(conf, k) for k in keys if getattr(conf, k, None) is not None}
+
+
+__all__ = ["Estimate", "activation_bytes", "count_parameters", "estimate_run", "format_bytes", "format_seconds",
+           "gpu_memory_note", "load_model_config", "local_model_dir", "measured_step", "model_summary"]
+
