@@ -59,6 +59,9 @@ def test_nan_loss_halts_at_its_step_and_keeps_the_last_good_checkpoint(tiny_bert
     assert m[m["step"] == 7]["nan"].iloc[-1] is True or bool(m[m["step"] == 7]["nan"].iloc[-1])
     assert m.query("kind == 'train' and step < 7")["loss"].notna().all()  # NaN never hidden behind old values
     assert run.latest_checkpoint().name == "checkpoint-4"
+    from workbench.figures.training import loss_figure
+    marks = [t for t in loss_figure(run).data if t.name == "halted: NaN loss"]
+    assert len(marks) == 1 and list(marks[0].x) == [7]  # the curve shows where it broke
 
 
 def test_training_oom_halves_batch_doubles_accumulation_and_resume_reuses_it(tiny_bert, data_csv, tmp_path,

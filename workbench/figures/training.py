@@ -71,13 +71,20 @@ def loss_figure(runs: RunsInput, x: Literal["step", "epoch"] = "step", title: st
     for i, (name, m) in enumerate(frames.items()):
         colour = COLOURS[i % len(COLOURS)]
         train, val = _points(m, "loss", x, ["train"]), _points(m, "eval_loss", x, ["eval"])
-        for label, pts, key, style in (("train loss", train, "loss", {"mode": "lines", "line": {"color": colour}}),
+        train_mode = "lines" if len(train) > 1 else "markers"  # a single point drawn as a line is invisible
+        for label, pts, key, style in (("train loss", train, "loss", {"mode": train_mode, "line": {"color": colour}}),
                                        ("validation loss", val, "eval_loss",
                                         {"mode": "lines+markers", "line": {"color": colour, "dash": "dash"}})):
             if len(pts):
                 fig.add_trace(go.Scatter(x=pts[x], y=pts[key], name=label, legendgroup=name,
                                          legendgrouptitle_text=name, **style,
                                          hovertemplate=f"{name}<br>{label}: %{{y:.4f}}<br>{x} %{{x}}<extra></extra>"))
+        if "nan" in m and m["nan"].fillna(False).astype(bool).any():  # a run halted on NaN/inf: mark where
+            bad = m[m["nan"].fillna(False).astype(bool)]
+            last = train["loss"].iloc[-1] if len(train) else 0.0
+            fig.add_trace(go.Scatter(x=bad[x] if x in bad else bad["step"], y=[last] * len(bad), mode="markers+text",
+                                     marker={"symbol": "x", "size": 12, "color": "crimson"}, text=["loss NaN/inf"],
+                                     textposition="top center", name="halted: NaN loss", legendgroup=name))
     if not fig.data:
         return _message_figure("no loss logged yet", title)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title="loss", hovermode="x unified",
