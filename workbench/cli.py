@@ -51,13 +51,16 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
 def _train_foreground(cfg: Any, run: Any = None, resume: bool = False) -> Any:
     """Run in this process with a progress bar; print the report, before/after and where the run is."""
     from .data import format_report
-    from .rundir import RunDir, new_run_dir
-    from .training import install_stop_signals, run_training
+    from .rundir import RunDir
+    from .training import install_stop_signals, new_run_dir_all_ranks, run_training
 
     _quiet_libraries()
     cfg.check()
     if run is None:
-        run = new_run_dir(cfg)
+        run = new_run_dir_all_ranks(cfg)
+    if os.environ.get("RANK", "0") != "0":  # other ranks of a torchrun job train silently
+        run_training(cfg, run, resume=resume, progress=False)
+        return run
     print(f"run directory: {run.path}")
     install_stop_signals()
     print("(Ctrl+C stops after saving a checkpoint; `workbench resume RUN` continues it)")
@@ -320,8 +323,107 @@ def cmd_app(a: argparse.Namespace) -> int:
         raise WorkbenchError(f"app.py not found next to the package ({app}); run `streamlit run app.py` from a "
                              f"checkout of the repository.")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", a.address,
-           "--server.port", str(a.port), "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false"]
-    return subprocess.call(cmd)
+           "--server.port", str(a.port), "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false",
+           "--client.showErrorDetails", "none"]
+    # From the repository root, so .streamlit/config.toml (upload limit, defaults) applies.
+    return subprocess.call(cmd, cwd=app.parent)
+
+
+def _clip(text: Any, width: int = 90) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= width else s[:width - 1] + "…"
+
+
+def cmd_errors(a: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .analysis import confident_mistakes, worst_slices
+    from .rundir import RunDir
+    run = RunDir(a.run).require()
+    pred = run.predictions("before" if a.before else "after")
+    wrong = int((~pred["correct"].astype(bool)).sum())
+    print(f"{run.name}: {len(pred)} test examples, {wrong} wrong (accuracy {1 - wrong / max(len(pred), 1):.3f})")
+    top = confident_mistakes(pred, a.n)
+    print(f"\n== {len(top)} most confident mistakes ==")
+    if len(top):
+        text = [_clip(x) for x in top["text"]]
+        t = pd.DataFrame({"row": top["row"], "gold": top["gold"], "predicted": top["predicted"],
+                          "confidence": top["confidence"], "text": text})
+        left = f"{{:<{max(map(len, text))}}}".format  # pandas right-aligns strings; text reads better left
+        print(t.to_string(index=False, float_format=lambda x: f"{x:.3f}", formatters={"text": left}, justify="left"))
+    sl = worst_slices(pred, patterns=a.pattern, min_size=a.min_size)
+    print(f"\n== worst slices (at least {a.min_size} examples) ==")
+    t = sl[["feature", "slice", "n", "accuracy", "f1_macro", "errors"]].head(a.slices)
+    t = t.assign(f1_macro=t["f1_macro"].map(lambda x: "-" if pd.isna(x) else f"{x:.3f}"),
+                 vs_all=t.index.map(sl["delta_accuracy"].map("{:+.3f}".format)))
+    print(t.to_string(index=False, float_format=lambda x: f"{x:.3f}") if len(t) else "(none)")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .analysis import compare_runs, compare_summary
+    from .rundir import RunDir
+    ra, rb = RunDir(a.run_a).require(), RunDir(a.run_b).require()
+    diff = compare_runs(ra, rb)
+    s = compare_summary(diff)
+    print(f"A: {ra.name}  accuracy {s['accuracy_a']:.3f}\nB: {rb.name}  accuracy {s['accuracy_b']:.3f}  "
+          f"(n={s['n']})")
+    print(f"fixed by B: {s['fixed']}   broken by B: {s['broken']}   both wrong: {s['both_wrong']}   "
+          f"both right: {s['both_right']}   net: {s['net']:+d}")
+    for change in ("fixed", "broken", "both wrong"):
+        # The examples where B is most sure of itself: the clearest gains and the clearest regressions.
+        part = diff[diff["change"] == change].sort_values("confidence_b", ascending=False).head(a.n)
+        if not len(part):
+            continue
+        print(f"\n== {change} ({s[change.replace(' ', '_')]}) ==")
+        for _, r in part.iterrows():
+            print(f"  row {r['row']}  gold {r['gold']}  A: {r['predicted_a']} ({r['confidence_a']:.2f})  "
+                  f"B: {r['predicted_b']} ({r['confidence_b']:.2f})  {_clip(r['text'], 80)}")
+    return 0
+
+
+def cmd_attention(a: argparse.Namespace) -> int:
+    from . import attention as att
+    from .figures import attention as figs
+    _quiet_libraries()
+    # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
+    res = att.attention_maps(*att.load_for_attention(a.run, base=a.base), a.text, a.pair, max_tokens=a.max_tokens)
+    print(f"{'base model (untrained head)' if a.base else 'model'} predicts: {res.predicted}  ("
+          + "  ".join(f"{lab}={p:.3f}" for lab, p in zip(res.labels, res.probs)) + ")")
+    if res.truncated:
+        print(f"note: {res.notice}")
+
+    def show(title: str, weights: Any, fmt: str = ".3f") -> None:
+        print(title)
+        for i, t, v in att.top_tokens(weights, res.tokens, a.top, res.special):
+            print(f"  {i:4d}  {t:20s} {v:{fmt}}")
+
+    r = res.readout_index
+    out = [figs.attention_heatmap(res, a.layer, a.head), figs.readout_bar(res, a.layer, a.head),
+           figs.rollout_heatmap(res)]
+    show(f"top tokens attended from {res.tokens[r]} (position {r}), layer {a.layer % res.n_layers}, "
+         f"{'head average' if a.head is None else f'head {a.head}'}:",
+         att.select(att.readout_attention(res), a.layer, a.head))
+    show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
+    if a.diff:
+        other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base), a.text, a.pair,
+                                   max_tokens=a.max_tokens)
+        base_res, tuned_res = (res, other) if a.base else (other, res)
+        diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
+        out.append(figs.attention_difference_heatmap(diff, res.tokens))
+        show("readout attention most increased by fine-tuning:", diff[r], "+.3f")
+    if a.saliency:
+        from .saliency import token_saliency
+        sal = token_saliency(*att.load_for_attention(a.run), a.text, a.pair, method=a.saliency,
+                             max_tokens=a.max_tokens)
+        out.append(figs.saliency_figure(sal))
+        gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
+        print(f"saliency ({a.saliency}) for class {sal.target_label}{gap}:")
+        for i, t, _ in att.top_tokens(abs(sal.scores), sal.tokens, a.top, sal.special):
+            print(f"  {i:4d}  {t:20s} {float(sal.scores[i]):+.3f}")
+    path = figs.write_figures_html(out, a.out, title=f"Attention: {Path(str(a.run)).name}")
+    print(f"wrote {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,6 +474,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("app", cmd_app, "Start the dashboard (binds to 127.0.0.1).")
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
+    p = add("errors", cmd_errors, "Show a run's most confident test mistakes and its worst slices.")
+    p.add_argument("run")
+    p.add_argument("--n", type=int, default=10, help="mistakes to show (default 10)")
+    p.add_argument("--pattern", action="extend", nargs="+", metavar="WORD", default=[],
+                   help="also slice by texts containing WORD (a whole word, or a regex such as \"not|n't\")")
+    p.add_argument("--min-size", type=int, default=5, help="smallest slice to report (default 5)")
+    p.add_argument("--slices", type=int, default=15, help="slices to show (default 15)")
+    p.add_argument("--before", action="store_true", help="analyse the predictions before fine-tuning")
+    p = add("compare", cmd_compare, "Compare two runs' test predictions: what B fixed and broke relative to A.")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--n", type=int, default=3, help="examples to show per change (default 3)")
+    p = add("attention", cmd_attention, "Attention maps (and optionally saliency) of a run's model for one text, "
+            "written as an offline HTML page.")
+    p.add_argument("run", help="a run directory, a model folder, or a built-in model name")
+    p.add_argument("text")
+    p.add_argument("--pair", help="second text, for pair tasks")
+    p.add_argument("--layer", type=int, default=-1, help="layer to show, 0-based (default -1: the last)")
+    p.add_argument("--head", type=int, default=None, help="head to show (default: the average of all heads)")
+    p.add_argument("--out", default="attention.html", help="HTML file to write (default attention.html)")
+    p.add_argument("--base", action="store_true", help="show the run's pretrained base model instead")
+    p.add_argument("--diff", action="store_true", help="add the change in attention (fine-tuned minus base)")
+    p.add_argument("--saliency", choices=["ig", "grad"], help="add token saliency of the fine-tuned model's "
+                   "prediction: integrated gradients or gradient x input")
+    p.add_argument("--max-tokens", type=int, default=128, help="cut longer texts to this many tokens (default 128)")
+    p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
     return ap
 
 
