@@ -1,2 +1,18 @@
 """Plotly figure builders. Each takes data (DataFrames, arrays, dicts from the run directory) and
-returns a `plotly.graph_objects.Figure`; the dashboard and notebooks only display them."""
+returns a `plotly.graph_objects.Figure`; the dashboard and notebooks only display them.
+
+    from workbench import figures
+    figures.loss_figure([run_a, run_b]).show()
+"""
+
+from .attention import (attention_difference_heatmap, attention_heatmap, readout_bar, rollout_heatmap,
+                        saliency_figure, write_figures_html)
+from .data import class_balance_figure, token_length_figure
+from .evaluation import (before_after_figure, confidence_figure, confusion_matrix_figure, per_class_figure,
+                         slice_figure)
+from .training import learning_rate_figure, loss_figure, metric_figure, metrics_by_run, throughput_figure
+
+__all__ = ["attention_difference_heatmap", "attention_heatmap", "before_after_figure", "class_balance_figure",
+           "confidence_figure", "confusion_matrix_figure", "learning_rate_figure", "loss_figure", "metric_figure",
+           "metrics_by_run", "per_class_figure", "readout_bar", "rollout_heatmap", "saliency_figure", "slice_figure",
+           "throughput_figure", "token_length_figure", "write_figures_html"]
