@@ -99,3 +99,17 @@ def test_listing_commands(capsys):
     assert "minilm" in out and "smollm2-135m" in out
     out = _run(capsys, "config", "--explain")[1]
     assert "training.learning_rate" in out
+
+
+def test_dashboard_defaults_are_local_and_xsrf_protected(monkeypatch):
+    import subprocess
+    import tomllib
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda cmd, cwd=None: seen.update(cmd=cmd, cwd=cwd) or 0)
+    assert main(["app"]) == 0
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--server.enableXsrfProtection") + 1] == "true"
+    conf = tomllib.loads((Path(__file__).parent.parent / ".streamlit" / "config.toml").read_text())
+    assert conf["server"]["address"] == "127.0.0.1" and conf["server"]["enableXsrfProtection"] is True
+    assert 0 < conf["server"]["maxUploadSize"] <= 1024

@@ -85,3 +85,14 @@ def test_unknown_builtin_and_lora_targets(tiny_bert, tiny_llama):
     wrapped = apply_lora(llama, PeftConfig(method="lora"))
     trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("score" in n for n in trainable)
+
+
+def test_pickled_adapter_is_refused(tmp_path):
+    from workbench.models import load_trained
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "workbench_model.json").write_text(json.dumps({"labels": ["a", "b"], "model": {"name_or_path": "x"}}))
+    torch.save({"w": torch.zeros(1)}, folder / "adapter_model.bin")
+    with pytest.raises(ModelError, match="pickle-based"):
+        load_trained(folder)

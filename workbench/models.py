@@ -178,15 +178,14 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
     kw: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
+    check_model_dir(d, allow_pickle=False)  # before anything is loaded: a run's own files are never pickles
     if (d / "adapter_config.json").exists():
         from peft import PeftModel
         meta = json.loads((d / "workbench_model.json").read_text())
         base_cfg = ModelConfig(**meta["model"])
         model = load_classifier(base_cfg, meta["labels"], attn_implementation=attn_implementation, dtype=dtype)
-        check_model_dir(d, allow_pickle=False)
         model = PeftModel.from_pretrained(model, d)
     else:
-        check_model_dir(d, allow_pickle=False)
         model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True, **kw)
     tok = AutoTokenizer.from_pretrained(d)
     if tok.pad_token is None:
