@@ -95,9 +95,7 @@ def resume(run: str | Path | RunDir) -> RunHandle:
     """Continue a stopped or failed run from its last complete checkpoint, in a separate process."""
     r = run if isinstance(run, RunDir) else RunDir(run)
     r.require()
-    st = r.status()
-    if st.get("state") in ACTIVE and pid_alive(st.get("pid")):
-        raise RunError(f"run {r.name} is still {st['state']} (pid {st['pid']}); stop it before resuming.")
+    st = r.require_idle("stop it before resuming.")
     if st.get("state") == "completed":
         raise RunError(f"run {r.name} has already completed; start a new run to train further.")
     if r.stop_file.exists():

@@ -174,6 +174,13 @@ class RunDir:
     def data_report(self) -> dict[str, Any]:
         return json.loads(self.report_file.read_text()) if self.report_file.exists() else {}
 
+    def require_idle(self, then: str) -> dict[str, Any]:
+        """The status, or a `RunError` when the run's process is still alive (`then` says what to do)."""
+        st = self.status()
+        if st.get("state") in ACTIVE and pid_alive(st.get("pid")):
+            raise RunError(f"run {self.name} is still {st['state']} (pid {st['pid']}); {then}")
+        return st
+
     # stop / checkpoints
     def request_stop(self) -> None:
         self.stop_file.touch()

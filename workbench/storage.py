@@ -15,9 +15,9 @@ import shutil
 import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .errors import DataError, RunError
+from .errors import DataError
 from .paths import uploads_dir
-from .rundir import ACTIVE, RunDir, pid_alive
+from .rundir import RunDir
 
 MAX_NAME = 80
 
@@ -86,7 +86,5 @@ def delete_run(run: str | Path | RunDir) -> None:
     """Remove a run directory; refuses while its process is alive, and anything that is not a run."""
     r = run if isinstance(run, RunDir) else RunDir(run)
     r.require()
-    st = r.status()
-    if st.get("state") in ACTIVE and pid_alive(st.get("pid")):
-        raise RunError(f"run {r.name} is still {st['state']} (pid {st['pid']}): stop it first, then delete it.")
+    r.require_idle("stop it first, then delete it.")
     shutil.rmtree(r.path)
