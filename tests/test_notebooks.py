@@ -1,0 +1,175 @@
+"""The tutorial notebooks in notebooks/: committed clean, shaped like lessons, and executable.
+
+Fast checks (every run): no outputs or execution counts are committed; the first cell is the
+parameters cell (tagged `parameters`, holds QUICK); prose comes before the first code after it;
+the only imports are workbench and display libraries; each notebook has an ipywidgets control and an
+exercise whose solution is a collapsed cell under a "Solution" heading.
+
+Slow check (`-m slow`): each notebook executed top to bottom with nbclient in a temp folder, with
+`QUICK = True` injected after the parameters cell (papermill's convention, done by hand with
+nbformat) and WORKBENCH_RUNS in a temp dir. Times go to artifacts/notebook_times.json.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]-*.ipynb"))
+LESSONS = [p for p in NOTEBOOKS if not p.stem.endswith("-solutions")]
+CELL_TIMEOUT = 600  # seconds; a QUICK notebook takes 1-3 minutes in all on 2 CPU cores
+# Display libraries a notebook may import besides workbench (the brief for the course notebooks).
+ALLOWED_IMPORTS = {"workbench", "plotly", "ipywidgets", "IPython", "pandas", "numpy",
+                   "time", "math", "os", "pathlib", "tempfile", "json"}
+# Notebooks that show the library's own pieces next to the formulas may also use torch/transformers.
+EXTRA_IMPORTS = {"02": {"torch", "transformers"}, "04": {"torch", "transformers"}, "07": {"torch", "transformers"}}
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.stem for p in paths]
+
+
+def load(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def parameters_cell(nb: nbformat.NotebookNode) -> int:
+    for i, cell in enumerate(nb.cells):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return i
+    raise AssertionError("no cell tagged `parameters`")
+
+
+def inject_parameters(nb: nbformat.NotebookNode, values: dict) -> nbformat.NotebookNode:
+    """Insert a cell tagged `injected-parameters` right after the parameters cell (as papermill does)."""
+    i = parameters_cell(nb)
+    src = "# Parameters injected by the test\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items())
+    cell = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
+    cell["id"] = "injected-parameters"
+    nb.cells.insert(i + 1, cell)
+    return nb
+
+
+def _imports(source: str) -> set[str]:
+    # IPython magics and shell lines are not Python; notebooks here should not need them anyway.
+    lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+    tree = ast.parse("\n".join(lines))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+# --- fast ------------------------------------------------------------------------------------------
+def test_the_course_is_there():
+    numbers = [p.name[:2] for p in LESSONS]
+    assert numbers == [f"{i:02d}" for i in range(1, 8)], f"expected notebooks 01..07, found {numbers}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_without_outputs(path):
+    nb = load(path)
+    nbformat.validate(nb)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+    assert "widgets" not in nb.metadata, f"{path.name}: saved widget state in the metadata; clear it"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_parameters_first_then_prose(path):
+    nb = load(path)
+    assert parameters_cell(nb) == 0, f"{path.name}: the first cell must be the parameters cell"
+    first = nb.cells[0]
+    assert first.cell_type == "code" and re.search(r"^QUICK\s*=\s*(True|False)", first.source, re.M), \
+        f"{path.name}: the parameters cell must set QUICK = True/False"
+    assert nb.cells[1].cell_type == "markdown" and nb.cells[1].source.lstrip().startswith("# "), \
+        f"{path.name}: a title and an introduction in prose must follow the parameters"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_imports_only_workbench_and_display_libraries(path):
+    nb = load(path)
+    allowed = ALLOWED_IMPORTS | EXTRA_IMPORTS.get(path.name[:2], set())
+    used = set().union(*(_imports(c.source) for c in nb.cells if c.cell_type == "code"))
+    assert "workbench" in used
+    assert used <= allowed, f"{path.name} imports {sorted(used - allowed)}: put that logic in the package"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_has_a_widget_and_an_exercise_with_a_collapsed_solution(path):
+    nb = load(path)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert re.search(r"^\s*(import ipywidgets|from ipywidgets)", code, re.M), f"{path.name}: no ipywidgets control"
+    assert re.search(r"\.observe\(|\.on_click\(|interactive\(", code), f"{path.name}: widgets are never wired up"
+    headings = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"]
+    exercise = [i for i, s in headings if re.search(r"^#+\s*Exercise", s, re.M)]
+    assert exercise, f"{path.name}: no '## Exercise' heading"
+    solutions_nb = path.with_name(path.stem + "-solutions.ipynb")
+    if solutions_nb.exists():
+        return
+    solution = [i for i, s in headings if re.search(r"^#+\s*Solution", s, re.M) and i >= exercise[0]]
+    assert solution, f"{path.name}: no 'Solution' heading after the exercise (or a {solutions_nb.name})"
+    hidden = [c for c in nb.cells[solution[0] + 1:]
+              if c.cell_type == "code" and c.metadata.get("jupyter", {}).get("source_hidden")]
+    assert hidden, f"{path.name}: the solution code must be collapsed (metadata jupyter.source_hidden: true)"
+
+
+def test_injection_overrides_quick():
+    nb = inject_parameters(load(LESSONS[0]), {"QUICK": True})
+    assert nb.cells[1].metadata["tags"] == ["injected-parameters"] and "QUICK = True" in nb.cells[1].source
+
+
+# --- slow: execute them ----------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_notebook_runs_top_to_bottom(path, tmp_path):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    runs = tmp_path / "runs"
+    nb = inject_parameters(load(path), {"QUICK": True, "RUNS_DIR": str(runs)})
+    env_before = os.environ.get("WORKBENCH_RUNS")
+    os.environ["WORKBENCH_RUNS"] = str(runs)  # the kernel inherits it: nothing lands in the repo's runs/
+    start = time.time()
+    try:
+        client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}})
+        try:
+            client.execute()
+        except CellExecutionError as e:
+            pytest.fail(f"{path.name} failed:\n{str(e)[-4000:]}")
+    finally:
+        if env_before is None:
+            os.environ.pop("WORKBENCH_RUNS", None)
+        else:
+            os.environ["WORKBENCH_RUNS"] = env_before
+    elapsed = time.time() - start
+    _record_time(path.name, elapsed)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    # Runs end with the notebook: nothing is left running in the background.
+    for status in runs.glob("*/status.json"):
+        assert json.loads(status.read_text())["state"] in ("completed", "stopped"), status
+
+
+def _record_time(name: str, seconds: float) -> None:
+    out = ROOT / "artifacts" / "notebook_times.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        times = json.loads(out.read_text())
+    except (OSError, ValueError):
+        times = {}
+    times[name] = round(seconds, 1)
+    out.write_text(json.dumps(times, indent=2, sort_keys=True))
