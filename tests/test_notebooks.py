@@ -13,6 +13,7 @@ nbformat) and WORKBENCH_RUNS in a temp dir. Times go to artifacts/notebook_times
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
 import re
@@ -32,6 +33,9 @@ ALLOWED_IMPORTS = {"workbench", "plotly", "ipywidgets", "IPython", "pandas", "nu
                    "time", "math", "os", "pathlib", "tempfile", "json"}
 # Notebooks that show the library's own pieces next to the formulas may also use torch/transformers.
 EXTRA_IMPORTS = {"02": {"torch", "transformers"}, "04": {"torch", "transformers"}, "07": {"torch", "transformers"}}
+
+
+NUDGE_EVERY = 10  # seconds; see NudgingClient
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -132,10 +136,39 @@ def test_injection_overrides_quick():
 
 
 # --- slow: execute them ----------------------------------------------------------------------------
+def notebook_client(nb: nbformat.NotebookNode, cwd: Path, timeout: int = CELL_TIMEOUT):
+    """An nbclient NotebookClient that survives ipykernel 7's stranded shell requests.
+
+    With ipykernel 7.x an `execute_request` that reaches the kernel while it is sending a reply on the
+    same shell socket can stay unread: the kernel sits idle, nbclient waits for a reply until the cell
+    timeout (ipython/ipykernel#1554, microsoft/vscode-jupyter#17228; seen here about once in ten
+    notebooks). Any later message on the shell socket wakes the kernel's reader, and a browser front end
+    sends such messages all the time; nbclient sends none while it waits. So this client sends a
+    harmless `kernel_info_request` every NUDGE_EVERY seconds while a cell runs (its replies carry
+    another parent id, which nbclient skips).
+    """
+    from nbclient import NotebookClient
+
+    class NudgingClient(NotebookClient):
+        async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+            nudge = asyncio.ensure_future(self._nudge())
+            try:
+                return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+            finally:
+                nudge.cancel()
+
+        async def _nudge(self) -> None:
+            while True:
+                await asyncio.sleep(NUDGE_EVERY)
+                if self.kc is not None:
+                    self.kc.kernel_info()
+
+    return NudgingClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
 def test_notebook_runs_top_to_bottom(path, tmp_path):
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     runs = tmp_path / "runs"
@@ -144,8 +177,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     os.environ["WORKBENCH_RUNS"] = str(runs)  # the kernel inherits it: nothing lands in the repo's runs/
     start = time.time()
     try:
-        client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}})
+        client = notebook_client(nb, tmp_path)
         try:
             client.execute()
         except CellExecutionError as e:
