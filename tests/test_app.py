@@ -63,7 +63,8 @@ def runs_root(tmp_path_factory, tiny_bert):
     make_sentiment_frame(200).to_csv(csv, index=False)
     base = {"model": {"name_or_path": str(tiny_bert)}, "data": {"source": str(csv)},
             "training": {"num_train_epochs": 8, "learning_rate": 3e-3, "per_device_train_batch_size": 16,
-                         "logging_steps": 5, "save_strategy": "no"}}
+                         "logging_steps": 5, "save_strategy": "no"},
+            "peft": {"freeze_embeddings": False}}  # a tiny random model must train its embeddings
     cfg = RunConfig.from_dict({**base, "name": "tiny-ok"})
     run_training(cfg, new_run_dir(cfg), progress=False)
     failed = new_run_dir(RunConfig.from_dict({**base, "name": "tiny-failed"}))

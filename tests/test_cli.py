@@ -74,7 +74,8 @@ def test_read_only_commands_on_a_finished_run(capsys, tiny_bert, tmp_path):
     make_sentiment_frame(200).to_csv(data, index=False)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"name: r1\noutput_dir: {tmp_path / 'runs'}\nmodel: {{name_or_path: {tiny_bert}}}\n"
-                   f"data: {{source: {data}}}\ntraining: {{num_train_epochs: 8, learning_rate: 3.0e-3}}\n")
+                   f"data: {{source: {data}}}\ntraining: {{num_train_epochs: 8, learning_rate: 3.0e-3}}\n"
+                   f"peft: {{freeze_embeddings: false}}\n")  # a tiny random model must train its embeddings
     code, out, _ = _run(capsys, "train", cfg)
     run = tmp_path / "runs" / "r1"
     assert code == 0 and "test accuracy after fine-tuning" in out and str(run) in out

@@ -25,8 +25,9 @@ RUN_FILES = {"config.yaml", "labels.json", "data_report.json", "status.json", "m
 def tiny_config(model: Path, data: Path, out: Path, **training) -> RunConfig:
     t = {"num_train_epochs": 8, "learning_rate": 3e-3, "per_device_train_batch_size": 16, "logging_steps": 5,
          "save_total_limit": 1, **training}
+    # Tiny models start from random embeddings: they must train them to learn anything.
     return RunConfig.from_dict({"output_dir": str(out), "model": {"name_or_path": str(model)},
-                                "data": {"source": str(data)}, "training": t})
+                                "data": {"source": str(data)}, "training": t, "peft": {"freeze_embeddings": False}})
 
 
 @pytest.fixture(scope="module")

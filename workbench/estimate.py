@@ -94,7 +94,8 @@ def count_parameters(config: Any, num_labels: int, peft: Any = None) -> tuple[in
         model = AutoModelForSequenceClassification.from_config(config)
     total = sum(p.numel() for p in model.parameters())
     if peft is None or peft.method != "lora":
-        return total, total
+        frozen = model.get_input_embeddings().weight.numel() if getattr(peft, "freeze_embeddings", False) else 0
+        return total, total - frozen
     from .models import lora_targets
 
     targets = set(lora_targets(model, peft))

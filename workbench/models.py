@@ -163,6 +163,17 @@ def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
     return get_peft_model(model, lcfg)
 
 
+def freeze_input_embeddings(model: Any) -> int:
+    """Stop training the input token embeddings (`peft.freeze_embeddings`); returns the parameters frozen."""
+    emb = model.get_input_embeddings()
+    frozen = 0
+    for p in emb.parameters():
+        if p.requires_grad:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -25,8 +25,10 @@ from transformers import TrainingArguments, set_seed
 from .config import RunConfig
 from .errors import RunError, TrainingHalted, WorkbenchError
 from .evaluate import metrics_from_predictions, trainer_metrics
-from .models import apply_lora, count_parameters, load_classifier, load_tokenizer, resolve_model_path
+from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_classifier, load_tokenizer,
+                     resolve_model_path)
 from .rundir import RunDir, write_json_atomic
+from .speed import keep_freed_memory, restore_attention, speed_up_dropout, use_cpu_training_attention
 from .tasks.classification import PaddingCollator, predict_proba, predictions_frame, tokenize_frame
 from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
@@ -193,6 +195,12 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
             model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
         if cfg.peft.method == "lora" and not hasattr(model, "peft_config"):
             model = apply_lora(model, cfg.peft)
+        if cfg.peft.method == "full" and cfg.peft.freeze_embeddings:
+            freeze_input_embeddings(model)
+        if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
+            keep_freed_memory()
+            speed_up_dropout(model)
+            use_cpu_training_attention(model)
         eff = cfg.override({f"training.{k}": v for k, v in batch.items()}) if batch else cfg
         trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main)
         if main:
@@ -236,6 +244,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
 
     if main:
         run.update_status(phase="saving the model")
+    restore_attention(trainer.model)
     trainer.save_model(str(run.model_dir))
     if main:
         # The trainer drops a pickled TrainingArguments here; config.yaml already records the run,

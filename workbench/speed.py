@@ -1,0 +1,159 @@
+"""Training speed-ups on CPUs that keep the maths of training the same.
+
+`nn.Dropout` on a CPU draws one 32-bit random number per element (`bernoulli_`), which is slow:
+about 13 % of a MiniLM training step on 2 cores was spent making dropout masks (measured with
+torch.profiler; see benchmarks/bench.py). `FastDropout` draws 64 random bits and cuts them into four
+16-bit numbers, so it calls the generator a quarter as often: same keep probability (to 1/65,536), same
+1/(1-p) scaling, same seeded torch generator (runs stay reproducible and resumable), about half the
+time per dropout forward + backward.
+
+On a GPU the built-in dropout is already fused and fast, so `speed_up_dropout` is used for CPU training
+only, as are `cpu_training_attention` and `keep_freed_memory` (below).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+_LOW, _HIGH = -(2**63), 2**63 - 1
+
+
+def dropout_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A boolean keep-mask with P(keep) = 1 - p (p rounded to a multiple of 1/65,536)."""
+    n = 1
+    for s in shape:
+        n *= s
+    bits = torch.randint(_LOW, _HIGH, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    return bits.view(torch.int16)[:n].view(shape) >= (round(p * 65536) - 32768)
+
+
+class _DropoutFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
+        # One multiplier tensor, 1/(1-p) where kept and 0 elsewhere, serves both passes.
+        scale, zero = torch.tensor(1.0 / (1.0 - p), dtype=x.dtype), torch.tensor(0.0, dtype=x.dtype)
+        mult = torch.where(dropout_mask(x.shape, p, x.device), scale.to(x.device), zero.to(x.device))
+        ctx.save_for_backward(mult)
+        return x * mult
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mult,) = ctx.saved_tensors
+        return grad * mult, None
+
+
+class FastDropout(nn.Dropout):
+    """`nn.Dropout` with a cheaper mask on CPUs (see the module docstring). Keeps `p`, which some
+    attention implementations read from their dropout module."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p >= 1.0:
+            return x * 0.0
+        return _DropoutFn.apply(x, self.p)
+
+
+def speed_up_dropout(model: nn.Module) -> int:
+    """Swap every `nn.Dropout` in `model` for `FastDropout` (in place); returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Dropout:
+                fast = FastDropout(child.p, child.inplace)
+                fast.train(child.training)
+                setattr(module, name, fast)
+                swapped += 1
+    return swapped
+
+
+_MALLOC_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step allocates and frees the same few hundred activation and gradient buffers every
+    time; by default glibc serves large ones with fresh `mmap` pages and returns them at `free`, so
+    every step pays page faults and zeroing again. Raising the mmap and trim thresholds keeps them in
+    the heap: about 10% less time per MiniLM step on 2 cores, peak memory unchanged (benchmarks/bench.py).
+    Linux/glibc only; elsewhere it does nothing and returns False.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, 256 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+    return _MALLOC_TUNED
+
+
+ATTENTION = "workbench_cpu_training"
+
+
+def cpu_training_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """softmax(QKᵀ·scale + mask)·V written out, with `FastDropout`'s mask on the attention weights.
+
+    Used while training on a CPU only. There, PyTorch's scaled_dot_product_attention either takes its
+    math path with the slow dropout (models with attention dropout, like BERT) or its CPU flash kernel,
+    whose backward pass is slow for short sequences (models without, like Llama: a MiniLM step took
+    1.8x as long in backward on the flash kernel). Anything else (evaluation, GPUs, attention weights
+    requested) goes to transformers' own SDPA function.
+    """
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    if not module.training or query.device.type != "cpu" or kwargs.get("output_attentions"):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    q_len, k_len = query.shape[2], key.shape[2]
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, :k_len]
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
+    elif is_causal and q_len > 1:
+        future = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).triu(k_len - q_len + 1)
+        scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout > 0.0:
+        probs = _DropoutFn.apply(probs, dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def use_cpu_training_attention(model: Any) -> bool:
+    """Switch a transformers model that uses SDPA to `cpu_training_attention`; False if it cannot."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(ATTENTION, cpu_training_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+    try:
+        model.set_attn_implementation(ATTENTION)
+    except (ValueError, NotImplementedError):
+        return False
+    return model.config._attn_implementation == ATTENTION
+
+
+def restore_attention(model: Any) -> None:
+    """Back to SDPA (before saving or scoring)."""
+    if getattr(model.config, "_attn_implementation", None) == ATTENTION:
+        model.set_attn_implementation("sdpa")
