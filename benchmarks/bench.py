@@ -19,7 +19,6 @@ same invocation, and the table reports ratios, which survive a noisy machine bet
                     dropout     FastDropout: 4 masks per 64-bit random draw instead of one per 32 bits
                     attention   softmax(QK^T)V written out for CPU training (SDPA's math path / flash backward
                                 are slower here)
-                    malloc      glibc keeps freed memory for the next step (no page faults per step)
   prediction  the 1,000 test texts: transformers.pipeline("text-classification") vs workbench Predictor.
   attention   warm latency of one attention map for a 128-token text: MiniLM and SmolLM2-135M.
 """
@@ -104,7 +103,7 @@ def _hf_baseline(recipe: str, quick: bool, device: str) -> dict:
             "precision": "bf16" if bf16 else "fp32"}
 
 
-ABLATIONS = ("freeze", "dropout", "attention", "malloc")
+ABLATIONS = ("freeze", "dropout", "attention")
 
 
 def _workbench(quick: bool, device: str, without: str | None = None) -> dict:
@@ -113,7 +112,7 @@ def _workbench(quick: bool, device: str, without: str | None = None) -> dict:
     from workbench.config import RunConfig
     from workbench.rundir import new_run_dir
     from workbench.training import run_training
-    off = {"dropout": "speed_up_dropout", "attention": "use_cpu_training_attention", "malloc": "keep_freed_memory"}
+    off = {"dropout": "speed_up_dropout", "attention": "use_cpu_training_attention"}
     if without in off:
         setattr(training, off[without], lambda *a, **k: False)
     n_train, n_test = _sizes(quick)

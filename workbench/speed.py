@@ -8,7 +8,7 @@ torch.profiler; see benchmarks/bench.py). `FastDropout` draws 64 random bits and
 time per dropout forward + backward.
 
 On a GPU the built-in dropout is already fused and fast, so `speed_up_dropout` is used for CPU training
-only, as are `cpu_training_attention` and `keep_freed_memory` (below).
+only, as is `cpu_training_attention` (below).
 """
 
 from __future__ import annotations
@@ -68,36 +68,6 @@ def speed_up_dropout(model: nn.Module) -> int:
                 setattr(module, name, fast)
                 swapped += 1
     return swapped
-
-
-_MALLOC_TUNED = False
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's allocator to keep freed memory for reuse instead of handing it back to the OS.
-
-    A training step allocates and frees the same few hundred activation and gradient buffers every
-    time; by default glibc serves large ones with fresh `mmap` pages and returns them at `free`, so
-    every step pays page faults and zeroing again. Raising the mmap and trim thresholds keeps them in
-    the heap: about 10% less time per MiniLM step on 2 cores, peak memory unchanged (benchmarks/bench.py).
-    Linux/glibc only; elsewhere it does nothing and returns False.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, 256 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):
-        return False
-    return _MALLOC_TUNED
 
 
 ATTENTION = "workbench_cpu_training"
