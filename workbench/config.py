@@ -108,7 +108,7 @@ class PeftConfig:
                                          "classification head.")
     freeze_embeddings: bool = _f(True, "With `full`: keep the input word embeddings fixed. They are half of "
                                  "MiniLM's weights and a fifth of SmolLM2's; updating them all at every step "
-                                 "costs time (about a seventh of a CPU step) and optimizer memory, for no "
+                                 "costs time (about an eighth of a CPU step) and optimizer memory, for no "
                                  "accuracy gain we measured on classification. `false`: train them too (needed "
                                  "for a model whose embeddings are not pretrained).")
     r: int = _f(8, "LoRA rank: size of the adapter matrices.")
