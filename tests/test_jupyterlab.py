@@ -89,7 +89,12 @@ def lab(tmp_path_factory):
     token, port = secrets.token_hex(16), _free_port()
     # PYTHONPATH: the kernel imports this checkout's workbench, wherever the package was installed from.
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "WORKBENCH_RUNS": str(home / "runs"), "TOKENIZERS_PARALLELISM": "false",
+    # JUPYTER_PATH: the widgets' lab extension lives under the prefix that installed ipywidgets, which in a
+    # venv with --system-site-packages is the base interpreter's, not the venv's.
+    jupyter_path = os.pathsep.join(dict.fromkeys(filter(None, [
+        os.environ.get("JUPYTER_PATH"), os.path.join(sys.prefix, "share", "jupyter"),
+        os.path.join(sys.base_prefix, "share", "jupyter")])))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "JUPYTER_PATH": jupyter_path, "WORKBENCH_RUNS": str(home / "runs"), "TOKENIZERS_PARALLELISM": "false",
            "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
     log = open(home / "lab.log", "wb")
