@@ -157,6 +157,9 @@ def _method_section() -> None:
     st.subheader("Method")
     method = st.radio("Fine-tuning method", ["full", "lora"], horizontal=True, key="t.peft.method",
                       help=HELP["peft.method"], on_change=_apply_preset, **PERSIST)
+    if method == "full":
+        st.checkbox("keep input embeddings fixed", key="t.peft.freeze_embeddings",
+                    help=HELP["peft.freeze_embeddings"], **PERSIST)
     if method == "lora":
         c = st.columns(4)
         c[0].number_input("r", min_value=1, max_value=256, key="t.peft.r", help=HELP["peft.r"], **PERSIST)

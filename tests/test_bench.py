@@ -26,5 +26,5 @@ def test_bench_quick_prints_the_whole_table(tmp_path):
     for name in ("freeze", "dropout", "attention"):
         assert any(row.startswith(name) for row in out.splitlines()), name
     # every training row measured something
-    rows = [r for r in out.splitlines() if r.startswith(("(a)", "(b)", "(c)"))]
+    rows = [r for r in out.splitlines() if r.startswith(("(a) seed", "(b) careful", "(c) workbench"))]
     assert len(rows) == 3 and all(float(r.split()[-5]) > 0 for r in rows), rows

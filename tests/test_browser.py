@@ -214,6 +214,9 @@ def test_upload_train_reload_evaluate_attention(server, browser, tmp_path):
     wait_text(d, "Estimated, not measured")
     click(d, button("quick look"))
     idle(d)
+    # a tiny random model must train its embeddings too
+    click(d, "//div[@data-testid='stCheckbox']//label[.//p[normalize-space()='keep input embeddings fixed']]")
+    idle(d)
     type_into(d, "num train epochs", "10")
     type_into(d, "learning rate", "0.003")
     type_into(d, "Run name (optional)", "browser-run")
