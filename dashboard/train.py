@@ -212,7 +212,7 @@ def _form_values() -> dict[str, Any]:
         v = st.session_state.get(f"t.{key}")
         out[key] = None if key in ZERO_IS_NONE and not v else v
     for key in ("training.lr_scheduler_type", "training.eval_strategy", "training.bf16", "peft.method", "peft.r",
-                "peft.lora_alpha", "peft.lora_dropout"):
+                "peft.lora_alpha", "peft.lora_dropout", "peft.freeze_embeddings"):
         out[key] = st.session_state.get(f"t.{key}")
     targets = st.session_state.get("t.peft.target_modules") or ""
     out["peft.target_modules"] = [t.strip() for t in targets.split(",") if t.strip()] or None
