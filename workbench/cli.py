@@ -39,12 +39,22 @@ def _quiet_libraries() -> None:
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    out = {}
+    """`--set KEY=VALUE` pairs (VALUE read as YAML); every malformed one is reported as a config error."""
+    from .errors import ConfigError
+    out, problems = {}, []
     for p in pairs or []:
-        if "=" not in p:
-            raise WorkbenchError(f"--set {p!r}: expected KEY=VALUE, e.g. --set training.learning_rate=2e-5")
-        k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        k, eq, v = p.partition("=")
+        if not eq or not k.strip():
+            problems.append(f"--set {p!r}: expected KEY=VALUE, e.g. --set training.learning_rate=2e-5")
+            continue
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            problems.append(f"--set {p!r}: {v!r} is not a valid YAML value ({why}). Fix: quote text values, "
+                            f"e.g. --set '{k.strip()}=\"...\"', and close brackets and quotes.")
+    if problems:
+        raise ConfigError(problems)
     return out
 
 
@@ -305,7 +315,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_config(a: argparse.Namespace) -> int:
     from .config import RunConfig, field_help, load_config
     if a.validate:
-        load_config(a.validate)
+        load_config(a.validate, _parse_sets(a.set))
         print(f"{a.validate}: valid")
         return 0
     if a.explain:
@@ -471,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("config", cmd_config, "Print the default config, explain every field, or validate a file.")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--validate", metavar="FILE")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --validate: override a field first")
     p = add("app", cmd_app, "Start the dashboard (binds to 127.0.0.1).")
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)

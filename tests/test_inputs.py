@@ -1,0 +1,126 @@
+"""Issue 12: bad inputs that used to pass validation or loading and then crash (or mislead) later.
+
+Config values (item 5), missing-label spellings (3), max_length above the model's positions (4),
+awkward files (8) and one macro-F1 definition for validation and test (11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+
+import pytest
+
+from workbench.cli import main
+from workbench.config import RunConfig
+from workbench.errors import ConfigError
+
+
+def _cli(capsys, *args):
+    code = main(list(map(str, args)))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _problems(raw: dict) -> list[str]:
+    """The problems `config --validate` reports for `raw` (empty: it would pass)."""
+    try:
+        return RunConfig.from_dict(raw).validate()
+    except ConfigError as e:
+        return e.problems
+
+
+def _validate_yaml(capsys, tmp_path, text: str, *sets: str):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return _cli(capsys, "config", "--validate", p, *[a for s in sets for a in ("--set", s)])
+
+
+# --- item 5: values that passed `config --validate` and crashed later ---------------------------
+def test_i12_5_nan_warmup_refused(capsys, tmp_path):
+    code, out, err = _validate_yaml(capsys, tmp_path, "training:\n  warmup_steps: .nan\n")
+    assert code == 2 and "training.warmup_steps=nan" in err and "finite" in err and "Traceback" not in err
+
+
+def test_i12_5_inf_epochs_refused(capsys, tmp_path):
+    code, out, err = _validate_yaml(capsys, tmp_path, "training:\n  num_train_epochs: .inf\n")
+    assert code == 2 and "training.num_train_epochs=inf" in err and "finite" in err
+
+
+def test_i12_5_optim_must_be_known(capsys, tmp_path):
+    from transformers.training_args import OptimizerNames
+
+    from workbench.config import OPTIMIZERS
+    code, out, err = _validate_yaml(capsys, tmp_path, 'training:\n  optim: "rm -rf /"\n')
+    assert code == 2 and "training.optim='rm -rf /'" in err
+    assert all(o in err for o in OPTIMIZERS)  # the message lists the choices
+    # every choice we offer is one TrainingArguments accepts
+    assert set(OPTIMIZERS) <= {o.value for o in OptimizerNames}
+    for o in OPTIMIZERS:
+        assert _problems({"training": {"optim": o}}) == []
+
+
+def test_i12_5_seed_range():
+    assert any("training.seed=" in p and "4294967295" in p for p in _problems({"training": {"seed": 10**20}}))
+    assert any("training.seed=-1" in p for p in _problems({"training": {"seed": -1}}))
+    assert _problems({"training": {"seed": 2**32 - 1}}) == [] and _problems({"training": {"seed": 0}}) == []
+
+
+def test_i12_5_long_name():
+    assert any("300 characters" in p for p in _problems({"name": "x" * 300}))
+    assert _problems({"name": "x" * 100}) == []
+    for bad in ("a/b", "a\\b", "tab\there", "line\nbreak", "what?", "a:b", "..", " padded "):
+        assert _problems({"name": bad}), bad
+    # shell metacharacters are legal in a folder name: the CLI quotes paths instead (issue 12 item 9)
+    assert _problems({"name": "run $(touch x) ; echo"}) == []
+    assert _problems({"name": "中文 run-1.2"}) == []
+
+
+def test_i12_5_malformed_set_exit_2(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"training:\n  seed: 1\noutput_dir: {tmp_path / 'runs'}\n")
+    code, out, err = _cli(capsys, "train", cfg, "--set", "training.learning_rate=[1,", "--set", "name={a: 1",
+                          "--set", "training.seed=3")
+    assert code == 2 and "Traceback" not in err and "2 problems" in err
+    lines = [ln for ln in err.splitlines() if ln.strip().startswith("- ")]
+    assert len(lines) == 2 and "training.learning_rate=[1," in lines[0] and "name={a: 1" in lines[1]
+    assert "not a valid YAML value" in lines[0]
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+    # `config --validate` takes the same overrides
+    code, out, err = _validate_yaml(capsys, tmp_path, "training:\n  seed: 1\n", "training.optim={")
+    assert code == 2 and "not a valid YAML value" in err and "Traceback" not in err
+
+
+def test_i12_5_nan_weight_decay():
+    assert any("training.weight_decay=nan" in p for p in _problems({"training": {"weight_decay": float("nan")}}))
+    assert any("peft.lora_dropout=nan" in p for p in _problems({"peft": {"method": "lora", "lora_dropout": "nan"}}))
+    # checked whatever the method, like every other field
+    assert any("peft.lora_dropout" in p for p in _problems({"peft": {"lora_dropout": float("nan")}}))
+
+
+def test_i12_5_negative_grad_norm_and_eval_steps():
+    probs = _problems({"training": {"max_grad_norm": -1, "eval_strategy": "steps", "eval_steps": -5}})
+    assert any("training.max_grad_norm=-1" in p for p in probs)
+    assert any("training.eval_steps=-5" in p for p in probs)
+    assert _problems({"training": {"max_grad_norm": 0}}) == []  # 0: no clipping, as in TrainingArguments
+
+
+def _numeric_fields() -> list[tuple[str, str, type]]:
+    out = []
+    hints = typing.get_type_hints(RunConfig)
+    for sec in ("model", "data", "training", "peft"):
+        sub = hints[sec]
+        for f, h in typing.get_type_hints(sub).items():
+            base = {a for a in (typing.get_args(h) or (h,)) if a is not type(None)}
+            if base & {int, float} and bool not in base:
+                out.append((sec, f, float if float in base else int))
+    return out
+
+
+@pytest.mark.parametrize("sec,name,kind", _numeric_fields(), ids=[f"{s}.{n}" for s, n, _ in _numeric_fields()])
+def test_i12_5_every_numeric_field_is_range_checked(sec, name, kind):
+    """No numeric field accepts NaN, infinity or an absurd magnitude (item 5: 'every numeric field')."""
+    bad = [10**20, -10**20] + ([math.nan, math.inf, -math.inf] if kind is float else [])
+    for v in bad:
+        assert _problems({sec: {name: v}}), f"{sec}.{name}={v} accepted"
