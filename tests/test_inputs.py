@@ -124,3 +124,24 @@ def test_i12_5_every_numeric_field_is_range_checked(sec, name, kind):
     bad = [10**20, -10**20] + ([math.nan, math.inf, -math.inf] if kind is float else [])
     for v in bad:
         assert _problems({sec: {name: v}}), f"{sec}.{name}={v} accepted"
+
+
+# --- item 3: missing-value spellings are not classes ----------------------------------------------
+def test_i12_3_missing_label_spellings():
+    from workbench.config import DataConfig
+    from workbench.data import format_report, prepare_data, read_table
+
+    spellings = ["NaN", "nan", "NA", "N/A", "null", "None", ""]
+    rows = ["text,label"] + [f"good film {i},pos" if i % 2 else f"bad film {i},neg" for i in range(40)]
+    rows += [f"unlabelled {j},{s}" for j, s in enumerate(spellings)]
+    t = read_table("\n".join(rows).encode(), name="labels.csv")
+    prep = prepare_data(DataConfig(source="labels.csv"), table=t, seed=0)
+    assert prep.labels == ["neg", "pos"]
+    assert not prep.train["text"].str.startswith("unlabelled").any()
+    # file lines: header is line 1, so the 7 unlabelled rows are lines 42..48
+    assert prep.report.dropped == {"missing label": list(range(42, 49))}
+    assert prep.report.rows_used == 40
+    text = format_report(prep.report)
+    assert "dropped 7 row(s), missing label (lines 42, 43" in text
+    warn = next(w for w in prep.report.warnings if "written as a missing value" in w)
+    assert warn.startswith("6 label(s)") and "'N/A'" in warn and "lines 42, 43, 44" in warn

@@ -30,6 +30,11 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validatio
                  "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "validation"}
 _INT = re.compile(r"[+-]?\d+(\.0*)?")
 RESERVED = ("text", "text_pair", "label", "label_name")
+# What pandas' `read_csv` reads as "no value" by default (its `na_values`): the spellings spreadsheets,
+# R and database exports write for a missing cell. A label spelled like this is missing, not a class.
+MISSING_LABELS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                            "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+_MISSING_LOWER = {m.lower() for m in MISSING_LABELS} | {"nil"}
 
 
 @dataclass
@@ -77,7 +82,11 @@ def guess_columns(df: pd.DataFrame) -> dict[str, str | None]:
 
 
 def normalize_label(v: Any) -> str | None:
-    """One spelling per label: 1, 1.0 and "1" are the same class; surrounding spaces are ignored."""
+    """One spelling per label: 1, 1.0 and "1" are the same class; surrounding spaces are ignored.
+
+    Missing (None): empty cells, NaN, and the usual written spellings of a missing value (`MISSING_LABELS`:
+    "NaN", "NA", "N/A", "null", "None", ...).
+    """
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
         return None
     if isinstance(v, (bool, np.bool_)):
@@ -89,6 +98,8 @@ def normalize_label(v: Any) -> str | None:
     if isinstance(v, (list, dict, tuple, np.ndarray)):
         raise TypeError(type(v).__name__)
     s = str(v).strip()
+    if s in MISSING_LABELS:
+        return None
     if _INT.fullmatch(s):
         return str(int(float(s)))
     return s or None
@@ -282,6 +293,18 @@ def _clean(raw: pd.DataFrame, cols: dict[str, str | None], split: str, rep: Data
         rep.dropped.setdefault(f"empty or missing text{where}", []).extend(int(i) for i in raw.index[empty_text])
     if no_label.any():
         rep.dropped.setdefault(f"missing label{where}", []).extend(int(i) for i in raw.index[no_label])
+        spelled = raw[lcol].map(lambda v: isinstance(v, str) and v.strip() in MISSING_LABELS and bool(v.strip()))
+        spelled &= no_label
+        if spelled.any():
+            kinds = ", ".join(repr(k) for k in sorted(set(raw.loc[spelled, lcol].str.strip()))[:6])
+            rows = [int(i) for i in raw.index[spelled]]
+            rep.warnings.append(f"{len(rows)} label(s){where} written as a missing value ({kinds}) were read as "
+                                f"missing and their rows dropped: {rep.row_kind}s {_first(rows)}. Fix: label "
+                                f"them, or leave them out on purpose.")
+    lookalike = sorted({n for n in names.dropna().unique() if n.lower() in _MISSING_LOWER})
+    if lookalike:
+        rep.warnings.append(f"label(s) {lookalike}{where} look like a missing value but are kept as a class. "
+                            f"If they mean 'no label', remove those rows or leave their label cell empty.")
     if pcol:
         pair = raw[pcol].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
     keep = ~(empty_text | no_label)
@@ -294,6 +317,10 @@ def _clean(raw: pd.DataFrame, cols: dict[str, str | None], split: str, rep: Data
             continue
         out[f"{c}_original" if c in RESERVED else c] = raw.loc[keep, c]
     return out
+
+
+def _first(rows: list[int], n: int = 8) -> str:
+    return ", ".join(map(str, rows[:n])) + (f" and {len(rows) - n} more" if len(rows) > n else "")
 
 
 def _split(df: pd.DataFrame, size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
