@@ -145,3 +145,67 @@ def test_i12_3_missing_label_spellings():
     assert "dropped 7 row(s), missing label (lines 42, 43" in text
     warn = next(w for w in prep.report.warnings if "written as a missing value" in w)
     assert warn.startswith("6 label(s)") and "'N/A'" in warn and "lines 42, 43, 44" in warn
+
+
+# --- item 8: awkward files ------------------------------------------------------------------------
+def _table(raw: bytes, name: str = "d.csv"):
+    from workbench.data import read_table
+    return read_table(raw, name=name)
+
+
+def test_i12_8_big_cell():
+    import csv
+    big = "word " * 60_000  # 300 KB in one cell, over the csv module's 128 KB default
+    t = _table(f'text,label\n"{big}",pos\nshort one,neg\n'.encode())
+    assert t.df.shape == (2, 2) and t.df["text"].iloc[0] == big and t.df["label"].tolist() == ["pos", "neg"]
+    assert csv.field_size_limit() == 131072  # the process-wide limit is left as it was
+
+
+def test_i12_8_utf16_bom():
+    import pandas as pd
+    df = pd.DataFrame({"text": ["caf\u00e9 cr\u00e8me", "\u65e5\u672c\u8a9e\u306e\u6587", "plain"],
+                       "label": ["a", "b", "a"]})
+    csv_text = df.to_csv(index=False)
+    for raw in (csv_text.encode("utf-16"), b"\xfe\xff" + csv_text.encode("utf-16-be"), csv_text.encode("utf-32")):
+        t = _table(raw)
+        assert list(t.df.columns) == ["text", "label"] and t.df["text"].tolist() == df["text"].tolist()
+        assert not t.warnings  # decoded as what it is, not guessed as cp1252
+
+
+def test_i12_8_binary_csv():
+    import random
+    import zipfile
+    from io import BytesIO
+
+    from workbench.errors import DataError
+    rng = random.Random(0)
+    noise = bytes(rng.randrange(256) for _ in range(4096))
+    buf = BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:  # what an .xlsx renamed to .csv starts with
+        z.writestr("xl/workbook.xml", "<workbook/>")
+    for raw, needle in ((noise, "not a text table"), (buf.getvalue(), "Excel")):
+        with pytest.raises(DataError) as e:
+            _table(raw)
+        msg = str(e.value)
+        assert "not a text table" in msg and needle in msg and "export" in msg and len(msg) < 400
+
+
+def test_i12_8_float_labels_regression():
+    import numpy as np
+    import pandas as pd
+
+    from workbench.config import DataConfig
+    from workbench.data import prepare_data
+    from workbench.errors import DataError
+    scores = np.random.default_rng(0).permutation([round(0.0137 * i + 0.01, 4) for i in range(200)])
+    assert len(set(scores)) == 200
+    df = pd.DataFrame({"text": [f"review number {i}" for i in range(200)], "label": scores})
+    t = _table(df.to_csv(index=False).encode())
+    with pytest.raises(DataError) as e:
+        prepare_data(DataConfig(source="d.csv"), table=t, seed=0)
+    msg = str(e.value)
+    assert "regression target" in msg and "200 distinct numeric values" in msg and "bin" in msg
+    assert len(msg) < 1500  # a few examples, not the 200 "classes"
+    # a few integer classes (star ratings) are still classes
+    stars = pd.DataFrame({"text": [f"review number {i}" for i in range(200)], "label": [i % 5 + 1 for i in range(200)]})
+    assert prepare_data(DataConfig(source="x"), table=stars, seed=0).labels == ["1", "2", "3", "4", "5"]

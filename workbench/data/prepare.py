@@ -181,6 +181,10 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
 
     train = frames["train"]
     counts = train["label_name"].value_counts()
+    regression = _looks_like_regression(counts, cols["label"])
+    if regression:
+        rep.problems.append(regression)
+        return _finish(empty, raise_on_problems)
     if len(counts) < 2:
         only = counts.index[0] if len(counts) else "none"
         rep.problems.append(f"only one class ({only!r}) in column {cols['label']!r}: a classifier needs at least two. "
@@ -194,7 +198,8 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
         if len(small):
             rep.problems.append(
                 "class(es) too small to split into train/" + ("validation/" if need_val else "") + "test: " +
-                ", ".join(f"{k!r} has {v} row(s)" for k, v in small.items()) +
+                ", ".join(f"{k!r} has {v} row(s)" for k, v in small.head(10).items()) +
+                (f" and {len(small) - 10} more" if len(small) > 10 else "") +
                 f". Fix: give each class at least {n_splits + 1} rows (better 20+), or remove it.")
             return _finish(empty, raise_on_problems)
         try:
@@ -317,6 +322,26 @@ def _clean(raw: pd.DataFrame, cols: dict[str, str | None], split: str, rep: Data
             continue
         out[f"{c}_original" if c in RESERVED else c] = raw.loc[keep, c]
     return out
+
+
+def _looks_like_regression(counts: pd.Series, column: Any) -> str | None:
+    """A problem message when the labels are many distinct numbers (a score to predict, not classes)."""
+    try:
+        values = np.array([float(k) for k in counts.index])
+    except ValueError:
+        return None
+    if not np.isfinite(values).all():
+        return None
+    fractional = not all(v.is_integer() for v in values)
+    # Star ratings (1-5) or class ids are few integers; a score has many values, often fractional,
+    # and most of them occur once.
+    if len(values) < 20 or not (fractional or len(values) > 0.5 * counts.sum()):
+        return None
+    shown = ", ".join(f"{v:g}" for v in np.sort(values)[np.linspace(0, len(values) - 1, 6).astype(int)])
+    return (f"label column {column!r} looks like a regression target, not classes: {len(values)} distinct numeric "
+            f"values from {values.min():g} to {values.max():g} (e.g. {shown}). The workbench trains classifiers. "
+            f"Fix: choose the column that holds class names, or bin the numbers into a few classes (say low / "
+            f"medium / high) in a new column.")
 
 
 def _first(rows: list[int], n: int = 8) -> str:
