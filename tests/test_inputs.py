@@ -209,3 +209,23 @@ def test_i12_8_float_labels_regression():
     # a few integer classes (star ratings) are still classes
     stars = pd.DataFrame({"text": [f"review number {i}" for i in range(200)], "label": [i % 5 + 1 for i in range(200)]})
     assert prepare_data(DataConfig(source="x"), table=stars, seed=0).labels == ["1", "2", "3", "4", "5"]
+
+
+# --- item 11: one macro-F1 for validation and test ------------------------------------------------
+def test_i12_11_one_macro_f1():
+    import numpy as np
+    from transformers import EvalPrediction
+
+    from workbench.evaluate import classification_metrics, trainer_metrics
+    names = ["a", "b", "c", "d", "e"]
+    gold = [0, 0, 1, 1, 2, 2]  # c (2) is gold but never predicted
+    pred = [0, 1, 1, 1, 3, 0]  # d (3) is predicted but never gold; e (4) is in neither
+    logits = np.full((len(pred), len(names)), -5.0, dtype=np.float32)
+    logits[np.arange(len(pred)), pred] = 5.0
+    val = trainer_metrics(EvalPrediction(predictions=logits, label_ids=np.array(gold)))
+    test = classification_metrics([names[i] for i in gold], [names[i] for i in pred], names)
+    for k in ("f1_macro", "precision_macro", "recall_macro"):
+        assert val[k] == pytest.approx(test[k]), k
+    # by hand, over the classes with any evidence (a, b, c, d): F1 a 0.5, b 0.8, c 0, d 0
+    assert test["f1_macro"] == pytest.approx((0.5 + 0.8 + 0 + 0) / 4)
+    assert test["recall_macro"] == pytest.approx((0.5 + 1 + 0 + 0) / 4)

@@ -10,6 +10,22 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 
 
+def macro_scores(gold: Sequence[Any], predicted: Sequence[Any], labels: Sequence[Any]) -> dict[str, float]:
+    """Macro precision, recall and F1: the one definition behind validation (`trainer_metrics`) and test scores.
+
+    The average runs over the classes of `labels` that occur in `gold` or in `predicted`. A class missing
+    from both has no evidence either way (a small validation split may simply lack it), so it is left out
+    rather than counted as 0; a class that is gold but never predicted, or predicted but never gold,
+    counts with its 0. Per-class numbers are in `classification_metrics(...)["per_class"]`.
+    """
+    seen = set(np.asarray(gold).tolist()) | set(np.asarray(predicted).tolist())
+    present = [lab for lab in labels if lab in seen]
+    if not present:
+        return {"precision_macro": 0.0, "recall_macro": 0.0, "f1_macro": 0.0}
+    p, r, f, _ = precision_recall_fscore_support(gold, predicted, labels=present, average="macro", zero_division=0)
+    return {"precision_macro": float(p), "recall_macro": float(r), "f1_macro": float(f)}
+
+
 def classification_metrics(gold: Sequence[str] | Sequence[int], predicted: Sequence[str] | Sequence[int],
                            labels: Sequence[str] | Sequence[int]) -> dict[str, Any]:
     """Accuracy; macro/micro/weighted precision, recall and F1; per-class report; confusion matrix.
@@ -18,7 +34,8 @@ def classification_metrics(gold: Sequence[str] | Sequence[int], predicted: Seque
     """
     labels = list(labels)
     out: dict[str, Any] = {"n": len(gold), "accuracy": float(accuracy_score(gold, predicted)) if len(gold) else None}
-    for avg in ("macro", "micro", "weighted"):
+    out.update(macro_scores(gold, predicted, labels))
+    for avg in ("micro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(gold, predicted, labels=labels, average=avg, zero_division=0)
         out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
     rep = classification_report(gold, predicted, labels=labels, output_dict=True, zero_division=0)
@@ -41,10 +58,9 @@ def trainer_metrics(eval_pred: Any) -> dict[str, float]:
     logits, labels = eval_pred.predictions, eval_pred.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
-    pred = np.asarray(logits).argmax(axis=-1)
-    p, r, f, _ = precision_recall_fscore_support(labels, pred, average="macro", zero_division=0)
-    return {"accuracy": float((pred == labels).mean()), "f1_macro": float(f), "precision_macro": float(p),
-            "recall_macro": float(r)}
+    logits = np.asarray(logits)
+    pred = logits.argmax(axis=-1)
+    return {"accuracy": float((pred == labels).mean()), **macro_scores(labels, pred, range(logits.shape[-1]))}
 
 
 def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch_size: int = 64) -> dict[str, Any]:
