@@ -6,7 +6,6 @@ awkward files (8) and one macro-F1 definition for validation and test (11).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
 
@@ -229,3 +228,36 @@ def test_i12_11_one_macro_f1():
     # by hand, over the classes with any evidence (a, b, c, d): F1 a 0.5, b 0.8, c 0, d 0
     assert test["f1_macro"] == pytest.approx((0.5 + 0.8 + 0 + 0) / 4)
     assert test["recall_macro"] == pytest.approx((0.5 + 1 + 0 + 0) / 4)
+
+
+# --- item 4: data.max_length above the model's positions ------------------------------------------
+def test_i12_4_max_length_capped(tiny_bert, tmp_path, capsys):
+    """tiny_bert has 128 positions; texts of ~200 tokens with data.max_length 512 used to crash the first step."""
+    import pandas as pd
+
+    from conftest import FILLER, NEG, POS
+    from workbench.predict import Predictor
+    from workbench.rundir import new_run_dir
+    from workbench.training import run_training
+    long = " ".join(FILLER * 10)  # 200 words, 202 tokens with [CLS]/[SEP]
+    rows = [{"text": f"{long} {(POS if i % 2 else NEG)[i % 8]}", "label": "pos" if i % 2 else "neg"}
+            for i in range(40)]
+    data = tmp_path / "long.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    cfg = RunConfig.from_dict({"output_dir": str(tmp_path / "runs"), "evaluate_before": False,
+                               "model": {"name_or_path": str(tiny_bert)},
+                               "data": {"source": str(data), "max_length": 512},
+                               "training": {"max_steps": 1, "per_device_train_batch_size": 4, "eval_strategy": "no",
+                                            "save_strategy": "no", "logging_steps": 1}})
+    run = run_training(cfg, new_run_dir(cfg), progress=False)
+    assert run.status()["state"] == "completed"
+    rep = run.data_report()
+    warn = next(w for w in rep["warnings"] if "data.max_length=512" in w)
+    assert "128 tokens" in warn
+    assert rep["token_lengths"]["max_length"] == 128 and rep["token_lengths"]["truncated"] > 0
+    # the run's config.yaml still says 512: prediction caps it the same way
+    out = Predictor.from_run(run).predict([long + " good"])
+    assert len(out) == 1
+    # `workbench report` says it too, without training
+    code, text, _ = _cli(capsys, "report", data, "--model", tiny_bert)
+    assert code == 0 and "data.max_length=256 is more than this model takes (128 tokens)" in text  # the default

@@ -298,7 +298,8 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from .config import DataConfig, RunConfig
     from .data import format_report, prepare_data
-    from .models import load_tokenizer, resolve_model_path
+    from .models import load_model_config, load_tokenizer, resolve_model_path
+    from .tasks.classification import model_max_tokens
     _quiet_libraries()
     if a.source.endswith((".yaml", ".yml")):
         cfg = RunConfig.from_yaml(a.source)
@@ -307,7 +308,8 @@ def cmd_report(a: argparse.Namespace) -> int:
         if a.model:
             cfg.model.name_or_path = a.model
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
-    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False)
+    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False,
+                        max_positions=model_max_tokens(load_model_config(cfg.model), tok))
     print(format_report(prep.report))
     return 0 if prep.report.ok else 2
 

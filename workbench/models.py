@@ -98,17 +98,25 @@ def _hf_kwargs(cfg: ModelConfig, path: str) -> dict[str, Any]:
     return kw
 
 
-def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation: str | None = None,
-                    dtype: torch.dtype = torch.float32, tokenizer: Any = None) -> Any:
-    """A sequence-classification model with `len(labels)` outputs and the label names as id2label."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def load_model_config(cfg: ModelConfig) -> Any:
+    """The model's `PretrainedConfig` (architecture, sizes, position limit), after the folder's safety check."""
+    from transformers import AutoConfig
 
     path = resolve_model_path(cfg.name_or_path)
     check_model_dir(path, cfg.allow_pickle)
     try:
-        mconf = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        return AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise _load_error(path, cfg, e, "config") from None
+
+
+def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation: str | None = None,
+                    dtype: torch.dtype = torch.float32, tokenizer: Any = None) -> Any:
+    """A sequence-classification model with `len(labels)` outputs and the label names as id2label."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model_path(cfg.name_or_path)
+    mconf = load_model_config(cfg)
     mconf.num_labels = len(labels)
     mconf.id2label = dict(enumerate(labels))
     mconf.label2id = {name: i for i, name in enumerate(labels)}

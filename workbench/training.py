@@ -10,6 +10,7 @@ before/after scoring of the test split.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -25,11 +26,12 @@ from transformers import TrainingArguments, set_seed
 from .config import RunConfig
 from .errors import RunError, TrainingHalted, WorkbenchError
 from .evaluate import metrics_from_predictions, trainer_metrics
-from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_classifier, load_tokenizer,
-                     resolve_model_path)
+from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_classifier, load_model_config,
+                     load_tokenizer, resolve_model_path)
 from .rundir import RunDir, write_json_atomic
 from .speed import restore_attention, speed_up_dropout, use_cpu_training_attention
-from .tasks.classification import PaddingCollator, predict_proba, predictions_frame, tokenize_frame
+from .tasks.classification import (PaddingCollator, model_max_tokens, predict_proba, predictions_frame,
+                                   tokenize_frame)
 from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
 from .trainer import SIGNALLED as _SIGNALLED
@@ -166,7 +168,10 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     tok = load_tokenizer(path, cfg.model)
     from .data import prepare_data
 
-    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok)
+    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok,
+                        max_positions=model_max_tokens(load_model_config(cfg.model), tok))
+    if prep.max_length != cfg.data.max_length:  # above the model's limit: the report says so
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=prep.max_length))
     if prep.report.token_lengths:
         prep.report.token_lengths["tokenizer"] = cfg.model.name_or_path
     if main:

@@ -6,6 +6,7 @@ user's other columns (for error-analysis slices); the index keeps the source row
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import math
@@ -47,6 +48,7 @@ class PreparedData:
     labels: list[str]
     report: DataReport
     extra_columns: list[str] = field(default_factory=list)
+    max_length: int | None = None  # tokens per text actually used: data.max_length, capped at the model's limit
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -116,15 +118,27 @@ def order_labels(names: set[str] | list[str]) -> list[str]:
 
 # --- the whole preparation -----------------------------------------------------------------------
 def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
-                 table: Table | pd.DataFrame | None = None, raise_on_problems: bool = True) -> PreparedData:
+                 table: Table | pd.DataFrame | None = None, raise_on_problems: bool = True,
+                 max_positions: int | None = None) -> PreparedData:
     """Load, clean, map labels, split and report. With `raise_on_problems`, fatal problems raise
-    `DataError` (all of them in one message); otherwise they are left in `report.problems`."""
+    `DataError` (all of them in one message); otherwise they are left in `report.problems`.
+
+    `max_positions` is the longest input the model takes (`tasks.classification.model_max_tokens`): a
+    larger `data.max_length` is lowered to it, with a warning (`PreparedData.max_length` is the result).
+    """
+    capped = None
+    if max_positions is not None and cfg.max_length > max_positions:
+        capped = (f"data.max_length={cfg.max_length} is more than this model takes ({max_positions} tokens): "
+                  f"texts are cut at {max_positions} tokens instead. Fix: set data.max_length to {max_positions} "
+                  f"or less.")
+        cfg = dataclasses.replace(cfg, max_length=max_positions)
     if table is None:
         table = read_table(cfg.source, delimiter=cfg.delimiter, encoding=cfg.encoding)
     elif isinstance(table, pd.DataFrame):
         table = read_table(table)
     rep = DataReport(source=table.source, format=table.format, columns_found=[str(c) for c in table.df.columns],
-                     rows_read=len(table.df), row_kind=table.row_kind, warnings=list(table.warnings))
+                     rows_read=len(table.df), row_kind=table.row_kind,
+                     warnings=list(table.warnings) + ([capped] if capped else []))
     empty = PreparedData(*(pd.DataFrame(),) * 3, labels=[], report=rep)
 
     given_splits: dict[str, pd.DataFrame] = dict(table.splits or {})
@@ -238,8 +252,8 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
         frames[s] = f
     _describe(rep, frames, labels, cfg, tokenizer)
     extras = [c for c in frames["train"].columns if c not in RESERVED]
-    return _finish(PreparedData(frames["train"], frames["validation"], frames["test"], labels, rep, extras),
-                   raise_on_problems)
+    return _finish(PreparedData(frames["train"], frames["validation"], frames["test"], labels, rep, extras,
+                                cfg.max_length), raise_on_problems)
 
 
 def _finish(prep: PreparedData, raise_on_problems: bool) -> PreparedData:

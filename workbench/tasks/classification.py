@@ -18,6 +18,30 @@ from transformers import DataCollatorWithPadding
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
+# Models whose position ids start after the padding index (RoBERTa's scheme): that many fewer usable positions.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text", "ibert",
+                     "longformer")
+
+
+def model_max_tokens(model_config: Any, tokenizer: Any = None) -> int | None:
+    """The longest input (in tokens, special tokens included) the model can take, or None if it has no fixed limit.
+
+    Models with learned position embeddings (BERT, MiniLM: 512) fail with an index error on longer inputs;
+    a tokenizer's own `model_max_length` counts when it is set (an unset one is a huge sentinel).
+    """
+    limits = []
+    pos = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if isinstance(pos, int) and pos > 0:
+        if getattr(model_config, "model_type", "") in _OFFSET_POSITIONS:
+            pad = getattr(model_config, "pad_token_id", None)
+            pos -= (1 if pad is None else pad) + 1
+        limits.append(pos)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 10**9:
+        limits.append(tok_max)
+    return min(limits) if limits else None
+
+
 def tokenize_frame(df: pd.DataFrame, tokenizer: Any, max_length: int) -> "datasets.Dataset":  # noqa: F821
     """Tokenise once, unpadded, with a `length` column for length-grouped batches."""
     import datasets
@@ -71,6 +95,8 @@ def predict_proba(model: Any, tokenizer: Any, texts: Sequence[str], pairs: Seque
     if len(texts) == 0:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     args = [texts] + ([list(map(str, pairs))] if pairs is not None else [])
+    # A run's config may ask for more than the model takes (the data report said so at training time).
+    max_length = min(max_length, model_max_tokens(model.config, tokenizer) or max_length)
     enc = tokenizer(*args, truncation=True, max_length=max_length)
     order = np.argsort([len(x) for x in enc["input_ids"]], kind="stable")[::-1]
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
