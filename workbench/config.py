@@ -80,7 +80,8 @@ class DataConfig:
                          "Values above the model's own limit (e.g. 512 positions for MiniLM) are lowered to it, "
                          "with a warning in the data report.", lo=8, hi=2**20, hint="typical: 128-512")
     delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
-    encoding: str | None = _f(None, "Force the file encoding. Empty: UTF-8 (with or without BOM), then cp1252 with a warning.")
+    encoding: str | None = _f(None, "Force the file encoding. Empty: the byte-order mark's (UTF-8/16/32), else UTF-8, "
+                              "then cp1252 with a warning.")
 
 
 @dataclass
