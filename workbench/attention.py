@@ -8,6 +8,7 @@ forward pass is numpy, so the figures, the dashboard and notebooks share one tes
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -99,7 +100,7 @@ def _locate(source: str | Path | Any) -> tuple[str, bool]:
     if (p / "config.yaml").exists() and not (p / "config.json").exists():  # a run directory
         if not (p / "model").is_dir():
             raise RunError(f"run {p.name} has no final model yet (no {p / 'model'}); wait for it to complete, "
-                           f"or resume it with `workbench resume {p}`.")
+                           f"or resume it with `workbench resume {shlex.quote(str(p))}`.")
         p = p / "model"
     if (p / "workbench_model.json").exists() or (p / "adapter_config.json").exists():
         return str(p.resolve()), True

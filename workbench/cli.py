@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -128,17 +129,18 @@ class _ProgressPrinter:
 
 
 def _print_result(run: Any, st: dict[str, Any]) -> None:
+    path = shlex.quote(str(run.path))  # the hints are pasted into a shell: a `;` or `$(...)` in a path stays text
     ev = run.evaluation()
     b, a = ev.get("before", {}), ev.get("after", {})
     if st.get("state") == "stopped":
-        print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {run.path}")
+        print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {path}")
         return
     if b.get("accuracy") is not None:
         print(f"test accuracy before fine-tuning: {b['accuracy']:.3f}   (macro F1 {b['f1_macro']:.3f}, n={b['n']})")
     if a.get("accuracy") is not None:
         print(f"test accuracy after fine-tuning:  {a['accuracy']:.3f}   (macro F1 {a['f1_macro']:.3f}, n={a['n']})")
     print(f"run: {run.path}  (state: {st.get('state')})")
-    print(f"next: workbench eval {run.path}   |   workbench predict {run.path} \"some text\"")
+    print(f"next: workbench eval {path}   |   workbench predict {path} \"some text\"")
 
 
 # --- subcommands ---------------------------------------------------------------------------------
@@ -168,8 +170,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.detach:
         from .launch import launch
         h = launch(cfg)
+        path = shlex.quote(str(h.path))
         print(f"started run {h.run.name} in process {h.pid}\nrun directory: {h.path}\n"
-              f"watch: workbench status {h.path}   stop: workbench stop {h.path}")
+              f"watch: workbench status {path}   stop: workbench stop {path}")
         return 0
     _train_foreground(cfg)
     return 0

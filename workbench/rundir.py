@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
@@ -130,7 +131,7 @@ class RunDir:
         if st.get("state") in ("running", "stopping") and st.get("pid") and not pid_alive(st["pid"]):
             st["state"] = "failed"
             st["error"] = st.get("error") or (f"the training process (pid {st['pid']}) ended without finishing; "
-                                              f"resume it with `workbench resume {self.path}`.")
+                                              f"resume it with `workbench resume {shlex.quote(str(self.path))}`.")
         return st
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
@@ -236,7 +237,7 @@ def new_run_dir(cfg: RunConfig) -> RunDir:
                 break
             if cfg.name and RunDir(path).exists():
                 raise RunError(f"A run named {cfg.name!r} already exists at {path}. Fix: choose another name, "
-                               f"resume it with `workbench resume {path}`, or delete it.") from None
+                               f"resume it with `workbench resume {shlex.quote(str(path))}`, or delete it.") from None
             path, n = root / f"{base}-{n}", n + 1
     run = RunDir(path)
     cfg = RunConfig.from_dict({**cfg.to_dict(), "name": path.name})
