@@ -115,8 +115,15 @@ class RunDir:
         return self
 
     # config, labels
-    def config(self) -> RunConfig:
-        return RunConfig.from_yaml(self.require().config_file)
+    def config(self, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> RunConfig:
+        """The run's config, safe to load its model from: config.yaml is untrusted input, so it cannot turn
+        on remote code or pickle loading; only these grants can (`workbench.untrusted`)."""
+        from .untrusted import model_config_from_run
+
+        cfg = RunConfig.from_yaml(self.require().config_file)
+        cfg.model = model_config_from_run(cfg.model, self.config_file, trust_remote_code=trust_remote_code,
+                                          allow_pickle=allow_pickle)
+        return cfg
 
     def labels(self) -> list[str]:
         return json.loads(self.labels_file.read_text()) if self.labels_file.exists() else []
@@ -209,7 +216,7 @@ class RunDir:
         """One row for run listings: name, state, model, data, key metrics."""
         st = self.status()
         try:
-            cfg = self.config()
+            cfg = RunConfig.from_yaml(self.config_file)  # names to show; nothing is loaded from it
             model, data, method = cfg.model.name_or_path, cfg.data.source, cfg.peft.method
         except Exception:
             model = data = method = "?"
