@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from workbench.config import RunConfig
 from workbench.figures.training import loss_figure, metric_figure
 from workbench.paths import runs_root
 from workbench.rundir import ACTIVE, RunDir, list_runs
@@ -42,7 +43,9 @@ def page() -> None:
         b.plotly_chart(metric_figure(metrics), key="cmp_metric")
     if len(chosen) >= 2:
         with widgets.shown_errors():
-            diff = config_diff({n: by_name[n].config().to_dict() for n in chosen})
+            # The settings as recorded (shown, never loaded from): RunDir.config() would refuse a run whose
+            # config.yaml asks for remote code or pickle loading.
+            diff = config_diff({n: RunConfig.from_yaml(by_name[n].config_file).to_dict() for n in chosen})
             st.markdown("**Config differences**" if len(diff) else "**Config differences**: none (same settings)")
             if len(diff):
                 st.dataframe(diff, key="cfg_diff")

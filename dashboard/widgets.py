@@ -68,7 +68,7 @@ def predictor(run_path: str, stamp: float) -> Any:
 def tokenizer(folder: str) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)  # never a model's own code here
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the table...")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -138,17 +139,18 @@ class _ProgressPrinter:
 
 
 def _print_result(run: Any, st: dict[str, Any]) -> None:
+    path = shlex.quote(str(run.path))  # the hints are pasted into a shell: a `;` or `$(...)` in a path stays text
     ev = run.evaluation()
     b, a = ev.get("before", {}), ev.get("after", {})
     if st.get("state") == "stopped":
-        print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {run.path}")
+        print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {path}")
         return
     if b.get("accuracy") is not None:
         print(f"test accuracy before fine-tuning: {b['accuracy']:.3f}   (macro F1 {b['f1_macro']:.3f}, n={b['n']})")
     if a.get("accuracy") is not None:
         print(f"test accuracy after fine-tuning:  {a['accuracy']:.3f}   (macro F1 {a['f1_macro']:.3f}, n={a['n']})")
     print(f"run: {run.path}  (state: {st.get('state')})")
-    print(f"next: workbench eval {run.path}   |   workbench predict {run.path} \"some text\"")
+    print(f"next: workbench eval {path}   |   workbench predict {path} \"some text\"")
 
 
 # --- subcommands ---------------------------------------------------------------------------------
@@ -178,25 +180,32 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.detach:
         from .launch import launch
         h = launch(cfg)
+        path = shlex.quote(str(h.path))
         print(f"started run {h.run.name} in process {h.pid}\nrun directory: {h.path}\n"
-              f"watch: workbench status {h.path}   stop: workbench stop {h.path}")
+              f"watch: workbench status {path}   stop: workbench stop {path}")
         return 0
     _train_foreground(cfg)
     return 0
+
+
+def _grants(a: argparse.Namespace) -> dict[str, bool]:
+    """What this command line grants the run's model: only explicit flags, never the run's own files."""
+    return {"trust_remote_code": a.trust_remote_code, "allow_pickle": a.allow_pickle}
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
     from .launch import resume
     from .rundir import RunDir
     run = RunDir(a.run).require()
+    cfg = run.config(**_grants(a))  # refuses a config.yaml that asks for code or pickle loading
     if a.detach:
-        h = resume(run)
+        h = resume(run, **_grants(a))
         print(f"resumed {run.name} in process {h.pid}")
         return 0
     st = run.status()
     if st.get("state") == "completed":
         raise WorkbenchError(f"run {run.name} has already completed; start a new run to train further.")
-    _train_foreground(run.config(), run, resume=True)
+    _train_foreground(cfg, run, resume=True)
     return 0
 
 
@@ -239,7 +248,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     run = RunDir(a.run).require()
     if a.data:
         _quiet_libraries()
-        m = evaluate_run(run, split_file=a.data)["metrics"]
+        m = evaluate_run(run, split_file=a.data, **_grants(a))["metrics"]
         print(f"scored {a.data} with {run.name}")
         _print_metrics(m)
         return 0
@@ -267,7 +276,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .predict import Predictor
     _quiet_libraries()
     texts = a.text if a.text != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
-    p = Predictor.from_run(a.run)
+    p = Predictor.from_run(a.run, **_grants(a))
     out = p.predict(texts)
     for _, row in out.iterrows():
         probs = "  ".join(f"{lab}={row[f'p_{lab}']:.3f}" for lab in p.labels)
@@ -399,7 +408,8 @@ def cmd_attention(a: argparse.Namespace) -> int:
     from .figures import attention as figs
     _quiet_libraries()
     # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
-    res = att.attention_maps(*att.load_for_attention(a.run, base=a.base), a.text, a.pair, max_tokens=a.max_tokens)
+    res = att.attention_maps(*att.load_for_attention(a.run, base=a.base, **_grants(a)), a.text, a.pair,
+                             max_tokens=a.max_tokens)
     print(f"{'base model (untrained head)' if a.base else 'model'} predicts: {res.predicted}  ("
           + "  ".join(f"{lab}={p:.3f}" for lab, p in zip(res.labels, res.probs)) + ")")
     if res.truncated:
@@ -418,7 +428,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
          att.select(att.readout_attention(res), a.layer, a.head))
     show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
     if a.diff:
-        other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base), a.text, a.pair,
+        other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text, a.pair,
                                    max_tokens=a.max_tokens)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
@@ -426,7 +436,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
         show("readout attention most increased by fine-tuning:", diff[r], "+.3f")
     if a.saliency:
         from .saliency import token_saliency
-        sal = token_saliency(*att.load_for_attention(a.run), a.text, a.pair, method=a.saliency,
+        sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
                              max_tokens=a.max_tokens)
         out.append(figs.saliency_figure(sal))
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
@@ -448,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
+    def grant_flags(p: argparse.ArgumentParser) -> None:
+        # A run directory may come from anyone: its files cannot turn these on, only this command line.
+        p.add_argument("--trust-remote-code", action="store_true", help="run Python code that comes with the "
+                       "run's model; only for a run and model you trust")
+        p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based weights of the run's base "
+                       "model (pickle can run code); only for a run and model you trust")
+
     p = add("demo", cmd_demo, "Fine-tune MiniLM on Rotten Tomatoes offline and show before/after accuracy.")
     p.add_argument("--quick", action="store_true", help="a smaller subset (seconds, for smoke tests)")
     p.add_argument("--output-dir", help="folder for run directories (default ./runs)")
@@ -460,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("resume", cmd_resume, "Continue a stopped or failed run from its last checkpoint.")
     p.add_argument("run")
     p.add_argument("--detach", action="store_true")
+    grant_flags(p)
     p = add("stop", cmd_stop, "Ask a running run to checkpoint and stop.")
     p.add_argument("run")
     p.add_argument("--no-wait", action="store_true")
@@ -470,9 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", cmd_eval, "Show a run's test metrics before and after, or score another labelled file.")
     p.add_argument("run")
     p.add_argument("--data", help="a labelled file to score instead of the stored test split")
+    grant_flags(p)
     p = add("predict", cmd_predict, "Classify texts with a run's fine-tuned model ('-' reads lines from stdin).")
     p.add_argument("run")
     p.add_argument("text", nargs="+")
+    grant_flags(p)
     add("datasets", cmd_datasets, "List built-in data sets.")
     add("models", cmd_models, "List built-in models.")
     p = add("report", cmd_report, "Show the data report for a file or a config, without training.")
@@ -513,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "prediction: integrated gradients or gradient x input")
     p.add_argument("--max-tokens", type=int, default=128, help="cut longer texts to this many tokens (default 128)")
     p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
+    grant_flags(p)
     return ap
 
 

@@ -71,9 +71,10 @@ def load_model_config(name_or_path: str) -> Any | None:
 
     folder = local_model_dir(name_or_path)
     try:
+        # Explicitly no remote code: the default (None) would prompt on stdin for a config with an auto_map.
         if folder is not None:
-            return AutoConfig.from_pretrained(folder)
-        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+            return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=True, trust_remote_code=False)
     except Exception:  # not cached, not a model: the caller says "unknown" rather than failing
         return None
 

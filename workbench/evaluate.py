@@ -63,17 +63,22 @@ def trainer_metrics(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": float((pred == labels).mean()), **macro_scores(labels, pred, range(logits.shape[-1]))}
 
 
-def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch_size: int = 64) -> dict[str, Any]:
-    """Re-score a finished run's model on its stored test predictions' texts (or on another file)."""
+def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch_size: int = 64,
+                 trust_remote_code: bool = False, allow_pickle: bool = False) -> dict[str, Any]:
+    """Re-score a finished run's model on its stored test predictions' texts (or on another file).
+
+    The run's files cannot grant remote code or pickle loading; only the two flags here can.
+    """
     from .data import prepare_data
     from .models import load_trained
     from .rundir import RunDir
     from .tasks.classification import predict_proba, predictions_frame
 
     r = RunDir(run).require()
-    cfg = r.config()
+    grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    cfg = r.config(**grants)
     labels = r.labels()
-    model, tok = load_trained(r.model_dir)
+    model, tok = load_trained(r.model_dir, **grants)
     if split_file:
         prep = prepare_data(cfg.data.__class__(**{**cfg.data.__dict__, "source": str(split_file), "test_size": 0.0,
                                                   "validation_size": 0.0}), cfg.training.seed, raise_on_problems=True)

@@ -7,7 +7,6 @@ to fix it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,12 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def check_model_dir(path: str | Path, allow_pickle: bool = False) -> None:
-    """Refuse folders that cannot be loaded safely, naming what is there and the fix."""
+def check_model_dir(path: str | Path, allow_pickle: bool = False, *, pickle_fix: str | None = None) -> None:
+    """Refuse folders that cannot be loaded safely, naming what is there and the fix.
+
+    `pickle_fix` replaces the advice given when only pickle weights are found (a run's own model
+    folder is never granted pickle: the workbench writes it as safetensors).
+    """
     p = Path(path)
     if not p.is_dir():
         return  # a hub id: checked by the download itself (use_safetensors)
@@ -54,16 +57,26 @@ def check_model_dir(path: str | Path, allow_pickle: bool = False) -> None:
     if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         raise ModelError(f"{p} is not a model folder: no config.json. Found: {files[:12]}. Fix: point at the "
                          f"folder written by `save_pretrained` (it holds config.json and model.safetensors).")
-    has_st = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files)
-    pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    adapter = (p / "adapter_config.json").exists()
+    if adapter:
+        # peft reads adapter_model.safetensors, and falls back to unpickling adapter_model.bin without it:
+        # any other safetensors file in the folder must not let that fallback through.
+        has_st = (p / "adapter_model.safetensors").is_file()
+        pickled = [f for f in files if f.startswith("adapter_model") and f.endswith(PICKLE_SUFFIXES)]
+    else:
+        has_st = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files)
+        pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if not has_st:
         if pickled and not allow_pickle:
-            raise ModelError(
-                f"{p} holds only pickle-based weights ({', '.join(pickled[:3])}), which can run code when loaded. "
-                f"Fix: convert them to safetensors (load once in a trusted session and `save_pretrained(..., "
-                f"safe_serialization=True)`), or set model.allow_pickle: true if you trust this file.")
+            fix = pickle_fix or ("convert them to safetensors (load once in a trusted session and "
+                                 "`save_pretrained(..., safe_serialization=True)`), or set model.allow_pickle: true "
+                                 "if you trust this file.")
+            raise ModelError(f"{p} holds only pickle-based weights ({', '.join(pickled[:3])}), which can run code when "
+                             f"loaded; loading {pickled[0]} was refused. Fix: {fix}")
         if not pickled:
-            raise ModelError(f"{p} has config.json but no weights (model.safetensors). Found: {files[:12]}.")
+            wanted = "adapter_model.safetensors" if adapter else "model.safetensors"
+            raise ModelError(f"{p} has {'adapter_config.json' if adapter else 'config.json'} but no weights "
+                             f"({wanted}). Found: {files[:12]}.")
 
 
 def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
@@ -80,8 +93,9 @@ def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
 def _load_error(path: str, cfg: ModelConfig, e: Exception, what: str) -> ModelError:
     msg = str(e)
     if "trust_remote_code" in msg:
-        return ModelError(f"{cfg.name_or_path} ships its own Python code, which the workbench does not run by "
-                          f"default. Fix: set model.trust_remote_code: true only if you trust this model's code.")
+        return ModelError(f"{cfg.name_or_path} ships its own Python code, which the workbench does not run unless "
+                          f"you allow it. Fix: only if you trust this model's code, set model.trust_remote_code: true "
+                          f"in your config (for a run's model: pass --trust-remote-code).")
     if isinstance(e, ModelError):
         return e
     if "offline" in msg.lower() or "connect" in msg.lower() or "resolve" in msg.lower() or "not a local folder" in msg:
@@ -188,25 +202,44 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable}
 
 
+RUN_PICKLE_FIX = ("the workbench writes a run's model as safetensors, so this file was put there by someone "
+                  "else: get the run's model folder again from its source, or retrain the run.")
+
+
 def load_trained(model_dir: str | Path, *, attn_implementation: str | None = None,
-                 dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Load a run's final model (full weights, or a LoRA adapter on its base) and its tokenizer."""
+                 dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                 allow_pickle: bool = False) -> tuple[Any, Any]:
+    """Load a run's final model (full weights, or a LoRA adapter on its base) and its tokenizer.
+
+    The run directory is untrusted (`workbench.untrusted`): remote code and pickled base weights are
+    used only when the caller grants them here, whatever the run's files say. The run's own weights
+    are always safetensors.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .untrusted import read_run_model
 
     d = Path(model_dir)
     kw: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
-    check_model_dir(d, allow_pickle=False)  # before anything is loaded: a run's own files are never pickles
+    check_model_dir(d, allow_pickle=False, pickle_fix=RUN_PICKLE_FIX)  # before anything is loaded
+    recorded = read_run_model(d, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    trust = recorded.base.trust_remote_code if recorded else False
     if (d / "adapter_config.json").exists():
         from peft import PeftModel
-        meta = json.loads((d / "workbench_model.json").read_text())
-        base_cfg = ModelConfig(**meta["model"])
-        model = load_classifier(base_cfg, meta["labels"], attn_implementation=attn_implementation, dtype=dtype)
+        if recorded is None:
+            raise ModelError(f"{d} holds a LoRA adapter but no workbench_model.json naming its base model and labels. "
+                             f"Fix: give the whole run's model folder as written by the workbench.")
+        model = load_classifier(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype)
         model = PeftModel.from_pretrained(model, d)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True, **kw)
-    tok = AutoTokenizer.from_pretrained(d)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True,
+                                                                       trust_remote_code=trust, **kw)
+        except Exception as e:
+            raise _load_error(str(d), ModelConfig(name_or_path=str(d)), e, "model") from None
+    tok = AutoTokenizer.from_pretrained(d, trust_remote_code=trust)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     if getattr(model.config, "pad_token_id", None) is None:

@@ -21,15 +21,19 @@ class Predictor:
         self.max_length, self.bf16 = max_length, bf16
 
     @classmethod
-    def from_run(cls, run: str | Path | RunDir, bf16: bool | None = None) -> "Predictor":
+    def from_run(cls, run: str | Path | RunDir, bf16: bool | None = None, *, trust_remote_code: bool = False,
+                 allow_pickle: bool = False) -> "Predictor":
+        """Load a run's final model. The run's files cannot grant remote code or pickle loading: only
+        `trust_remote_code` / `allow_pickle` here can (`workbench.untrusted`)."""
         r = run if isinstance(run, RunDir) else RunDir(run)
         r.require()
         if not r.model_dir.exists():
             from .errors import RunError
             raise RunError(f"run {r.name} has no final model yet (state: {r.status().get('state')}); "
                            f"wait for it to complete, or resume it.")
-        cfg = r.config()
-        model, tok = load_trained(r.model_dir)
+        grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+        cfg = r.config(**grants)
+        model, tok = load_trained(r.model_dir, **grants)
         if bf16 is None:
             from .training import precision
             bf16 = precision(cfg)["bf16"]

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
@@ -114,8 +115,15 @@ class RunDir:
         return self
 
     # config, labels
-    def config(self) -> RunConfig:
-        return RunConfig.from_yaml(self.require().config_file)
+    def config(self, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> RunConfig:
+        """The run's config, safe to load its model from: config.yaml is untrusted input, so it cannot turn
+        on remote code or pickle loading; only these grants can (`workbench.untrusted`)."""
+        from .untrusted import model_config_from_run
+
+        cfg = RunConfig.from_yaml(self.require().config_file)
+        cfg.model = model_config_from_run(cfg.model, self.config_file, trust_remote_code=trust_remote_code,
+                                          allow_pickle=allow_pickle)
+        return cfg
 
     def labels(self) -> list[str]:
         return json.loads(self.labels_file.read_text()) if self.labels_file.exists() else []
@@ -130,7 +138,7 @@ class RunDir:
         if st.get("state") in ("running", "stopping") and st.get("pid") and not pid_alive(st["pid"]):
             st["state"] = "failed"
             st["error"] = st.get("error") or (f"the training process (pid {st['pid']}) ended without finishing; "
-                                              f"resume it with `workbench resume {self.path}`.")
+                                              f"resume it with `workbench resume {shlex.quote(str(self.path))}`.")
         return st
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
@@ -208,7 +216,7 @@ class RunDir:
         """One row for run listings: name, state, model, data, key metrics."""
         st = self.status()
         try:
-            cfg = self.config()
+            cfg = RunConfig.from_yaml(self.config_file)  # names to show; nothing is loaded from it
             model, data, method = cfg.model.name_or_path, cfg.data.source, cfg.peft.method
         except Exception:
             model = data = method = "?"
@@ -236,7 +244,7 @@ def new_run_dir(cfg: RunConfig) -> RunDir:
                 break
             if cfg.name and RunDir(path).exists():
                 raise RunError(f"A run named {cfg.name!r} already exists at {path}. Fix: choose another name, "
-                               f"resume it with `workbench resume {path}`, or delete it.") from None
+                               f"resume it with `workbench resume {shlex.quote(str(path))}`, or delete it.") from None
             path, n = root / f"{base}-{n}", n + 1
     run = RunDir(path)
     cfg = RunConfig.from_dict({**cfg.to_dict(), "name": path.name})

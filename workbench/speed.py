@@ -84,14 +84,16 @@ def cpu_training_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
     dropout set to 0, a MiniLM step's backward pass took 1.8x as long on the flash kernel). Anything else (evaluation, GPUs, attention weights
     requested) goes to transformers' own SDPA function.
     """
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    # transformers' documented way to wrap SDPA (docs: "Attention Interface"); its module is not public API,
+    # so pyproject pins transformers to the tested minor and tests/test_untrusted.py checks this signature.
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not module.training or query.device.type != "cpu" or kwargs.get("output_attentions"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)  # KV heads
     q_len, k_len = query.shape[2], key.shape[2]
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -110,6 +112,7 @@ def cpu_training_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
 def use_cpu_training_attention(model: Any) -> bool:
     """Switch a transformers model that uses SDPA to `cpu_training_attention`; False if it cannot."""
     from transformers import AttentionInterface
+    # The mask registry is the documented companion of AttentionInterface; masking_utils itself is internal.
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     if getattr(model.config, "_attn_implementation", None) != "sdpa":

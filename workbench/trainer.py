@@ -75,7 +75,13 @@ class WorkbenchTrainer(Trainer):
         return loss
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """Write the checkpoint into `.staging/`, fsync it, rename it into place, then rotate."""
+        """Write the checkpoint into `.staging/`, fsync it, rename it into place, then rotate.
+
+        A private method on purpose: there is no public hook *before* a checkpoint is written
+        (`TrainerCallback.on_save` runs after the trainer has written it in place, too late to make the
+        write atomic). pyproject pins transformers to the tested minor release, and
+        tests/test_untrusted.py::test_i12_12_private_apis_present checks this signature and its caller.
+        """
         root = Path(self.args.output_dir)
         staging = root / ".staging"
         name = f"checkpoint-{self.state.global_step}"
@@ -118,10 +124,10 @@ class WorkbenchTrainer(Trainer):
             except Exception as e:
                 if not is_oom(e) or self.args.per_device_eval_batch_size <= 1:
                     raise
+                # get_eval_dataloader() builds a new loader with this size: the trainer caches eval loaders
+                # only with dataloader_persistent_workers, which the workbench never turns on.
                 self.args.per_device_eval_batch_size //= 2
                 self.eval_batch_changes.append(self.args.per_device_eval_batch_size)
-                if hasattr(self, "_eval_dataloaders"):
-                    self._eval_dataloaders = {}
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 
