@@ -20,7 +20,10 @@ import json
 import math
 import os
 import re
+import tempfile
+import threading
 import time
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,15 +34,45 @@ from .config import RunConfig
 from .errors import RunError
 from .paths import runs_root
 
+try:  # POSIX; elsewhere status writers are serialised within one process only
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 STATES = ("queued", "running", "stopping", "stopped", "completed", "failed")
 ACTIVE = ("queued", "running", "stopping")
+FINISHED = ("stopped", "completed", "failed")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write-then-rename so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write-then-rename so a reader never sees half a file (a temp name unique per writer)."""
+    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_THREAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _locked(lock_file: Path):
+    """Hold an exclusive lock on `lock_file`: one read-modify-write of status.json at a time, across the
+    worker, `stop`, `launch` and any thread of theirs (flock locks are per open file, so threads exclude
+    each other too; the thread lock covers systems without fcntl)."""
+    with _THREAD_LOCK if fcntl is None else nullcontext():
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
 
 def _json_default(o: Any) -> Any:
@@ -134,13 +167,20 @@ class RunDir:
         return st
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
-        try:
-            st = json.loads(self.status_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            st = {}
-        st.update(fields)
-        st["updated"] = time.time()
-        write_json_atomic(self.status_file, clean_floats(st))
+        """Merge `fields` into status.json under the run's lock; a finished state is never turned back into
+        "stopping" (a stop that races the end of a run must not leave it "stopping" with a dead pid)."""
+        with _locked(self.path / ".status.lock"):
+            try:
+                st = json.loads(self.status_file.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                st = {}
+            if not isinstance(st, dict):
+                st = {}
+            if fields.get("state") == "stopping" and st.get("state") not in ("queued", "running"):
+                fields = {k: v for k, v in fields.items() if k != "state"}
+            st.update(fields)
+            st["updated"] = time.time()
+            write_json_atomic(self.status_file, clean_floats(st))
         return st
 
     # metrics
@@ -184,9 +224,7 @@ class RunDir:
     # stop / checkpoints
     def request_stop(self) -> None:
         self.stop_file.touch()
-        st = self.status()
-        if st.get("state") in ("queued", "running"):
-            self.update_status(state="stopping")
+        self.update_status(state="stopping")  # only a queued or running run becomes "stopping" (checked under the lock)
 
     @property
     def stop_requested(self) -> bool:
@@ -221,28 +259,56 @@ class RunDir:
 
 
 def new_run_dir(cfg: RunConfig) -> RunDir:
-    """Create a fresh run directory for `cfg` (name from the config, or model-data-time)."""
+    """Create a fresh run directory for `cfg` (name from the config, or model-data-time).
+
+    The claim is atomic: a folder belongs to the run whose config.yaml appeared in it first (a hard link
+    of a complete file, which fails if the name exists), so two launches at the same instant can never
+    train into one directory. An explicit name that is taken is an error naming the existing run; an
+    automatic name gets a `-2`, `-3`, ... suffix instead.
+    """
     root = Path(cfg.output_dir).expanduser() if cfg.output_dir else runs_root()
     root.mkdir(parents=True, exist_ok=True)
     base = cfg.name or "-".join([_slug(Path(cfg.model.name_or_path).name), _slug(Path(cfg.data.source).stem),
                                  datetime.now().strftime("%Y%m%d-%H%M%S")])
     path, n = root / base, 2
     while True:
-        try:
-            path.mkdir()
+        if _claim(path, RunConfig.from_dict({**cfg.to_dict(), "name": path.name})):
             break
-        except FileExistsError:
-            if cfg.name and not any(path.iterdir()):
-                break
-            if cfg.name and RunDir(path).exists():
-                raise RunError(f"A run named {cfg.name!r} already exists at {path}. Fix: choose another name, "
-                               f"resume it with `workbench resume {path}`, or delete it.") from None
-            path, n = root / f"{base}-{n}", n + 1
+        if cfg.name and RunDir(path).exists():
+            raise RunError(f"A run named {cfg.name!r} already exists at {path}. Fix: choose another name, "
+                           f"resume it with `workbench resume {path}`, or delete it.") from None
+        path, n = root / f"{base}-{n}", n + 1  # an automatic name, or a folder that is not a run
     run = RunDir(path)
-    cfg = RunConfig.from_dict({**cfg.to_dict(), "name": path.name})
-    cfg.to_yaml(run.config_file)
     run.update_status(state="queued", created=time.time(), step=0, total_steps=None)
     return run
+
+
+def _claim(path: Path, cfg: RunConfig) -> bool:
+    """Make `path` a run directory holding `cfg`, unless a run (or another non-empty folder) is there."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not path.is_dir() or any(p.name != "config.yaml" and not p.name.startswith(".config.yaml.")
+                                    for p in path.iterdir()):
+            return False  # a run, or someone's folder: never written into
+    fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", suffix=".tmp", dir=path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(cfg.to_yaml())
+        try:
+            os.link(tmp, path / "config.yaml")  # atomic, and fails when config.yaml exists: the claim
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: O_EXCL creation is the claim
+            try:
+                cfd = os.open(path / "config.yaml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(cfd, "w", encoding="utf-8") as f:
+                f.write(cfg.to_yaml())
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _slug(s: str) -> str:
