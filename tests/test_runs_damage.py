@@ -58,7 +58,7 @@ def test_i12_1_launch_race_one_winner(tmp_path, monkeypatch):
     for round_ in range(15):
         cfg = RunConfig.from_dict({"name": f"same-{round_}", "output_dir": str(tmp_path),
                                    "model": {"name_or_path": "minilm"}, "data": {"source": "rotten_tomatoes"}})
-        out = _race(8, lambda i: launch_mod.launch(cfg))
+        out = _race(8, lambda i, cfg=cfg: launch_mod.launch(cfg))
         won = [h for h in out if isinstance(h, launch_mod.RunHandle)]
         lost = [e for e in out if not isinstance(e, launch_mod.RunHandle)]
         assert len(won) == 1, f"round {round_}: {len(won)} launches claimed one run directory"
@@ -98,8 +98,8 @@ def test_i12_2_status_race_stop_vs_complete(tmp_path):
         run = _fresh_run(tmp_path, f"r{i}")
         run.update_status(state="running", pid=os.getpid(), step=7, total_steps=8)
         # One thread is the worker finishing, the other a `workbench stop` arriving at that moment.
-        out = _race(2, lambda k: run.update_status(state="completed", phase=None, step=8, pid=dead.pid) if k == 0
-                    else run.request_stop())
+        out = _race(2, lambda k, run=run: run.update_status(state="completed", phase=None, step=8, pid=dead.pid)
+                    if k == 0 else run.request_stop())
         assert not [e for e in out if isinstance(e, Exception)], out
         raw = json.loads(run.status_file.read_text())
         assert raw["state"] == "completed", f"round {i}: a stop overwrote the completed state with {raw['state']!r}"
@@ -116,3 +116,101 @@ def test_i12_2_status_race_stop_vs_complete(tmp_path):
     st = json.loads(run.status_file.read_text())
     assert sum(key.startswith("k") for key in st) == 8 * 15, "concurrent status updates were lost"
     assert not list(run.path.glob(".*.tmp"))
+
+
+# --- 6: damaged eval.json / labels.json ----------------------------------------------------------
+GOOD_EVAL = {"before": {"accuracy": 0.5, "f1_macro": 0.4}, "after": {"accuracy": 0.9, "f1_macro": 0.88}}
+DAMAGED_EVAL = {"empty": "", "cut-short": '{"after": {"accuracy": 0.9', "a-list": "[]", "after-a-number": '{"after": 3}',
+                "accuracy-a-word": '{"after": {"accuracy": "high"}}'}
+
+
+def _runs_with_damage(root: Path) -> None:
+    """A good run and one run per kind of damaged eval.json, under `root`."""
+    for name in ["good", *DAMAGED_EVAL]:
+        run = _fresh_run(root, name)
+        run.update_status(state="completed", step=8, total_steps=8)
+        run.eval_file.write_text(json.dumps(GOOD_EVAL) if name == "good" else DAMAGED_EVAL[name])
+    junk = _fresh_run(root, "status-junk")
+    junk.status_file.write_text("\0\0\0")
+
+
+def test_i12_6_empty_eval_json_hides_one_run(tmp_path, capsys):
+    from workbench.cli import main
+    _runs_with_damage(tmp_path)
+    assert main(["runs", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    table = {ln.split()[0]: ln for ln in out.splitlines() if ln and not ln.startswith(("run ", "problem"))}
+    assert set(table) >= {"good", "status-junk", *DAMAGED_EVAL}, out
+    assert "0.500" in table["good"] and "0.900" in table["good"]
+    problems = [ln for ln in out.splitlines() if ln.startswith("problem in ")]
+    assert not [p for p in problems if p.startswith("problem in good:")]
+    for name in DAMAGED_EVAL:
+        assert "0.900" not in table[name]
+        mine = [p for p in problems if p.startswith(f"problem in {name}:")]
+        assert len(mine) == 1 and "eval.json is damaged" in mine[0], (name, problems)
+    assert any(p.startswith("problem in empty:") and "empty" in p for p in problems)
+    assert any(p.startswith("problem in status-junk:") and "status.json" in p for p in problems)
+    # `workbench eval` on the damaged run: a clear message naming the file, exit code 2, no traceback
+    assert main(["eval", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "eval.json is damaged: it is empty" in err and "Traceback" not in err
+
+
+def test_i12_6_dashboard_runs_page_damaged_run(tmp_path, monkeypatch):
+    import sys
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+    root = Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    _runs_with_damage(tmp_path / "runs")
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_string("from dashboard import runs\nruns.page()", default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"good", "status-junk", *DAMAGED_EVAL}
+    acc = table.set_index("run")["accuracy"]
+    assert acc["good"] == pytest.approx(0.9) and acc[list(DAMAGED_EVAL)].isna().all()
+    warnings = [w.value for w in at.warning]
+    for name in DAMAGED_EVAL:
+        assert any(w.startswith(f"{name}: eval.json is damaged") for w in warnings), (name, warnings)
+    assert not any(w.startswith("good:") for w in warnings)
+    # The other pages that read eval.json show the problem too, not a traceback.
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_string("from dashboard import evaluate\nevaluate.page()", default_timeout=60)
+    at.query_params["eval_run"] = "empty"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, data_csv, tmp_path_factory) -> RunDir:
+    """A tiny run trained for 8 steps, checkpoints at 4 and 8: copied by each test that damages it."""
+    from workbench.training import run_training
+    cfg = cfg_for(tiny_bert, data_csv, tmp_path_factory.mktemp("trained"), name="base")
+    run = new_run_dir(cfg)
+    run_training(cfg, run, progress=False)
+    return run
+
+
+def _copy(run: RunDir, dest: Path) -> RunDir:
+    shutil.copytree(run.path, dest)
+    return RunDir(dest)
+
+
+BAD_LABELS = {"": "it is empty", "[\"neg\", ": "not valid JSON", '{"0": "neg"}': "holds a JSON dict",
+              '["neg", 1]': "1 is not a class name", '["neg", "neg"]': "appear more than once",
+              '["neg", "pos", "other"]': "lists 3 classes but the model"}
+
+
+@pytest.mark.parametrize("text", list(BAD_LABELS), ids=["empty", "cut", "dict", "number", "duplicate", "three"])
+def test_i12_6_bad_labels_json_predict_eval(trained, tmp_path, data_csv, capsys, text):
+    from workbench.cli import main
+    run = _copy(trained, tmp_path / "run")
+    assert main(["predict", str(run.path), "good film"]) == 0  # intact: works
+    capsys.readouterr()
+    run.labels_file.write_text(text)
+    for argv in (["predict", str(run.path), "good film"], ["eval", str(run.path), "--data", str(data_csv)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "labels.json" in err and BAD_LABELS[text] in err and "Traceback" not in err, (argv, err)

@@ -29,11 +29,13 @@ class Predictor:
             raise RunError(f"run {r.name} has no final model yet (state: {r.status().get('state')}); "
                            f"wait for it to complete, or resume it.")
         cfg = r.config()
+        r.labels()  # a damaged labels.json is reported before the model is loaded
         model, tok = load_trained(r.model_dir)
         if bf16 is None:
             from .training import precision
             bf16 = precision(cfg)["bf16"]
-        return cls(model, tok, r.labels() or [model.config.id2label[i] for i in range(model.config.num_labels)],
+        n = model.config.num_labels
+        return cls(model, tok, r.model_labels(n) or [model.config.id2label[i] for i in range(n)],
                    cfg.data.max_length, bf16)
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None,

@@ -150,15 +150,55 @@ class RunDir:
     def config(self) -> RunConfig:
         return RunConfig.from_yaml(self.require().config_file)
 
+    def _read_json(self, file: Path, kind: type, what: str, default: Any) -> Any:
+        """A JSON file of this run, or `default` when it is absent; a `RunError` naming the file and what is
+        wrong when it is damaged (empty, cut short, or not the `kind` of value expected)."""
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return default
+        except (OSError, UnicodeDecodeError) as e:
+            raise RunError(f"{file} cannot be read ({e}).") from None
+        try:
+            obj = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError as e:
+            raise RunError(f"{file} is damaged: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}). "
+                           f"It should hold {what}.") from None
+        if obj is None:
+            raise RunError(f"{file} is damaged: it is empty. It should hold {what}.")
+        if not isinstance(obj, kind):
+            raise RunError(f"{file} is damaged: it holds a JSON {type(obj).__name__}, not {what}.")
+        return obj
+
     def labels(self) -> list[str]:
-        return json.loads(self.labels_file.read_text()) if self.labels_file.exists() else []
+        """The class names in id order ([] when labels.json is absent); a `RunError` when it is damaged."""
+        what = 'a list of class names in id order, e.g. ["neg", "pos"]'
+        labels = self._read_json(self.labels_file, list, what, [])
+        bad = [x for x in labels if not isinstance(x, str) or not x]
+        if bad:
+            raise RunError(f"{self.labels_file} is damaged: {bad[0]!r} is not a class name. It should hold {what}.")
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise RunError(f"{self.labels_file} is damaged: {dup} appear more than once. It should hold {what}.")
+        return labels
+
+    def model_labels(self, num_labels: int) -> list[str]:
+        """labels.json checked against a model with `num_labels` outputs ([] when the file is absent)."""
+        labels = self.labels()
+        if labels and len(labels) != num_labels:
+            raise RunError(f"{self.labels_file} lists {len(labels)} classes but the model in {self.model_dir} has "
+                           f"{num_labels} outputs: the file does not belong to this model. Fix: restore it from the "
+                           f"run's model/workbench_model.json (its \"labels\"), or delete it.")
+        return labels
 
     # status
     def status(self) -> dict[str, Any]:
         """The status, corrected when the process died without saying so (killed, machine rebooted)."""
         try:
             st = json.loads(self.status_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return {"state": "unknown"}
+        if not isinstance(st, dict):
             return {"state": "unknown"}
         if st.get("state") in ("running", "stopping") and st.get("pid") and not pid_alive(st["pid"]):
             st["state"] = "failed"
@@ -202,7 +242,13 @@ class RunDir:
 
     # results
     def evaluation(self) -> dict[str, Any]:
-        return json.loads(self.eval_file.read_text()) if self.eval_file.exists() else {}
+        """Test metrics before/after fine-tuning ({} before there are any); a `RunError` when eval.json is damaged."""
+        what = 'test metrics, e.g. {"before": {"accuracy": ...}, "after": {"accuracy": ...}}'
+        ev = self._read_json(self.eval_file, dict, what, {})
+        for when, m in ev.items():
+            if not isinstance(m, dict):
+                raise RunError(f"{self.eval_file} is damaged: {when!r} holds a JSON {type(m).__name__}, not {what}.")
+        return ev
 
     def predictions(self, which: str = "after") -> pd.DataFrame:
         f = self.predictions_file if which == "after" else self.predictions_before_file
@@ -212,7 +258,7 @@ class RunDir:
         return pd.read_json(f, lines=True)
 
     def data_report(self) -> dict[str, Any]:
-        return json.loads(self.report_file.read_text()) if self.report_file.exists() else {}
+        return self._read_json(self.report_file, dict, "the data report (a JSON object)", {})
 
     def require_idle(self, then: str) -> dict[str, Any]:
         """The status, or a `RunError` when the run's process is still alive (`then` says what to do)."""
@@ -243,19 +289,35 @@ class RunDir:
         return c[-1] if c else None
 
     def summary(self) -> dict[str, Any]:
-        """One row for run listings: name, state, model, data, key metrics."""
+        """One row for run listings: name, state, model, data, key metrics, and `problems`: what is damaged
+        in this run directory (a damaged file blanks its own fields only, never the whole listing)."""
+        problems: list[str] = []
         st = self.status()
+        if st.get("state") == "unknown" and self.status_file.exists():
+            problems.append(f"{self.status_file.name} is damaged (not a JSON object)")
         try:
             cfg = self.config()
             model, data, method = cfg.model.name_or_path, cfg.data.source, cfg.peft.method
-        except Exception:
+        except Exception as e:  # noqa: BLE001 - any damage in config.yaml is shown, not raised
             model = data = method = "?"
-        ev = self.evaluation()
-        return {"run": self.name, "state": st.get("state"), "model": model, "data": data, "method": method,
-                "step": st.get("step"), "total_steps": st.get("total_steps"),
-                "accuracy_before": ev.get("before", {}).get("accuracy"),
-                "accuracy": ev.get("after", {}).get("accuracy"), "f1_macro": ev.get("after", {}).get("f1_macro"),
-                "created": st.get("created"), "path": str(self.path)}
+            problems.append(f"config.yaml cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        try:
+            ev = self.evaluation()
+        except RunError as e:
+            ev = {}
+            problems.append(str(e).replace(str(self.path) + os.sep, ""))
+        row = {"run": self.name, "state": st.get("state"), "model": model, "data": data, "method": method,
+               "step": st.get("step"), "total_steps": st.get("total_steps"),
+               "accuracy_before": ev.get("before", {}).get("accuracy"),
+               "accuracy": ev.get("after", {}).get("accuracy"), "f1_macro": ev.get("after", {}).get("f1_macro"),
+               "created": st.get("created")}
+        for k in ("step", "total_steps", "accuracy_before", "accuracy", "f1_macro", "created"):
+            v = row[k]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                row[k] = None
+                where = "status.json" if k in ("step", "total_steps", "created") else "eval.json"
+                problems.append(f"{where} is damaged: {k} is {v!r}, not a number")
+        return {**row, "path": str(self.path), "problems": problems}
 
 
 def new_run_dir(cfg: RunConfig) -> RunDir:
@@ -320,4 +382,8 @@ def list_runs(root: str | Path | None = None) -> list[RunDir]:
     if not root.exists():
         return []
     runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / "config.yaml").exists()]
-    return sorted(runs, key=lambda r: r.status().get("created") or 0, reverse=True)
+
+    def created(r: RunDir) -> float:
+        c = r.status().get("created")
+        return float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) else 0.0
+    return sorted(runs, key=created, reverse=True)
