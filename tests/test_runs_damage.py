@@ -214,3 +214,87 @@ def test_i12_6_bad_labels_json_predict_eval(trained, tmp_path, data_csv, capsys,
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "labels.json" in err and BAD_LABELS[text] in err and "Traceback" not in err, (argv, err)
+
+
+# --- 7: damaged checkpoints on resume ------------------------------------------------------------
+def _resumable(trained: RunDir, dest: Path, max_steps: int = 12) -> tuple[RunConfig, RunDir]:
+    run = _copy(trained, dest)
+    run.update_status(state="stopped")
+    cfg = run.config().override({"training.max_steps": max_steps})
+    run.config_file.write_text(cfg.to_yaml())
+    return cfg, run
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+DAMAGE = {
+    "weights-missing": lambda c: (c / "model.safetensors").unlink(),
+    "weights-half-written": lambda c: _truncate(c / "model.safetensors"),
+    "rng-truncated": lambda c: _truncate(c / "rng_state.pth"),
+    "trainer-state-cut": lambda c: _truncate(c / "trainer_state.json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_i12_7_damaged_checkpoint_falls_back(trained, tmp_path, damage, capsys):
+    from workbench.training import run_training
+    cfg, run = _resumable(trained, tmp_path / "run")
+    assert [c.name for c in run.checkpoints()] == ["checkpoint-4", "checkpoint-8"]
+    DAMAGE[damage](run.checkpoints_dir / "checkpoint-8")
+    run_training(cfg, run, resume=True, progress=False)
+    st = run.status()
+    assert st["state"] == "completed" and st["step"] == 12
+    assert "checkpoint-8" in st["note"] and "resumed from checkpoint-4" in st["note"], st["note"]
+    assert "checkpoint-8" in capsys.readouterr().err  # said where the user looks, too
+    train = run.metrics().query("kind == 'train'")
+    resumed = train[train["time"] > json.loads((trained.status_file).read_text())["finished"]]
+    assert resumed["step"].min() == 5  # training went on from step 4's state
+    assert (run.checkpoints_dir / "damaged-checkpoint-8").is_dir()  # kept for inspection, out of the rotation
+    # a damaged checkpoint that is the only one left: refused with what is wrong, not a traceback
+    cfg2, only = _resumable(trained, tmp_path / "only")
+    shutil.rmtree(only.checkpoints_dir / "checkpoint-4")
+    DAMAGE[damage](only.checkpoints_dir / "checkpoint-8")
+    from workbench.cli import main
+    assert main(["resume", str(only.path)]) == 2
+    err = capsys.readouterr().err
+    assert "no intact checkpoint" in err and "checkpoint-8" in err and "Traceback" not in err, err
+    assert only.status()["state"] == "failed"
+
+
+def test_i12_7_missing_optimizer_not_silent(trained, tmp_path):
+    from workbench.errors import RunError
+    from workbench.training import run_training
+    cfg, run = _resumable(trained, tmp_path / "run")
+    (run.checkpoints_dir / "checkpoint-8" / "optimizer.pt").unlink()
+    run_training(cfg, run, resume=True, progress=False)
+    st = run.status()
+    assert st["state"] == "completed" and "optimizer.pt is missing" in st["note"]
+    assert "resumed from checkpoint-4" in st["note"]
+    # with no earlier checkpoint to fall back on, resuming is refused rather than silently re-initialised
+    cfg2, only = _resumable(trained, tmp_path / "only")
+    shutil.rmtree(only.checkpoints_dir / "checkpoint-4")
+    (only.checkpoints_dir / "checkpoint-8" / "optimizer.pt").unlink()
+    with pytest.raises(RunError, match="optimizer.pt is missing"):
+        run_training(cfg2, only, resume=True, progress=False)
+    assert not only.model_dir.exists() or only.status()["state"] == "failed"
+
+
+def test_i12_7_resume_no_duplicate_metric_steps(trained, tmp_path):
+    from workbench.training import run_training
+    # A run that logged steps 1-8 and then died before checkpoint-8 was written (mid-way through a line).
+    cfg, run = _resumable(trained, tmp_path / "run", max_steps=10)
+    shutil.rmtree(run.checkpoints_dir / "checkpoint-8")
+    with run.metrics_file.open("a") as f:
+        f.write('{"step": 9, "kind": "tr')
+    before = run.metrics().query("kind == 'train'")
+    assert before["step"].tolist() == list(range(1, 9))
+    run_training(cfg, run, resume=True, progress=False)
+    train = run.metrics().query("kind == 'train'")
+    assert train["step"].tolist() == list(range(1, 11)), train["step"].tolist()  # 5-8 once each: the rerun's
+    old, new = before.set_index("step")["time"], train.set_index("step")["time"]
+    assert (new.loc[1:4] == old.loc[1:4]).all()  # the rows up to the checkpoint are the original ones
+    assert (new.loc[5:8] > old.max()).all()  # the rows after it are the resumed run's, not the dead one's
+    assert run.metrics().query("kind == 'summary'")["step"].tolist() == [10]

@@ -207,6 +207,8 @@ def cmd_status(a: argparse.Namespace) -> int:
           + (f"  ({st['phase']})" if st.get("phase") else ""))
     if st.get("error"):
         print(f"error: {st['error']}")
+    if st.get("note"):
+        print(f"note: {st['note']}")
     return 0
 
 

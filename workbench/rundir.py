@@ -229,6 +229,24 @@ class RunDir:
             f.write(json.dumps(clean_floats(row), default=_json_default) + "\n")
             f.flush()
 
+    def drop_metrics_after(self, step: int) -> None:
+        """Remove the rows logged after `step` (before a resume from that step logs them again); events stay."""
+        if not self.metrics_file.exists():
+            return
+        kept = []
+        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line of the process that died
+            s = row.get("step") if isinstance(row, dict) else None
+            if not isinstance(s, (int, float)) or s <= step or row.get("kind") == "event":
+                kept.append(line + "\n")
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.jsonl.", suffix=".tmp", dir=self.path)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.metrics_file)
+
     def metrics(self) -> pd.DataFrame:
         """All metric rows (a torn last line from a live writer is skipped)."""
         rows = []
