@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -276,7 +277,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     return run
 
 
-def _resume_point(run: RunDir, main: bool) -> Any:
+def _resume_point(run: RunDir, main: bool) -> Path | None:
     """The newest intact checkpoint; damaged newer ones are set aside and the fallback said out loud, and a
     run whose checkpoints are all damaged is refused (a silent restart would throw its progress away)."""
     ckpt, damaged = intact_checkpoint(run.checkpoints())
@@ -292,10 +293,9 @@ def _resume_point(run: RunDir, main: bool) -> Any:
         raise RunError(f"no intact checkpoint to resume run {run.name} from ({what}). Fix: start a new run, or "
                        f"delete {run.checkpoints_dir} and resume to train this run again from step 0.")
     if main:
-        for name in damaged:
-            set_aside(run.checkpoints_dir / name)
-        msg = (f"damaged checkpoint {what}; resumed from {ckpt.name} instead (the damaged one was moved to "
-               f"{run.checkpoints_dir.name}/damaged-<name>)")
+        moved = [set_aside(run.checkpoints_dir / name).name for name in damaged]
+        msg = (f"damaged checkpoint {what}; resumed from {ckpt.name} instead (kept for inspection as "
+               f"{', '.join(f'{run.checkpoints_dir.name}/{m}' for m in moved)})")
         print(f"note: {msg}", file=sys.stderr, flush=True)
         run.update_status(note=msg)
         run.append_metrics({"kind": "event", "event": "checkpoint_fallback", "step": int(ckpt.name.split("-")[1]),
