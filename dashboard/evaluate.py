@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from workbench.errors import WorkbenchError
 from workbench.figures.evaluation import before_after_figure, per_class_figure
 
 from . import errors_table, widgets
@@ -16,7 +17,12 @@ def page() -> None:
         st.info("No run has test scores yet: they appear here once a run has scored its test split.")
         return
     run = widgets.pick_run("Run", runs, key="eval_run")
-    ev, state = run.evaluation(), run.status()
+    state = run.status()
+    try:
+        ev = run.evaluation()
+    except WorkbenchError as e:  # a damaged eval.json: say which file and what is wrong, not a traceback
+        st.error(str(e), icon=":material/error:")
+        return
     if state.get("state") == "failed":
         st.error(f"{run.name} failed: {state.get('error')}", icon=":material/error:")
     after, before = ev.get("after"), ev.get("before")

@@ -59,7 +59,11 @@ def _monitor(path: str, was_active: bool) -> None:
         st.info(f"Stopped at step {step}" + (f"; checkpoint {s['checkpoint']}" if s.get("checkpoint") else
                                             "; no checkpoint was written, so Resume starts again from step 0") + ".")
     elif state == "completed":
-        ev = run.evaluation()
+        try:
+            ev = run.evaluation()
+        except WorkbenchError as e:  # a damaged eval.json: shown, and the curves below still drawn
+            st.warning(str(e), icon=":material/warning:")
+            ev = {}
         before, after = ev.get("before", {}).get("accuracy"), ev.get("after", {}).get("accuracy")
         if after is not None:
             st.success(f"Completed: test accuracy {after:.3f}" + (f" (before fine-tuning {before:.3f})"

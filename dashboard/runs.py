@@ -23,7 +23,9 @@ def page() -> None:
         st.info(f"No runs in {runs_root()} yet. Start one on the Train page (or `workbench train`).")
         return
     st.caption(f"{len(runs)} run(s) in `{runs_root()}`, newest first. States are read from each run directory.")
-    st.dataframe(_table(runs), hide_index=True, column_config={
+    table = _table(runs)
+    problems = {r: p for r, p in zip(table["run"], table.pop("problems")) if p}
+    st.dataframe(table, hide_index=True, column_config={
         "accuracy": st.column_config.NumberColumn(format="%.3f"),
         "accuracy_before": st.column_config.NumberColumn("accuracy before", format="%.3f"),
         "f1_macro": st.column_config.NumberColumn("macro F1", format="%.3f"),
@@ -31,6 +33,9 @@ def page() -> None:
     failed = [r for r in runs if r.status().get("state") == "failed"]
     for r in failed:
         st.error(f"{r.name} failed: {r.status().get('error') or 'no message recorded'}", icon=":material/error:")
+    for name, found in problems.items():  # a damaged file hides that run's fields, never the page
+        for problem in found:
+            st.warning(f"{name}: {problem}", icon=":material/warning:")
 
     st.subheader("Compare")
     names = [r.name for r in runs]
@@ -77,7 +82,7 @@ def _table(runs: list[RunDir]) -> pd.DataFrame:
         rows.append(s)
     df = pd.DataFrame(rows)
     return df[["run", "state", "progress", "model", "method", "data", "accuracy_before", "accuracy", "f1_macro",
-               "created"]]
+               "created", "problems"]]
 
 
 def config_diff(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:

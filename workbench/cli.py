@@ -226,6 +226,8 @@ def cmd_status(a: argparse.Namespace) -> int:
           + (f"  ({st['phase']})" if st.get("phase") else ""))
     if st.get("error"):
         print(f"error: {st['error']}")
+    if st.get("note"):
+        print(f"note: {st['note']}")
     return 0
 
 
@@ -239,6 +241,9 @@ def cmd_runs(a: argparse.Namespace) -> int:
         return 0
     df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step", "accuracy_before", "accuracy"]]
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for r in rows:  # a damaged file blanks its own fields above; say what is wrong with it
+        for problem in r["problems"]:
+            print(f"problem in {r['run']}: {problem}")
     return 0
 
 

@@ -33,11 +33,13 @@ class Predictor:
                            f"wait for it to complete, or resume it.")
         grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
         cfg = r.config(**grants)
+        r.labels()  # a damaged labels.json is reported before the model is loaded
         model, tok = load_trained(r.model_dir, **grants)
         if bf16 is None:
             from .training import precision
             bf16 = precision(cfg)["bf16"]
-        return cls(model, tok, r.labels() or [model.config.id2label[i] for i in range(model.config.num_labels)],
+        n = model.config.num_labels
+        return cls(model, tok, r.model_labels(n) or [model.config.id2label[i] for i in range(n)],
                    cfg.data.max_length, bf16)
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None,

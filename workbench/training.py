@@ -16,13 +16,16 @@ import math
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainingArguments, set_seed
 
+from .checkpoints import intact_checkpoint, pickled_files, set_aside
 from .config import RunConfig
 from .errors import RunError, TrainingHalted, WorkbenchError
 from .evaluate import metrics_from_predictions, trainer_metrics
@@ -192,9 +195,10 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     val_ds = tokenize_frame(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
     # A batch size shrunk by an earlier out-of-memory error is reused on resume.
     batch = (run.status().get("batch_override") if resume else None) or {}
-    ckpt = run.latest_checkpoint() if resume else None
+    ckpt = _resume_point(run, main) if resume else None
     if resume and ckpt is None and main:
         run.update_status(note="no complete checkpoint was found; training restarted from step 0")
+    retry = resume
     while True:
         if model is None:  # rebuilt after an OOM: the old one may hold half-applied updates
             model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
@@ -210,6 +214,9 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
                               precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32")
+        if main and retry:  # rows logged after the checkpoint are logged again by the rerun: one row per step
+            run.drop_metrics_after(int(ckpt.name.split("-")[1]) if ckpt else 0)
+        retry = True
         try:
             trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
             break
@@ -273,6 +280,32 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         run.update_status(state="completed", phase=None, finished=time.time(), step=trainer.state.global_step)
     state.wait_for_everyone()
     return run
+
+
+def _resume_point(run: RunDir, main: bool) -> Path | None:
+    """The newest intact checkpoint; damaged newer ones are set aside and the fallback said out loud, and a
+    run whose checkpoints are all damaged is refused (a silent restart would throw its progress away)."""
+    ckpt, damaged = intact_checkpoint(run.checkpoints())
+    if not damaged:
+        return ckpt
+    for name in damaged:
+        if pickles := pickled_files(run.checkpoints_dir / name):
+            raise RunError(f"checkpoint {run.checkpoints_dir / name} holds a file that is not plain tensors "
+                           f"({', '.join(pickles)}); loading it was refused, since unpickling it could run code. "
+                           f"Fix: delete that checkpoint folder to resume from an earlier one, or start a new run.")
+    what = "; ".join(f"{name}: {', '.join(p)}" for name, p in damaged.items())
+    if ckpt is None:
+        raise RunError(f"no intact checkpoint to resume run {run.name} from ({what}). Fix: start a new run, or "
+                       f"delete {run.checkpoints_dir} and resume to train this run again from step 0.")
+    if main:
+        moved = [set_aside(run.checkpoints_dir / name).name for name in damaged]
+        msg = (f"damaged checkpoint {what}; resumed from {ckpt.name} instead (kept for inspection as "
+               f"{', '.join(f'{run.checkpoints_dir.name}/{m}' for m in moved)})")
+        print(f"note: {msg}", file=sys.stderr, flush=True)
+        run.update_status(note=msg)
+        run.append_metrics({"kind": "event", "event": "checkpoint_fallback", "step": int(ckpt.name.split("-")[1]),
+                            "time": time.time(), "skipped": list(damaged)})
+    return ckpt
 
 
 def new_run_dir_all_ranks(cfg: RunConfig) -> RunDir:
