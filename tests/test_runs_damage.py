@@ -54,7 +54,7 @@ def _race(n: int, fn) -> list:
 def test_i12_1_launch_race_one_winner(tmp_path, monkeypatch):
     import workbench.launch as launch_mod
     # Only the claim of the run directory races here; no training process is started.
-    monkeypatch.setattr(launch_mod, "_spawn", lambda run, resume: launch_mod.RunHandle(run))
+    monkeypatch.setattr(launch_mod, "_spawn", lambda run, resume, **grants: launch_mod.RunHandle(run))
     for round_ in range(15):
         cfg = RunConfig.from_dict({"name": f"same-{round_}", "output_dir": str(tmp_path),
                                    "model": {"name_or_path": "minilm"}, "data": {"source": "rotten_tomatoes"}})
