@@ -20,6 +20,8 @@ import yaml
 from .errors import ConfigError
 
 TASKS = ("text-classification",)
+# The CPU training speed-ups in workbench/speed.py, by the names `training.cpu_speedups` lists.
+CPU_SPEEDUPS = ("dropout", "attention")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -97,6 +99,12 @@ class TrainingConfig:
     early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement. Empty: off.")
     use_cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
     torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long GPU runs).")
+    cpu_speedups: bool | list[str] = _f(True, "Speed-ups for training on a CPU that keep the maths the same "
+                                        "(workbench/speed.py): `dropout` (FastDropout: four dropout masks per "
+                                        "64-bit random draw) and `attention` (attention written out instead of "
+                                        "SDPA's slower CPU paths). `true`: both; `false`: neither (the stock "
+                                        "PyTorch and transformers modules); or a list of the ones to use, e.g. "
+                                        "[dropout]. GPUs always use the stock modules.")
 
 
 @dataclass
@@ -229,6 +237,13 @@ class RunConfig:
         for kind in ("eval", "save"):
             if getattr(t, f"{kind}_strategy") == "steps" and not getattr(t, f"{kind}_steps"):
                 p.append(f"training.{kind}_strategy is 'steps' but training.{kind}_steps is empty: set it (e.g. 50).")
+        if isinstance(t.cpu_speedups, list):
+            for name in t.cpu_speedups:
+                if name not in CPU_SPEEDUPS:
+                    close = difflib.get_close_matches(name, CPU_SPEEDUPS, n=1)
+                    p.append(f"training.cpu_speedups: {name!r} is not a CPU speed-up"
+                             f"{f'; did you mean {close[0]!r}?' if close else '.'} Use true, false, or a list of "
+                             f"{', '.join(CPU_SPEEDUPS)}.")
         if t.save_total_limit is not None and t.save_total_limit < 1:
             p.append(f"training.save_total_limit={t.save_total_limit}: must be at least 1, or empty for no limit.")
         if (t.early_stopping_patience is not None or t.load_best_model_at_end) and t.eval_strategy == "no":

@@ -8,7 +8,8 @@ torch.profiler; see benchmarks/bench.py). `FastDropout` draws 64 random bits and
 time per dropout forward + backward.
 
 On a GPU the built-in dropout is already fused and fast, so `speed_up_dropout` is used for CPU training
-only, as is `cpu_training_attention` (below).
+only, as is `cpu_training_attention` (below). `apply_cpu_speedups` applies the ones config
+`training.cpu_speedups` names (default: all).
 """
 
 from __future__ import annotations
@@ -121,6 +122,20 @@ def use_cpu_training_attention(model: Any) -> bool:
     except (ValueError, NotImplementedError):
         return False
     return model.config._attn_implementation == ATTENTION
+
+
+def apply_cpu_speedups(model: Any, which: bool | list[str]) -> list[str]:
+    """Apply the speed-ups `training.cpu_speedups` names (`True`: all, `False`: none) to `model` in place;
+    returns the names of those that took effect (attention needs a model that uses SDPA)."""
+    from .config import CPU_SPEEDUPS
+
+    names = list(CPU_SPEEDUPS) if which is True else list(which or [])
+    applied = []
+    if "dropout" in names and speed_up_dropout(model):
+        applied.append("dropout")
+    if "attention" in names and use_cpu_training_attention(model):
+        applied.append("attention")
+    return applied
 
 
 def restore_attention(model: Any) -> None:

@@ -28,7 +28,7 @@ from .evaluate import metrics_from_predictions, trainer_metrics
 from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_classifier, load_tokenizer,
                      resolve_model_path)
 from .rundir import RunDir, write_json_atomic
-from .speed import restore_attention, speed_up_dropout, use_cpu_training_attention
+from .speed import apply_cpu_speedups, restore_attention
 from .tasks.classification import PaddingCollator, predict_proba, predictions_frame, tokenize_frame
 from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
@@ -198,8 +198,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         if cfg.peft.method == "full" and cfg.peft.freeze_embeddings:
             freeze_input_embeddings(model)
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
-            speed_up_dropout(model)
-            use_cpu_training_attention(model)
+            apply_cpu_speedups(model, cfg.training.cpu_speedups)
         eff = cfg.override({f"training.{k}": v for k, v in batch.items()}) if batch else cfg
         trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main)
         if main:
