@@ -120,14 +120,12 @@ def _load_cached(path: str, base: bool, dtype: torch.dtype, stamp: int) -> tuple
     from transformers import AutoConfig, AutoTokenizer
 
     from .config import ModelConfig
-    from .models import load_classifier, load_tokenizer, load_trained
+    from .models import load_classifier, load_tokenizer, load_trained, with_pad_token
 
     d = Path(path)
     if base:
         meta = json.loads((d / "workbench_model.json").read_text())
-        tok = AutoTokenizer.from_pretrained(d)  # the run's tokenizer, so base and tuned see identical tokens
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token or tok.unk_token
+        tok = with_pad_token(AutoTokenizer.from_pretrained(d))  # the run's: base and tuned see identical tokens
         # A fixed seed for the new random head: the same base model every time it is loaded.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -72,7 +72,13 @@ def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise _load_error(path, cfg, e, "tokenizer") from None
-    if tok.pad_token is None:  # Llama-family tokenizers ship without one; batching needs it
+    return with_pad_token(tok)
+
+
+def with_pad_token(tok: Any) -> Any:
+    """`tok`, given a pad token if it has none (eos, else unk): Llama-family tokenizers ship without one,
+    and batching needs it."""
+    if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
 
@@ -198,9 +204,7 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
         model = PeftModel.from_pretrained(model, d)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True, **kw)
-    tok = AutoTokenizer.from_pretrained(d)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
+    tok = with_pad_token(AutoTokenizer.from_pretrained(d))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()
