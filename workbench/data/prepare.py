@@ -43,14 +43,6 @@ class PreparedData:
     report: DataReport
     extra_columns: list[str] = field(default_factory=list)
 
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.labels))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.labels)}
-
 
 # --- columns -------------------------------------------------------------------------------------
 def guess_columns(df: pd.DataFrame) -> dict[str, str | None]:
