@@ -224,7 +224,8 @@ def main() -> int:
     n_train, n_test = _sizes(a.quick)
     print(f"\nTraining: MiniLM, Rotten Tomatoes {n_train} train / {n_test} test, 1 epoch, batch 16, seed 42"
           f"{'' if reps == 1 else f'; (b) and (c) fastest of {reps}'}")
-    print(f"{'recipe':42s} {'prec':>5s} {'wall s':>7s} {'real tok/s':>10s} {'x (a)':>6s} {'acc':>6s} {'peak RSS MB':>11s}")
+    print(f"{'recipe':42s} {'prec':>5s} {'wall s':>7s} {'real tok/s':>10s} {'x (a)':>6s} {'acc':>6s} "
+          f"{'peak RSS MB':>11s}")
     for key, label in (("a", "(a) seed: pad to 128, fp32, HF Trainer"), ("b", "(b) careful HF Trainer"),
                        ("c", "(c) workbench default")):
         r = results[key]
@@ -239,8 +240,8 @@ def main() -> int:
                   f"{C['tokens_per_s'] / r['tokens_per_s']:12.2f}x {r['accuracy']:6.3f}")
     print(f"\nPrediction, {n_test} texts: pipeline {P['pipeline_examples_per_s']:.0f} ex/s, workbench "
           f"{P['workbench_examples_per_s']:.0f} ex/s (peak RSS {P['peak_rss_mb']:.0f} MB)")
-    print("Attention map, 128 tokens, warm: " + ", ".join(f"{k.split('_')[1]} {v:.0f} ms" for k, v in T.items()
-                                                          if k.endswith("_ms")) + f" (peak RSS {T['peak_rss_mb']:.0f} MB)")
+    maps = ", ".join(f"{k.split('_')[1]} {v:.0f} ms" for k, v in T.items() if k.endswith("_ms"))
+    print(f"Attention map, 128 tokens, warm: {maps} (peak RSS {T['peak_rss_mb']:.0f} MB)")
     checks = [("(c) / (b) tokens/s", ratios["c_vs_b"], TARGETS["c_vs_b"], True),
               ("(c) / (a) tokens/s", ratios["c_vs_a"], TARGETS["c_vs_a"], True),
               ("predict / pipeline", ratios["predict_vs_pipeline"], TARGETS["predict_vs_pipeline"], True),

@@ -143,7 +143,7 @@ def shot(d, name: str) -> None:
 LOSS_POINTS = """
 for (const p of document.querySelectorAll('.js-plotly-plot')) {
   const t = p.layout && p.layout.title && (p.layout.title.text || p.layout.title);
-  if (typeof t === 'string' && t.replace(/<[^>]*>/g, '').startsWith('Loss')) 
+  if (typeof t === 'string' && t.replace(/<[^>]*>/g, '').startsWith('Loss'))
     return (p._fullData || []).reduce((n, tr) => n + (tr._length || (tr.x ? tr.x.length : 0) || 0), 0);
 }
 return -1;"""

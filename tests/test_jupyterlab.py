@@ -84,7 +84,8 @@ def lab(tmp_path_factory):
     jupyter_path = os.pathsep.join(dict.fromkeys(filter(None, [
         os.environ.get("JUPYTER_PATH"), os.path.join(sys.prefix, "share", "jupyter"),
         os.path.join(sys.base_prefix, "share", "jupyter")])))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "JUPYTER_PATH": jupyter_path, "WORKBENCH_RUNS": str(home / "runs"), "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "PYTHONPATH": pythonpath, "JUPYTER_PATH": jupyter_path, "WORKBENCH_RUNS": str(home / "runs"),
+           "TOKENIZERS_PARALLELISM": "false",
            "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
     log = open(home / "lab.log", "wb")
@@ -140,14 +141,16 @@ def shot(d, name: str) -> Path:
 # The code cells' prompts: "[ ]:" not run, "[*]:" queued or running, "[7]:" done. A cell whose input is
 # collapsed (the exercise solutions) shows a placeholder instead, without a prompt: the kernel's status
 # tells when it has run.
-PROMPTS = "return Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent.trim());"
+PROMPTS = ("return Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt'))"
+           ".map(e => e.textContent.trim());")
 KERNEL_IDLE = "return document.querySelector('#jp-main-statusbar').textContent.includes('| Idle');"
 # Errors render as ANSI text with a Python traceback header.
 ERRORS = """return Array.from(document.querySelectorAll('.jp-OutputArea-output'))
   .map(e => e.textContent).filter(t => t.includes('Traceback (most recent call last)'));"""
 # The schedule figure is the plotly chart inside the widget box that holds the "warmup" slider.
 FIGURE = """
-const label = Array.from(document.querySelectorAll('.widget-slider .widget-label')).find(l => l.textContent.trim() === 'warmup');
+const label = Array.from(document.querySelectorAll('.widget-slider .widget-label'))
+  .find(l => l.textContent.trim() === 'warmup');
 if (!label) return null;
 let box = label.closest('.widget-vbox');
 while (box && !box.querySelector('.js-plotly-plot')) box = box.parentElement.closest('.widget-vbox');

@@ -55,7 +55,8 @@ class DataConfig:
     test_source: str | None = _f(None, "Optional separate test file; otherwise split from `source`.")
     text_column: str | None = _f(None, "Column with the text. Empty: guessed from common names (text, sentence, ...).")
     text_pair_column: str | None = _f(None, "Optional second text column for pair tasks (e.g. premise/hypothesis).")
-    label_column: str | None = _f(None, "Column with the label (strings or integers). Empty: guessed (label, class, ...).")
+    label_column: str | None = _f(None, "Column with the label (strings or integers). Empty: guessed (label, class, "
+                                  "...).")
     split_column: str | None = _f(None, "Optional column whose values (train/validation/test) assign each row a split.")
     validation_size: float = _f(0.1, "Share of rows held out for validation when no validation split is given.")
     test_size: float = _f(0.2, "Share of rows held out for testing when no test split is given.")
@@ -63,7 +64,8 @@ class DataConfig:
     max_eval_samples: int | None = _f(None, "Use at most this many validation and test rows each.")
     max_length: int = _f(256, "Truncate texts to this many tokens. Batches are padded dynamically, never to this.")
     delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
-    encoding: str | None = _f(None, "Force the file encoding. Empty: UTF-8 (with or without BOM), then cp1252 with a warning.")
+    encoding: str | None = _f(None, "Force the file encoding. Empty: UTF-8 (with or without BOM), then cp1252 with "
+                              "a warning.")
 
 
 @dataclass
@@ -124,7 +126,8 @@ class PeftConfig:
     lora_dropout: float = _f(0.05, "Dropout on the LoRA path.")
     target_modules: list[str] | None = _f(None, "Module names that get adapters. Empty: chosen per architecture "
                                           "(Llama: q/k/v/o_proj; BERT: query/key/value).")
-    merge_adapter: bool = _f(False, "Also save a merged full model (adapter folded into the weights) in `model/merged`.")
+    merge_adapter: bool = _f(False, "Also save a merged full model (adapter folded into the weights) in "
+                             "`model/merged`.")
 
 
 @dataclass
@@ -198,7 +201,8 @@ class RunConfig:
         if self.task not in TASKS:
             p.append(f"task: {self.task!r} is not supported; use one of {', '.join(TASKS)}.")
         if not self.model.name_or_path:
-            p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a hub id.")
+            p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a "
+                     "hub id.")
         if self.model.dropout is not None and not 0 <= self.model.dropout < 1:
             p.append(f"model.dropout={self.model.dropout}: must be in [0, 1).")
         if not d.source:
@@ -219,7 +223,8 @@ class RunConfig:
         if d.text_column and d.label_column and d.text_column == d.label_column:
             p.append(f"data.text_column and data.label_column are both {d.text_column!r}: they must differ.")
         if not t.learning_rate > 0:
-            p.append(f"training.learning_rate={t.learning_rate}: must be > 0 (typical: 2e-5 to 5e-5 full, 1e-4 to 1e-3 LoRA).")
+            p.append(f"training.learning_rate={t.learning_rate}: must be > 0 (typical: 2e-5 to 5e-5 full, "
+                     f"1e-4 to 1e-3 LoRA).")
         elif t.learning_rate > 1:
             p.append(f"training.learning_rate={t.learning_rate}: far too large; typical values are 2e-5 to 1e-3.")
         if t.max_steps <= 0 and not t.num_train_epochs > 0:

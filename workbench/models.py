@@ -162,8 +162,9 @@ def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
     present = {n.split(".")[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
     if missing:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
-                         f"Linear modules it has: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})[:12]}.")
+                         f"Linear modules it has: {linear[:12]}.")
     lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
                       lora_dropout=peft_cfg.lora_dropout, target_modules=targets)
     return get_peft_model(model, lcfg)

@@ -82,8 +82,8 @@ def cpu_training_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
     Used while training on a CPU only. There, PyTorch's scaled_dot_product_attention either takes its
     math path with the slow dropout (models with attention dropout, like BERT) or its CPU flash kernel,
     whose backward pass is slow for short sequences (models without, like Llama: with its attention
-    dropout set to 0, a MiniLM step's backward pass took 1.8x as long on the flash kernel). Anything else (evaluation, GPUs, attention weights
-    requested) goes to transformers' own SDPA function.
+    dropout set to 0, a MiniLM step's backward pass took 1.8x as long on the flash kernel). Anything
+    else (evaluation, GPUs, attention weights requested) goes to transformers' own SDPA function.
     """
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
