@@ -20,7 +20,8 @@ def files(tmp_path):
     df = make_sentiment_frame(80)
     f = {}
     f["semicolon"] = tmp_path / "semi.csv"; df.to_csv(f["semicolon"], index=False, sep=";")
-    f["nolabel"] = tmp_path / "nolabel.csv"; df.rename(columns={"label": "stars"}).assign(stars=1.5).to_csv(f["nolabel"], index=False)
+    f["nolabel"] = tmp_path / "nolabel.csv"
+    df.rename(columns={"label": "stars"}).assign(stars=1.5).to_csv(f["nolabel"], index=False)
     f["oneclass"] = tmp_path / "one.csv"; df.assign(label="pos").to_csv(f["oneclass"], index=False)
     f["cp1252"] = tmp_path / "win.csv"
     f["cp1252"].write_bytes(df.assign(text=df["text"] + " caf\u00e9").to_csv(index=False).encode("cp1252"))

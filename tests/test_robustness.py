@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import signal
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st

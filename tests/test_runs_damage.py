@@ -120,7 +120,8 @@ def test_i12_2_status_race_stop_vs_complete(tmp_path):
 
 # --- 6: damaged eval.json / labels.json ----------------------------------------------------------
 GOOD_EVAL = {"before": {"accuracy": 0.5, "f1_macro": 0.4}, "after": {"accuracy": 0.9, "f1_macro": 0.88}}
-DAMAGED_EVAL = {"empty": "", "cut-short": '{"after": {"accuracy": 0.9', "a-list": "[]", "after-a-number": '{"after": 3}',
+DAMAGED_EVAL = {"empty": "", "cut-short": '{"after": {"accuracy": 0.9', "a-list": "[]",
+                "after-a-number": '{"after": 3}',
                 "accuracy-a-word": '{"after": {"accuracy": "high"}}'}
 
 

@@ -134,7 +134,8 @@ def _load_cached(path: str, base: bool, dtype: torch.dtype, stamp: int, trust_re
             raise ModelError(f"{d} has no workbench_model.json, so its base model is unknown. Fix: give a run "
                              f"directory written by the workbench.")
         # The run's tokenizer, so base and tuned see identical tokens.
-        tok = load_tokenizer(str(d), ModelConfig(name_or_path=str(d), trust_remote_code=recorded.base.trust_remote_code))
+        tok = load_tokenizer(str(d), ModelConfig(name_or_path=str(d),
+                                                 trust_remote_code=recorded.base.trust_remote_code))
         # A fixed seed for the new random head: the same base model every time it is loaded.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

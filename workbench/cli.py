@@ -475,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="folder for run directories (default ./runs)")
     p = add("train", cmd_train, "Train from a YAML config file.")
     p.add_argument("config")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. training.learning_rate=2e-5")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. training.learning_rate=2e-5")
     p.add_argument("--name", help="run name")
     p.add_argument("--output-dir", help="folder for run directories")
     p.add_argument("--detach", action="store_true", help="start in the background and return")

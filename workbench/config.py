@@ -29,6 +29,8 @@ NAME_MAX = 100  # run names name folders; keep paths well below OS limits
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop")
 _NAME_FORBIDDEN = set('/\\:*?"<>|')  # path separators and what Windows refuses in a folder name
 _RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+# The CPU training speed-ups in workbench/speed.py, by the names `training.cpu_speedups` lists.
+CPU_SPEEDUPS = ("dropout", "attention")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -66,7 +68,8 @@ class DataConfig:
     test_source: str | None = _f(None, "Optional separate test file; otherwise split from `source`.")
     text_column: str | None = _f(None, "Column with the text. Empty: guessed from common names (text, sentence, ...).")
     text_pair_column: str | None = _f(None, "Optional second text column for pair tasks (e.g. premise/hypothesis).")
-    label_column: str | None = _f(None, "Column with the label (strings or integers). Empty: guessed (label, class, ...).")
+    label_column: str | None = _f(None, "Column with the label (strings or integers). Empty: guessed (label, class, "
+                                  "...).")
     split_column: str | None = _f(None, "Optional column whose values (train/validation/test) assign each row a split.")
     validation_size: float = _f(0.1, "Share of rows held out for validation when no validation split is given.",
                                 lo=0, lt=1, hint="a fraction, e.g. 0.1")
@@ -129,6 +132,12 @@ class TrainingConfig:
                                              lo=1, hi=INT_MAX, hint="or empty to turn early stopping off")
     use_cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
     torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long GPU runs).")
+    cpu_speedups: bool | list[str] = _f(True, "Speed-ups for training on a CPU that keep the maths the same "
+                                        "(workbench/speed.py): `dropout` (FastDropout: four dropout masks per "
+                                        "64-bit random draw) and `attention` (attention written out instead of "
+                                        "SDPA's slower CPU paths). `true`: both; `false`: neither (the stock "
+                                        "PyTorch and transformers modules); or a list of the ones to use, e.g. "
+                                        "[dropout]. GPUs always use the stock modules.")
 
 
 @dataclass
@@ -149,7 +158,8 @@ class PeftConfig:
     lora_dropout: float = _f(0.05, "Dropout on the LoRA path.", lo=0, lt=1)
     target_modules: list[str] | None = _f(None, "Module names that get adapters. Empty: chosen per architecture "
                                           "(Llama: q/k/v/o_proj; BERT: query/key/value).")
-    merge_adapter: bool = _f(False, "Also save a merged full model (adapter folded into the weights) in `model/merged`.")
+    merge_adapter: bool = _f(False, "Also save a merged full model (adapter folded into the weights) in "
+                             "`model/merged`.")
 
 
 @dataclass
@@ -223,7 +233,8 @@ class RunConfig:
         if self.task not in TASKS:
             p.append(f"task: {self.task!r} is not supported; use one of {', '.join(TASKS)}.")
         if not self.model.name_or_path:
-            p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a hub id.")
+            p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a "
+                     "hub id.")
         p += _range_problems(self)
         if not d.source:
             p.append("data.source is empty: give a built-in data set (see `workbench datasets`) or a file path.")
@@ -243,6 +254,13 @@ class RunConfig:
         for kind in ("eval", "save"):
             if getattr(t, f"{kind}_strategy") == "steps" and getattr(t, f"{kind}_steps") is None:
                 p.append(f"training.{kind}_strategy is 'steps' but training.{kind}_steps is empty: set it (e.g. 50).")
+        if isinstance(t.cpu_speedups, list):
+            for name in t.cpu_speedups:
+                if name not in CPU_SPEEDUPS:
+                    close = difflib.get_close_matches(name, CPU_SPEEDUPS, n=1)
+                    p.append(f"training.cpu_speedups: {name!r} is not a CPU speed-up"
+                             f"{f'; did you mean {close[0]!r}?' if close else '.'} Use true, false, or a list of "
+                             f"{', '.join(CPU_SPEEDUPS)}.")
         if (t.early_stopping_patience is not None or t.load_best_model_at_end) and t.eval_strategy == "no":
             p.append("training.early_stopping_patience / load_best_model_at_end need validation scores: "
                      "set training.eval_strategy to 'epoch' or 'steps'.")

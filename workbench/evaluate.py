@@ -53,6 +53,26 @@ def metrics_from_predictions(pred: pd.DataFrame, labels: Sequence[str]) -> dict[
     return m
 
 
+def score_frame(model: Any, tok: Any, frame: pd.DataFrame, labels: Sequence[str], *, max_length: int,
+                batch_size: int = 64, bf16: bool = False) -> pd.DataFrame:
+    """The per-example predictions table (`predictions_frame`) of `model` on `frame` (text, optional
+    text_pair, label id). Out of memory while scoring: smaller batches, down to 1, instead of failing."""
+    from .tasks.classification import predict_proba, predictions_frame
+
+    while True:
+        try:
+            probs = predict_proba(model, tok, frame["text"].tolist(),
+                                  frame["text_pair"].tolist() if "text_pair" in frame else None,
+                                  max_length=max_length, batch_size=batch_size, bf16=bf16)
+            return predictions_frame(frame, probs, list(labels))
+        except Exception as e:
+            from .trainer import is_oom
+
+            if not is_oom(e) or batch_size <= 1:
+                raise
+            batch_size //= 2
+
+
 def trainer_metrics(eval_pred: Any) -> dict[str, float]:
     """`compute_metrics` for the HF Trainer's validation passes (kept small: it runs every epoch)."""
     logits, labels = eval_pred.predictions, eval_pred.label_ids
@@ -72,7 +92,6 @@ def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch
     from .data import prepare_data
     from .models import load_trained
     from .rundir import RunDir
-    from .tasks.classification import predict_proba, predictions_frame
 
     r = RunDir(run).require()
     grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
@@ -98,7 +117,5 @@ def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch
         if "text_pair" in old:
             frame["text_pair"] = old["text_pair"]
         frame.index = old["row"]
-    probs = predict_proba(model, tok, frame["text"].tolist(), frame["text_pair"].tolist() if "text_pair" in frame else None,
-                          max_length=cfg.data.max_length, batch_size=batch_size)
-    pred = predictions_frame(frame, probs, labels)
+    pred = score_frame(model, tok, frame, labels, max_length=cfg.data.max_length, batch_size=batch_size)
     return {"metrics": metrics_from_predictions(pred, labels), "predictions": pred}

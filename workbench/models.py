@@ -85,7 +85,13 @@ def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise _load_error(path, cfg, e, "tokenizer") from None
-    if tok.pad_token is None:  # Llama-family tokenizers ship without one; batching needs it
+    return with_pad_token(tok)
+
+
+def with_pad_token(tok: Any) -> Any:
+    """`tok`, given a pad token if it has none (eos, else unk): Llama-family tokenizers ship without one,
+    and batching needs it."""
+    if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
 
@@ -178,8 +184,9 @@ def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
     present = {n.split(".")[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
     if missing:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
-                         f"Linear modules it has: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})[:12]}.")
+                         f"Linear modules it has: {linear[:12]}.")
     lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
                       lora_dropout=peft_cfg.lora_dropout, target_modules=targets)
     return get_peft_model(model, lcfg)
@@ -239,9 +246,7 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
                                                                        trust_remote_code=trust, **kw)
         except Exception as e:
             raise _load_error(str(d), ModelConfig(name_or_path=str(d)), e, "model") from None
-    tok = AutoTokenizer.from_pretrained(d, trust_remote_code=trust)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
+    tok = with_pad_token(AutoTokenizer.from_pretrained(d, trust_remote_code=trust))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()

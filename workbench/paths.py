@@ -12,7 +12,8 @@ from pathlib import Path
 
 def home() -> Path:
     """The workbench cache: built-in assets and uploads. Set `WORKBENCH_HOME` to move it."""
-    root = os.environ.get("WORKBENCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "workbench"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    root = os.environ.get("WORKBENCH_HOME") or cache / "workbench"
     return Path(root).expanduser()
 
 

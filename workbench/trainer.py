@@ -69,9 +69,9 @@ class WorkbenchTrainer(Trainer):
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if finite.item() < 1:
             step = self.state.global_step + 1
-            raise TrainingHalted.at_step(step, f"the training loss became {loss.item()} at step {step}; training halted. "
-                                 f"The last good checkpoint is kept. Fix: lower training.learning_rate, or turn off "
-                                 f"fp16 (try bf16 or fp32).")
+            raise TrainingHalted.at_step(step, f"the training loss became {loss.item()} at step {step}; training "
+                                 f"halted. The last good checkpoint is kept. Fix: lower training.learning_rate, or "
+                                 f"turn off fp16 (try bf16 or fp32).")
         return loss
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -181,7 +181,8 @@ class RunDirCallback(TrainerCallback):
             row["kind"] = "train"
             now = time.time()
             tokens = trainer.real_tokens if trainer else 0
-            row["tokens_per_second"] = (tokens - self._last_tokens) * args.world_size / max(now - self._last_log_t, 1e-9)
+            elapsed = max(now - self._last_log_t, 1e-9)
+            row["tokens_per_second"] = (tokens - self._last_tokens) * args.world_size / elapsed
             self._last_tokens, self._last_log_t = tokens, now
         elif any(k.startswith("eval_") for k in logs):
             row["kind"] = "eval"

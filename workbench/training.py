@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import TrainingArguments, set_seed
@@ -28,13 +28,12 @@ from transformers import TrainingArguments, set_seed
 from .checkpoints import intact_checkpoint, pickled_files, set_aside
 from .config import RunConfig
 from .errors import RunError, TrainingHalted, WorkbenchError
-from .evaluate import metrics_from_predictions, trainer_metrics
+from .evaluate import metrics_from_predictions, score_frame, trainer_metrics
 from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_classifier, load_model_config,
                      load_tokenizer, resolve_model_path)
 from .rundir import RunDir, write_json_atomic
-from .speed import restore_attention, speed_up_dropout, use_cpu_training_attention
-from .tasks.classification import (PaddingCollator, model_max_tokens, predict_proba, predictions_frame,
-                                   tokenize_frame)
+from .speed import apply_cpu_speedups, restore_attention
+from .tasks.classification import PaddingCollator, model_max_tokens, tokenize_frame
 from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
 from .trainer import SIGNALLED as _SIGNALLED
@@ -115,24 +114,21 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
     return trainer, cb
 
 
-def _score(model: Any, tok: Any, frame: Any, labels: list[str], cfg: RunConfig, bf16: bool) -> Any:
-    batch = cfg.training.per_device_eval_batch_size
-    while True:  # out of memory while scoring: smaller batches, never a smaller training batch
-        try:
-            probs = predict_proba(model, tok, frame["text"].tolist(),
-                                  frame["text_pair"].tolist() if "text_pair" in frame else None,
-                                  max_length=cfg.data.max_length, batch_size=batch, bf16=bf16)
-            return predictions_frame(frame, probs, labels)
-        except Exception as e:
-            if not is_oom(e) or batch <= 1:
-                raise
-            batch //= 2
-
-
 def _write_predictions(path: Any, pred: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pred.to_json(tmp, orient="records", lines=True, force_ascii=False)
     os.replace(tmp, path)
+
+
+def _score_test_split(run: RunDir, stage: Literal["before", "after"], model: Any, tok: Any, prep: Any,
+                      cfg: RunConfig, bf16: bool, evaluation: dict[str, Any]) -> None:
+    """Score the test split as `stage` ("before"/"after" fine-tuning): its predictions file, then its
+    metrics into eval.json."""
+    pred = score_frame(model, tok, prep.test, prep.labels, max_length=cfg.data.max_length,
+                       batch_size=cfg.training.per_device_eval_batch_size, bf16=bf16)
+    _write_predictions(run.predictions_before_file if stage == "before" else run.predictions_file, pred)
+    evaluation[stage] = metrics_from_predictions(pred, prep.labels)
+    write_json_atomic(run.eval_file, evaluation)
 
 
 def run_training(cfg: RunConfig, run: RunDir, *, resume: bool = False, progress: bool = True) -> RunDir:
@@ -185,10 +181,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     evaluation = run.evaluation() if resume else {}
     if main and cfg.evaluate_before and "before" not in evaluation and len(prep.test):
         run.update_status(phase="scoring the test split before fine-tuning")
-        before = _score(model, tok, prep.test, prep.labels, cfg, prec["bf16"])
-        _write_predictions(run.predictions_before_file, before)
-        evaluation["before"] = metrics_from_predictions(before, prep.labels)
-        write_json_atomic(run.eval_file, evaluation)
+        _score_test_split(run, "before", model, tok, prep, cfg, prec["bf16"], evaluation)
     state.wait_for_everyone()
 
     train_ds = tokenize_frame(prep.train, tok, cfg.data.max_length)
@@ -207,8 +200,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         if cfg.peft.method == "full" and cfg.peft.freeze_embeddings:
             freeze_input_embeddings(model)
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
-            speed_up_dropout(model)
-            use_cpu_training_attention(model)
+            apply_cpu_speedups(model, cfg.training.cpu_speedups)
         eff = cfg.override({f"training.{k}": v for k, v in batch.items()}) if batch else cfg
         trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main)
         if main:
@@ -273,10 +265,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
             final = merged
         run.update_status(phase="scoring the test split after fine-tuning")
         if len(prep.test):
-            after = _score(final, tok, prep.test, prep.labels, cfg, prec["bf16"])
-            _write_predictions(run.predictions_file, after)
-            evaluation["after"] = metrics_from_predictions(after, prep.labels)
-            write_json_atomic(run.eval_file, evaluation)
+            _score_test_split(run, "after", final, tok, prep, cfg, prec["bf16"], evaluation)
         run.update_status(state="completed", phase=None, finished=time.time(), step=trainer.state.global_step)
     state.wait_for_everyone()
     return run

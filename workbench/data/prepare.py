@@ -50,14 +50,6 @@ class PreparedData:
     extra_columns: list[str] = field(default_factory=list)
     max_length: int | None = None  # tokens per text actually used: data.max_length, capped at the model's limit
 
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.labels))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.labels)}
-
 
 # --- columns -------------------------------------------------------------------------------------
 def guess_columns(df: pd.DataFrame) -> dict[str, str | None]:
@@ -175,7 +167,8 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
         train_all = frames.pop("train")
         sc = train_all.pop(cfg.split_column) if cfg.split_column in train_all else None
         if sc is None:
-            rep.problems.append(f"data.split_column {cfg.split_column!r} not found; columns found: {rep.columns_found}.")
+            rep.problems.append(f"data.split_column {cfg.split_column!r} not found; columns found: "
+                                f"{rep.columns_found}.")
             return _finish(empty, raise_on_problems)
         mapped = sc.astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
         bad = sorted(set(sc[mapped.isna()].astype(str)))
@@ -282,8 +275,9 @@ def _resolve_columns(cfg: DataConfig, df: pd.DataFrame, rep: DataReport) -> dict
             if guess[role] is not None:
                 rep.guessed.append(role)
             elif role != "text_pair":
+                common = ", ".join((TEXT_NAMES if role == "text" else LABEL_NAMES)[:5])
                 rep.problems.append(f"no {role} column found among {found}. Fix: set data.{role}_column "
-                                    f"(common names: {', '.join((TEXT_NAMES if role == 'text' else LABEL_NAMES)[:5])}).")
+                                    f"(common names: {common}).")
     if cols.get("text") and cols.get("text") == cols.get("label"):
         rep.problems.append(f"text and label would both be column {cols['text']!r}; set data.text_column and "
                             f"data.label_column explicitly.")
@@ -411,4 +405,5 @@ def _describe(rep: DataReport, frames: dict[str, pd.DataFrame], labels: list[str
         rep.token_lengths = token_length_stats(lengths, cfg.max_length, getattr(tokenizer, "name_or_path", ""))
         if rep.token_lengths["truncated_share"] > 0.05:
             rep.warnings.append(f"{rep.token_lengths['truncated_share']:.0%} of training texts are longer than "
-                                f"data.max_length={cfg.max_length} tokens and will be cut; raise it if the end matters.")
+                                f"data.max_length={cfg.max_length} tokens and will be cut; raise it if the end "
+                                f"matters.")

@@ -6,7 +6,6 @@ predictions); config, run directory and training loop stay the same for every ta
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from typing import Any, Sequence
 
@@ -55,23 +54,18 @@ def tokenize_frame(df: pd.DataFrame, tokenizer: Any, max_length: int) -> "datase
 
 
 class PaddingCollator:
-    """Pads each batch to its own longest example and counts the real (non-padding) tokens seen.
+    """Pads each batch to its own longest example.
 
-    The count feeds the tokens/s figure in metrics.jsonl; extra columns (`length`) are dropped here so
-    the trainer can keep them for its length-grouped sampler.
+    Extra columns (`length`) are dropped here so the trainer can keep them for its length-grouped
+    sampler. (The real-token count behind tokens/s in metrics.jsonl is `WorkbenchTrainer.real_tokens`,
+    counted where the batch is trained on.)
     """
 
     def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None):
         self.inner = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
-        self.tokens = 0
-        self.examples = 0
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        feats = [{k: v for k, v in f.items() if k in MODEL_INPUTS} for f in features]
-        batch = self.inner(feats)
-        self.tokens += int(batch["attention_mask"].sum())
-        self.examples += len(feats)
-        return batch
+        return self.inner([{k: v for k, v in f.items() if k in MODEL_INPUTS} for f in features])
 
 
 def autocast_for(device: torch.device, bf16: bool) -> Any:
@@ -141,8 +135,3 @@ def predictions_frame(df: pd.DataFrame, probs: np.ndarray, labels: list[str]) ->
         if c not in ("text", "text_pair", "label", "label_name") and c not in out:
             out[c] = df[c].to_numpy()
     return out
-
-
-def mean_length(ds: Any) -> float:
-    n = len(ds)
-    return float(sum(ds["length"]) / n) if n else math.nan
