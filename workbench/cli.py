@@ -233,9 +233,11 @@ def cmd_runs(a: argparse.Namespace) -> int:
     import pandas as pd
 
     from .rundir import list_runs
+    from .paths import runs_root
     rows = [r.summary() for r in list_runs(a.dir)]
     if not rows:
-        print("no runs yet: start one with `workbench demo` or `workbench train CONFIG`")
+        print(f"no runs in {Path(a.dir) if a.dir else runs_root()} yet: start one with `workbench demo` or "
+              f"`workbench train CONFIG`")
         return 0
     df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step", "accuracy_before", "accuracy"]]
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -346,8 +348,13 @@ def cmd_app(a: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", a.address,
            "--server.port", str(a.port), "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false",
            "--client.showErrorDetails", "none"]
-    # From the repository root, so .streamlit/config.toml (upload limit, defaults) applies.
-    return subprocess.call(cmd, cwd=app.parent)
+    # The dashboard runs from the repository root (so .streamlit/config.toml applies), not from here: it is
+    # handed the runs folder resolved here, the one `workbench runs` lists from this directory.
+    from .paths import home, runs_root
+    runs = runs_root().resolve()
+    env = {**os.environ, "WORKBENCH_RUNS": str(runs), "WORKBENCH_HOME": str(home().resolve())}
+    print(f"dashboard reads runs from {runs}")
+    return subprocess.call(cmd, cwd=app.parent, env=env)
 
 
 def _clip(text: Any, width: int = 90) -> str:
@@ -467,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "Fine-tune MiniLM on Rotten Tomatoes offline and show before/after accuracy.")
     p.add_argument("--quick", action="store_true", help="a smaller subset (seconds, for smoke tests)")
-    p.add_argument("--output-dir", help="folder for run directories (default ./runs)")
+    p.add_argument("--output-dir", help="folder for run directories (default $WORKBENCH_RUNS, else ./runs)")
     p = add("train", cmd_train, "Train from a YAML config file.")
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. training.learning_rate=2e-5")
@@ -484,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "Show a run's state, step and ETA.")
     p.add_argument("run")
     p = add("runs", cmd_runs, "List runs with their state and test accuracy.")
-    p.add_argument("--dir", help="folder of run directories (default ./runs)")
+    p.add_argument("--dir", help="folder of run directories (default $WORKBENCH_RUNS, else ./runs)")
     p = add("eval", cmd_eval, "Show a run's test metrics before and after, or score another labelled file.")
     p.add_argument("run")
     p.add_argument("--data", help="a labelled file to score instead of the stored test split")
