@@ -118,3 +118,79 @@ def test_i13_8_cli_runs_and_workbench_app_resolve_the_same_folder(tmp_path, monk
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.sidebar.text_input(key="runs_folder_input").value == str(expected.resolve())
+
+
+# --- item 9: `workbench app` without the app extra -------------------------------------------------------
+def test_i13_9_app_without_streamlit_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "streamlit", None)  # `import streamlit` fails, as after `pip install -e .`
+    _FakePopen.calls = []
+    monkeypatch.setattr(subprocess, "Popen", _FakePopen)
+    assert cli.main(["app"]) == 2
+    out, err = capsys.readouterr()
+    assert 'pip install -e ".[app]"' in err and 'pip install "workbench[app]"' in err
+    assert "Traceback" not in out + err and "No module named" not in out + err
+    assert _FakePopen.calls == []  # no half-started server
+    readme = (ROOT / "README.md").read_text()
+    assert 'pip install -e ".[app]"' in readme
+
+
+# --- item 10: stopping `workbench app` stops the server --------------------------------------------------
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")  # a zombie is gone
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child pids from /proc (Linux)")
+def test_i13_10_sigterm_to_workbench_app_stops_the_streamlit_child(tmp_path):
+    import signal
+    import time
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STREAMLIT_SERVER_HEADLESS": "true",
+           "WORKBENCH_RUNS": str(tmp_path / "runs")}
+    with open(tmp_path / "app.log", "wb") as log:
+        parent = subprocess.Popen([sys.executable, "-m", "workbench", "app", "--port", str(port)], cwd=tmp_path,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not _answers(port):
+            assert parent.poll() is None, (tmp_path / "app.log").read_text()
+            assert time.monotonic() < deadline, "the dashboard never answered: " + (tmp_path / "app.log").read_text()
+            time.sleep(0.5)
+        children = [int(p) for p in Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()]
+        assert children, "workbench app should run Streamlit as a child process"
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while (_answers(port) or any(map(_alive, children))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _answers(port), f"port {port} still served after SIGTERM to workbench app"
+        assert not any(map(_alive, children)), "the Streamlit child outlived workbench app"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in children:  # before the fix the child is orphaned: do not leave it serving
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -340,7 +340,12 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 
 def cmd_app(a: argparse.Namespace) -> int:
-    import subprocess
+    import importlib.util
+    if importlib.util.find_spec("streamlit") is None:
+        # The main install leaves the dashboard out (it is an extra): say which one, not "No module named".
+        raise WorkbenchError('the dashboard needs Streamlit, which the main install leaves out. Fix: install the '
+                             'app extra, `pip install -e ".[app]"` in a checkout of the repository (or '
+                             '`pip install "workbench[app]"`), then run `workbench app` again.')
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.exists():
         raise WorkbenchError(f"app.py not found next to the package ({app}); run `streamlit run app.py` from a "
@@ -353,8 +358,46 @@ def cmd_app(a: argparse.Namespace) -> int:
     from .paths import home, runs_root
     runs = runs_root().resolve()
     env = {**os.environ, "WORKBENCH_RUNS": str(runs), "WORKBENCH_HOME": str(home().resolve())}
-    print(f"dashboard reads runs from {runs}")
-    return subprocess.call(cmd, cwd=app.parent, env=env)
+    print(f"dashboard reads runs from {runs}", flush=True)
+    return _run_child(cmd, cwd=app.parent, env=env)
+
+
+def _run_child(cmd: list[str], cwd: Path, env: dict[str, str], grace: float = 10.0) -> int:
+    """Run `cmd` until it exits; a SIGTERM/SIGINT to this process is passed on to it, and if it has not
+    exited `grace` seconds later it is killed, so stopping `workbench app` never leaves a server behind."""
+    import signal
+    import subprocess
+    import threading
+    procs: list[subprocess.Popen] = []
+    asked: list[tuple[float, int]] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        asked.append((time.monotonic(), signum))
+        if procs and procs[0].poll() is None:
+            procs[0].send_signal(signum)
+
+    # Handlers first, so a signal that arrives while the child starts is forwarded too (not only after).
+    main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env)
+        procs.append(proc)
+        if asked:
+            proc.send_signal(asked[0][1])
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0][0] > grace:
+                    proc.kill()
+                    code = proc.wait()
+                    break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    # Stopped on request: the exit status of a process ended by that signal (130 for Ctrl+C, 143 for SIGTERM).
+    return 128 + asked[0][1] if asked else code
 
 
 def _clip(text: Any, width: int = 90) -> str:
