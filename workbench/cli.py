@@ -232,8 +232,8 @@ def cmd_status(a: argparse.Namespace) -> int:
 def cmd_runs(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .rundir import list_runs
     from .paths import runs_root
+    from .rundir import list_runs
     rows = [r.summary() for r in list_runs(a.dir)]
     if not rows:
         print(f"no runs in {Path(a.dir) if a.dir else runs_root()} yet: start one with `workbench demo` or "
@@ -293,6 +293,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
         cached = (assets_dir() / "datasets" / f"{d.name}.parquet").exists()
         print(f"{d.name:18s} {'cached ' if cached else 'fetched on first use'}  {d.description}")
     print("\nOr give a file (CSV, TSV, JSON, JSONL, Parquet) as data.source, or `hub:NAME` when online.")
+    print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
     return 0
 
 
@@ -303,6 +304,44 @@ def cmd_models(a: argparse.Namespace) -> int:
         cached = (assets_dir() / "models" / m.name / "config.json").exists()
         print(f"{m.name:14s} {'cached ' if cached else 'fetched on first use'}  {m.description}")
     print("\nOr give a local folder (config.json + model.safetensors) or a hub id when online.")
+    print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
+    return 0
+
+
+def cmd_download(a: argparse.Namespace) -> int:
+    from .assets import builtin_names, download
+    from .estimate import format_bytes
+    from .paths import assets_dir
+    known = builtin_names()
+    if a.all and a.names:
+        raise WorkbenchError("give built-in names or --all, not both.")
+    if not a.all and not a.names:
+        raise WorkbenchError(f"name the built-ins to fetch, or --all. Built-ins: {', '.join(known)}.")
+    unknown = [n for n in a.names if n not in known]
+    if unknown:  # before fetching anything: a typo should not cost a 90 MB download first
+        raise WorkbenchError(f"no built-in model or data set called {', '.join(map(repr, unknown))}. "
+                             f"Built-ins: {', '.join(known)}.")
+    names = known if a.all else list(dict.fromkeys(a.names))
+    _quiet_libraries()
+    print(f"fetching {len(names)} built-in(s) into {assets_dir()}")
+    failed, total = [], 0
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name}: ", end="", flush=True)
+        try:
+            f = download(name)
+        except WorkbenchError as e:
+            print("failed")
+            failed.append(f"{name}: {e}")
+            continue
+        if f.already_cached:
+            print(f"skipped, already cached ({f.kind}, {format_bytes(f.size)})")
+            continue
+        got = ", ".join(f"{arch} ({format_bytes(n)})" for arch, n in f.archives) or "package already downloaded"
+        total += sum(n for _, n in f.archives)
+        print(f"done: {got} -> {f.kind} {format_bytes(f.size)} at {f.path}")
+    print(f"downloaded {format_bytes(total)}; {len(names) - len(failed)} of {len(names)} ready offline")
+    if failed:
+        raise WorkbenchError("could not fetch " + "\n".join(failed))
     return 0
 
 
@@ -545,6 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     grant_flags(p)
     add("datasets", cmd_datasets, "List built-in data sets.")
     add("models", cmd_models, "List built-in models.")
+    p = add("download", cmd_download, "Fetch built-in models and data sets now, so later runs work offline.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="built-in models or data sets (see `workbench models`, "
+                   "`workbench datasets`)")
+    p.add_argument("--all", action="store_true", help="every built-in model and data set")
     p = add("report", cmd_report, "Show the data report for a file or a config, without training.")
     p.add_argument("source", help="a data file, a built-in data set, or a YAML config")
     p.add_argument("--text-column")
