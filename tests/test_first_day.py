@@ -197,6 +197,30 @@ def test_i13_10_sigterm_to_workbench_app_stops_the_streamlit_child(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+
+def test_i13_10_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(monkeypatch):
+    import signal
+    import threading
+
+    started: list[subprocess.Popen] = []
+    real = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **kw: started.append(real(*a, **kw)) or started[-1])
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    stubborn = [sys.executable, "-c", code]
+    before = signal.getsignal(signal.SIGTERM)
+    # The handlers are in place from the start of _run_child, well before this fires.
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        assert cli._run_child(stubborn, cwd=ROOT, env=dict(os.environ), grace=1.0) == 128 + signal.SIGTERM
+    finally:
+        timer.cancel()
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+    assert started and started[0].returncode == -signal.SIGKILL
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+
 # --- item 11: `workbench download` fetches the built-ins ahead ---------------------------------------------
 @pytest.fixture
 def empty_home(tmp_path, monkeypatch) -> Path:
