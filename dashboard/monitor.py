@@ -50,6 +50,8 @@ def _monitor(path: str, was_active: bool) -> None:
         elif state in ("stopped", "failed"):
             st.button("Resume", key=f"resume_{run.name}", icon=":material/play_circle:", on_click=_act,
                       args=("resume", path), help="Continue from the last complete checkpoint, in a new process.")
+    if s.get("note"):  # e.g. an Apple GPU that could not be used, a batch halved after running out of memory
+        st.info(s["note"], icon=":material/info:")
     if st.session_state.get("monitor_error"):
         st.error(st.session_state.pop("monitor_error"), icon=":material/error:")
     if state == "failed":

@@ -9,7 +9,6 @@ import streamlit as st
 
 from workbench.config import RunConfig
 from workbench.figures.training import loss_figure, metric_figure
-from workbench.paths import runs_root
 from workbench.rundir import ACTIVE, RunDir, list_runs
 from workbench.storage import delete_run
 
@@ -18,11 +17,13 @@ from . import widgets
 
 def page() -> None:
     st.title("Runs")
-    runs = list_runs()
+    folder = widgets.runs_folder()
+    runs = list_runs(folder)
     if not runs:
-        st.info(f"No runs in {runs_root()} yet. Start one on the Train page (or `workbench train`).")
+        st.info(f"No runs in {folder} yet. Start one on the Train page (or `workbench train` in "
+                f"{folder.parent}), or choose another runs folder in the sidebar.")
         return
-    st.caption(f"{len(runs)} run(s) in `{runs_root()}`, newest first. States are read from each run directory.")
+    st.caption(f"{len(runs)} run(s) in `{folder}`, newest first. States are read from each run directory.")
     table = _table(runs)
     problems = {r: p for r, p in zip(table["run"], table.pop("problems")) if p}
     st.dataframe(table, hide_index=True, column_config={

@@ -67,12 +67,13 @@ def page() -> None:
         if st.button("Launch", type="primary", icon=":material/rocket_launch:", disabled=bool(problems or
                      report_problems), help="Starts training in its own process: closing this tab does not stop it."):
             with widgets.shown_errors():
-                handle = launch(cfg.override({"name": name.strip() or None}))
+                handle = launch(cfg.override({"name": name.strip() or None,
+                                              "output_dir": str(widgets.runs_folder())}))
                 st.session_state["run"] = handle.run.name
                 st.toast(f"Started {handle.run.name}", icon=":material/rocket_launch:")
     st.divider()
     st.subheader("Live run")
-    runs = list_runs()
+    runs = list_runs(widgets.runs_folder())
     run = widgets.pick_run("Run", runs, key="run", help="Runs keep going when this tab closes; reopen to watch.")
     if run is None:
         st.info("No runs yet: launch one above.")

@@ -107,7 +107,14 @@ def test_dashboard_defaults_are_local_and_xsrf_protected(monkeypatch):
     import subprocess
     import tomllib
     seen = {}
-    monkeypatch.setattr(subprocess, "call", lambda cmd, cwd=None: seen.update(cmd=cmd, cwd=cwd) or 0)
+
+    class Exited:  # the Streamlit child, already done
+        def wait(self, timeout=None):
+            return 0
+
+        poll = wait
+
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, cwd=None, env=None: seen.update(cmd=cmd, cwd=cwd) or Exited())
     assert main(["app"]) == 0
     cmd = seen["cmd"]
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"

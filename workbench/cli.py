@@ -224,6 +224,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     st = run.status()
     print(f"{run.name}: {st.get('state')}  step {st.get('step')}/{st.get('total_steps')}  ETA {eta_text(st)}"
           + (f"  ({st['phase']})" if st.get("phase") else ""))
+    if st.get("note"):
+        print(f"note: {st['note']}")
     if st.get("error"):
         print(f"error: {st['error']}")
     if st.get("note"):
@@ -234,10 +236,12 @@ def cmd_status(a: argparse.Namespace) -> int:
 def cmd_runs(a: argparse.Namespace) -> int:
     import pandas as pd
 
+    from .paths import runs_root
     from .rundir import list_runs
     rows = [r.summary() for r in list_runs(a.dir)]
     if not rows:
-        print("no runs yet: start one with `workbench demo` or `workbench train CONFIG`")
+        print(f"no runs in {Path(a.dir) if a.dir else runs_root()} yet: start one with `workbench demo` or "
+              f"`workbench train CONFIG`")
         return 0
     df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step", "accuracy_before", "accuracy"]]
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -296,6 +300,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
         cached = (assets_dir() / "datasets" / f"{d.name}.parquet").exists()
         print(f"{d.name:18s} {'cached ' if cached else 'fetched on first use'}  {d.description}")
     print("\nOr give a file (CSV, TSV, JSON, JSONL, Parquet) as data.source, or `hub:NAME` when online.")
+    print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
     return 0
 
 
@@ -306,6 +311,44 @@ def cmd_models(a: argparse.Namespace) -> int:
         cached = (assets_dir() / "models" / m.name / "config.json").exists()
         print(f"{m.name:14s} {'cached ' if cached else 'fetched on first use'}  {m.description}")
     print("\nOr give a local folder (config.json + model.safetensors) or a hub id when online.")
+    print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
+    return 0
+
+
+def cmd_download(a: argparse.Namespace) -> int:
+    from .assets import builtin_names, download
+    from .estimate import format_bytes
+    from .paths import assets_dir
+    known = builtin_names()
+    if a.all and a.names:
+        raise WorkbenchError("give built-in names or --all, not both.")
+    if not a.all and not a.names:
+        raise WorkbenchError(f"name the built-ins to fetch, or --all. Built-ins: {', '.join(known)}.")
+    unknown = [n for n in a.names if n not in known]
+    if unknown:  # before fetching anything: a typo should not cost a 90 MB download first
+        raise WorkbenchError(f"no built-in model or data set called {', '.join(map(repr, unknown))}. "
+                             f"Built-ins: {', '.join(known)}.")
+    names = known if a.all else list(dict.fromkeys(a.names))
+    _quiet_libraries()
+    print(f"fetching {len(names)} built-in(s) into {assets_dir()}")
+    failed, total = [], 0
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name}: ", end="", flush=True)
+        try:
+            f = download(name)
+        except WorkbenchError as e:
+            print("failed")
+            failed.append(f"{name}: {e}")
+            continue
+        if f.already_cached:
+            print(f"skipped, already cached ({f.kind}, {format_bytes(f.size)})")
+            continue
+        got = ", ".join(f"{arch} ({format_bytes(n)})" for arch, n in f.archives) or "package already downloaded"
+        total += sum(n for _, n in f.archives)
+        print(f"done: {got} -> {f.kind} {format_bytes(f.size)} at {f.path}")
+    print(f"downloaded {format_bytes(total)}; {len(names) - len(failed)} of {len(names)} ready offline")
+    if failed:
+        raise WorkbenchError("could not fetch " + "\n".join(failed))
     return 0
 
 
@@ -343,7 +386,12 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 
 def cmd_app(a: argparse.Namespace) -> int:
-    import subprocess
+    import importlib.util
+    if importlib.util.find_spec("streamlit") is None:
+        # The main install leaves the dashboard out (it is an extra): say which one, not "No module named".
+        raise WorkbenchError('the dashboard needs Streamlit, which the main install leaves out. Fix: install the '
+                             'app extra, `pip install -e ".[app]"` in a checkout of the repository (or '
+                             '`pip install "workbench[app]"`), then run `workbench app` again.')
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.exists():
         raise WorkbenchError(f"app.py not found next to the package ({app}); run `streamlit run app.py` from a "
@@ -351,8 +399,51 @@ def cmd_app(a: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", a.address,
            "--server.port", str(a.port), "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false",
            "--client.showErrorDetails", "none"]
-    # From the repository root, so .streamlit/config.toml (upload limit, defaults) applies.
-    return subprocess.call(cmd, cwd=app.parent)
+    # The dashboard runs from the repository root (so .streamlit/config.toml applies), not from here: it is
+    # handed the runs folder resolved here, the one `workbench runs` lists from this directory.
+    from .paths import home, runs_root
+    runs = runs_root().resolve()
+    env = {**os.environ, "WORKBENCH_RUNS": str(runs), "WORKBENCH_HOME": str(home().resolve())}
+    print(f"dashboard reads runs from {runs}", flush=True)
+    return _run_child(cmd, cwd=app.parent, env=env)
+
+
+def _run_child(cmd: list[str], cwd: Path, env: dict[str, str], grace: float = 10.0) -> int:
+    """Run `cmd` until it exits; a SIGTERM/SIGINT to this process is passed on to it, and if it has not
+    exited `grace` seconds later it is killed, so stopping `workbench app` never leaves a server behind."""
+    import signal
+    import subprocess
+    import threading
+    procs: list[subprocess.Popen] = []
+    asked: list[tuple[float, int]] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        asked.append((time.monotonic(), signum))
+        if procs and procs[0].poll() is None:
+            procs[0].send_signal(signum)
+
+    # Handlers first, so a signal that arrives while the child starts is forwarded too (not only after).
+    main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env)
+        procs.append(proc)
+        if asked:
+            proc.send_signal(asked[0][1])
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0][0] > grace:
+                    proc.kill()
+                    code = proc.wait()
+                    break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    # Stopped on request: the exit status of a process ended by that signal (130 for Ctrl+C, 143 for SIGTERM).
+    return 128 + asked[0][1] if asked else code
 
 
 def _clip(text: Any, width: int = 90) -> str:
@@ -472,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "Fine-tune MiniLM on Rotten Tomatoes offline and show before/after accuracy.")
     p.add_argument("--quick", action="store_true", help="a smaller subset (seconds, for smoke tests)")
-    p.add_argument("--output-dir", help="folder for run directories (default ./runs)")
+    p.add_argument("--output-dir", help="folder for run directories (default $WORKBENCH_RUNS, else ./runs)")
     p = add("train", cmd_train, "Train from a YAML config file.")
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -490,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "Show a run's state, step and ETA.")
     p.add_argument("run")
     p = add("runs", cmd_runs, "List runs with their state and test accuracy.")
-    p.add_argument("--dir", help="folder of run directories (default ./runs)")
+    p.add_argument("--dir", help="folder of run directories (default $WORKBENCH_RUNS, else ./runs)")
     p = add("eval", cmd_eval, "Show a run's test metrics before and after, or score another labelled file.")
     p.add_argument("run")
     p.add_argument("--data", help="a labelled file to score instead of the stored test split")
@@ -501,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     grant_flags(p)
     add("datasets", cmd_datasets, "List built-in data sets.")
     add("models", cmd_models, "List built-in models.")
+    p = add("download", cmd_download, "Fetch built-in models and data sets now, so later runs work offline.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="built-in models or data sets (see `workbench models`, "
+                   "`workbench datasets`)")
+    p.add_argument("--all", action="store_true", help="every built-in model and data set")
     p = add("report", cmd_report, "Show the data report for a file or a config, without training.")
     p.add_argument("source", help="a data file, a built-in data set, or a YAML config")
     p.add_argument("--text-column")

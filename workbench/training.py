@@ -39,13 +39,35 @@ from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 from .trainer import SIGNALLED as _SIGNALLED
 
 
+def training_device(cfg: RunConfig) -> tuple[str, str | None]:
+    """Where training runs (`cuda`, `mps` on Apple silicon, or `cpu`) and, when an Apple GPU is present but
+    cannot be used, a note saying why the run falls back to the CPU."""
+    if cfg.training.use_cpu:
+        return "cpu", None
+    if torch.cuda.is_available():
+        return "cuda", None
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_built():  # a build without Apple's Metal backend (Linux, Windows)
+        return "cpu", None
+    if not mps.is_available():
+        return "cpu", ("this PyTorch has Apple's MPS backend but this Mac cannot use it (MPS needs macOS 12.3 or "
+                       "later on Apple silicon or an AMD GPU): training on the CPU, which is slower.")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "cpu", "MPS runs a single process; this multi-process (torchrun) job trains on the CPU instead."
+    return "mps", None
+
+
 def precision(cfg: RunConfig) -> dict[str, bool]:
     """Resolve `bf16: auto`: bf16 where the hardware runs it natively, else fp32 (or fp16 if asked)."""
     t = cfg.training
-    cuda = torch.cuda.is_available() and not t.use_cpu
+    device, _ = training_device(cfg)
     if t.bf16 == "auto":
-        if cuda:
+        if device == "cuda":
             bf16 = torch.cuda.is_bf16_supported()
+        elif device == "mps":
+            # M1/M2 emulate bf16 in fp32 (slower, no memory saved), and we cannot tell those chips apart
+            # from here: fp32 unless the user asks for bf16.
+            bf16 = False
         else:
             try:  # CPUs with avx512_bf16/AMX: autocast is ~1.4x faster here at the same accuracy
                 bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -54,7 +76,9 @@ def precision(cfg: RunConfig) -> dict[str, bool]:
         bf16 = bf16 and not t.fp16
     else:
         bf16 = bool(t.bf16)
-    return {"bf16": bf16, "fp16": bool(t.fp16) and cuda, "use_cpu": not cuda}
+        if bf16 and device == "mps":  # bf16 on MPS needs macOS 14 (transformers refuses it before)
+            bf16 = bool(getattr(torch.backends.mps, "is_macos_or_newer", lambda *v: False)(14, 0))
+    return {"bf16": bf16, "fp16": bool(t.fp16) and device == "cuda", "use_cpu": device == "cpu"}
 
 
 def process_state(cfg: RunConfig) -> Any:
@@ -158,9 +182,12 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     if main:
         if resume and run.stop_file.exists():
             run.stop_file.unlink()
+        _, device_note = training_device(cfg)
+        if device_note:  # in the run's log and status, where the CLI and the dashboard show it
+            print(f"note: {device_note}", file=sys.stderr, flush=True)
         run.update_status(state="running", phase="loading the model and data", pid=os.getpid(), error=None,
-                          started=time.time(),
-                          world_size=state.num_processes, device=str(state.device))
+                          started=time.time(), world_size=state.num_processes, device=str(state.device),
+                          **({"note": device_note} if device_note else {}))
     set_seed(cfg.training.seed)
     with state.main_process_first():  # the first process fetches/converts a built-in model
         path = resolve_model_path(cfg.model.name_or_path)
