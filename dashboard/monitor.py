@@ -60,9 +60,10 @@ def _monitor(path: str, was_active: bool) -> None:
                                             "; no checkpoint was written, so Resume starts again from step 0") + ".")
     elif state == "completed":
         ev = run.evaluation()
-        before, after = ev.get("before", {}).get("accuracy"), ev.get("after", {}).get("accuracy")
+        head = run.summary()["headline"]  # the task's headline metric (classification: accuracy)
+        before, after = ev.get("before", {}).get(head), ev.get("after", {}).get(head)
         if after is not None:
-            st.success(f"Completed: test accuracy {after:.3f}" + (f" (before fine-tuning {before:.3f})"
+            st.success(f"Completed: test {head} {after:.3f}" + (f" (before fine-tuning {before:.3f})"
                                                                   if before is not None else "") +
                        ". Details on the Evaluate page.", icon=":material/check_circle:")
     left, right = st.columns(2)

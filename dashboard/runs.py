@@ -73,8 +73,11 @@ def _table(runs: list[RunDir]) -> pd.DataFrame:
         s["created"] = pd.to_datetime(s["created"], unit="s") if s.get("created") else None
         rows.append(s)
     df = pd.DataFrame(rows)
-    return df[["run", "state", "progress", "model", "method", "data", "accuracy_before", "accuracy", "f1_macro",
-               "created"]]
+    # Each task's headline metric before and after, then its other metrics (for classification: accuracy, macro F1).
+    heads = list(dict.fromkeys(df["headline"]))
+    others = [c for c in ("f1_macro",) if c in df]
+    return df[["run", "state", "progress", "model", "method", "data"] + [c for h in heads for c in (f"{h}_before", h)]
+              + others + ["created"]]
 
 
 def config_diff(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -218,7 +218,9 @@ def cmd_runs(a: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet: start one with `workbench demo` or `workbench train CONFIG`")
         return 0
-    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step", "accuracy_before", "accuracy"]]
+    heads = list(dict.fromkeys(r["headline"] for r in rows))  # each task's headline metric, before and after
+    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step"] +
+                            [c for h in heads for c in (f"{h}_before", h)]]
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return 0
 

@@ -49,33 +49,20 @@ def trainer_metrics(eval_pred: Any) -> dict[str, float]:
 
 def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Re-score a finished run's model on its stored test predictions' texts (or on another file)."""
-    from .data import prepare_data
     from .models import load_trained
     from .rundir import RunDir
-    from .tasks.classification import predict_proba, predictions_frame
+    from .tasks import get_task
 
     r = RunDir(run).require()
     cfg = r.config()
+    task = get_task(cfg.task)
     labels = r.labels()
     model, tok = load_trained(r.model_dir)
     if split_file:
-        prep = prepare_data(cfg.data.__class__(**{**cfg.data.__dict__, "source": str(split_file), "test_size": 0.0,
+        prep = task.prepare(cfg.data.__class__(**{**cfg.data.__dict__, "source": str(split_file), "test_size": 0.0,
                                                   "validation_size": 0.0}), cfg.training.seed, raise_on_problems=True)
-        frame = prep.train
-        l2i = {n: i for i, n in enumerate(labels)}
-        frame = frame.assign(label=frame["label_name"].map(l2i))
-        if frame["label"].isna().any():
-            from .errors import DataError
-            raise DataError(f"{split_file} has labels {sorted(set(frame.loc[frame['label'].isna(), 'label_name']))} "
-                            f"that the model was not trained on ({labels}).")
+        frame = task.align_labels(prep.train, labels, str(split_file))
     else:
-        old = r.predictions("after")
-        l2i = {n: i for i, n in enumerate(labels)}
-        frame = pd.DataFrame({"text": old["text"], "label": old["gold"].astype(str).map(l2i)})
-        if "text_pair" in old:
-            frame["text_pair"] = old["text_pair"]
-        frame.index = old["row"]
-    probs = predict_proba(model, tok, frame["text"].tolist(), frame["text_pair"].tolist() if "text_pair" in frame else None,
-                          max_length=cfg.data.max_length, batch_size=batch_size)
-    pred = predictions_frame(frame, probs, labels)
-    return {"metrics": metrics_from_predictions(pred, labels), "predictions": pred}
+        frame = task.frame_from_predictions(r.predictions("after"), labels)
+    pred = task.predict(model, tok, frame, labels, max_length=cfg.data.max_length, batch_size=batch_size)
+    return {"metrics": task.score(pred, labels), "predictions": pred}

@@ -99,9 +99,12 @@ def _hf_kwargs(cfg: ModelConfig, path: str) -> dict[str, Any]:
 
 
 def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation: str | None = None,
-                    dtype: torch.dtype = torch.float32, tokenizer: Any = None) -> Any:
-    """A sequence-classification model with `len(labels)` outputs and the label names as id2label."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+                    dtype: torch.dtype = torch.float32, tokenizer: Any = None,
+                    auto_model: str = "AutoModelForSequenceClassification") -> Any:
+    """A model with a `len(labels)`-way head (sequence classification unless `auto_model` names another
+    transformers Auto class, e.g. token classification) and the label names as id2label."""
+    import transformers
+    from transformers import AutoConfig
 
     path = resolve_model_path(cfg.name_or_path)
     check_model_dir(path, cfg.allow_pickle)
@@ -122,7 +125,7 @@ def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation:
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = getattr(transformers, auto_model).from_pretrained(
             path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, **kw)
     except Exception as e:
         raise _load_error(path, cfg, e, "model") from None
@@ -148,8 +151,10 @@ def lora_targets(model: Any, peft_cfg: PeftConfig) -> list[str]:
                      f"to some of its linear layers: {linear[:12]}.")
 
 
-def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
-    """Wrap with LoRA adapters; the classification head stays fully trainable (PEFT's SEQ_CLS does that)."""
+def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> Any:
+    """Wrap with LoRA adapters; the task head stays fully trainable (PEFT's SEQ_CLS/TOKEN_CLS do that).
+
+    `task_type` is the task's `peft.TaskType` name (`Task.peft_task_type`)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = lora_targets(model, peft_cfg)
@@ -158,7 +163,7 @@ def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
     if missing:
         raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
                          f"Linear modules it has: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})[:12]}.")
-    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
+    lcfg = LoraConfig(task_type=TaskType[task_type], r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
                       lora_dropout=peft_cfg.lora_dropout, target_modules=targets)
     return get_peft_model(model, lcfg)
 
@@ -183,21 +188,26 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
 def load_trained(model_dir: str | Path, *, attn_implementation: str | None = None,
                  dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Load a run's final model (full weights, or a LoRA adapter on its base) and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
+
+    from .tasks import get_task
 
     d = Path(model_dir)
     kw: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
     check_model_dir(d, allow_pickle=False)  # before anything is loaded: a run's own files are never pickles
+    meta_file = d / "workbench_model.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    task = get_task(meta.get("task") or "text-classification")
     if (d / "adapter_config.json").exists():
         from peft import PeftModel
-        meta = json.loads((d / "workbench_model.json").read_text())
         base_cfg = ModelConfig(**meta["model"])
-        model = load_classifier(base_cfg, meta["labels"], attn_implementation=attn_implementation, dtype=dtype)
+        model = task.load_model(base_cfg, meta["labels"], attn_implementation=attn_implementation, dtype=dtype)
         model = PeftModel.from_pretrained(model, d)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True, **kw)
+        model = getattr(transformers, task.auto_model).from_pretrained(d, use_safetensors=True, **kw)
     tok = AutoTokenizer.from_pretrained(d)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token

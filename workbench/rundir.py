@@ -207,16 +207,21 @@ class RunDir:
     def summary(self) -> dict[str, Any]:
         """One row for run listings: name, state, model, data, key metrics."""
         st = self.status()
+        from .tasks import TASKS
+
         try:
             cfg = self.config()
-            model, data, method = cfg.model.name_or_path, cfg.data.source, cfg.peft.method
+            model, data, method, task = cfg.model.name_or_path, cfg.data.source, cfg.peft.method, cfg.task
         except Exception:
-            model = data = method = "?"
+            model = data = method = task = "?"
         ev = self.evaluation()
-        return {"run": self.name, "state": st.get("state"), "model": model, "data": data, "method": method,
-                "step": st.get("step"), "total_steps": st.get("total_steps"),
-                "accuracy_before": ev.get("before", {}).get("accuracy"),
-                "accuracy": ev.get("after", {}).get("accuracy"), "f1_macro": ev.get("after", {}).get("f1_macro"),
+        before, after = ev.get("before", {}), ev.get("after", {})
+        # The task's headline metric (`<name>_before`, `<name>`) and its other metrics after fine-tuning.
+        t = TASKS.get(task) or TASKS["text-classification"]
+        scores = {m: after.get(m) for m in t.directions if m != "loss"}
+        return {"run": self.name, "state": st.get("state"), "task": task, "model": model, "data": data,
+                "method": method, "step": st.get("step"), "total_steps": st.get("total_steps"),
+                "headline": t.headline, f"{t.headline}_before": before.get(t.headline), **scores,
                 "created": st.get("created"), "path": str(self.path)}
 
 

@@ -24,12 +24,10 @@ from transformers import TrainingArguments, set_seed
 
 from .config import RunConfig
 from .errors import RunError, TrainingHalted, WorkbenchError
-from .evaluate import metrics_from_predictions, trainer_metrics
-from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_classifier, load_tokenizer,
-                     resolve_model_path)
+from .models import apply_lora, count_parameters, freeze_input_embeddings, load_tokenizer, resolve_model_path
 from .rundir import RunDir, write_json_atomic
 from .speed import restore_attention, speed_up_dropout, use_cpu_training_attention
-from .tasks.classification import PaddingCollator, predict_proba, predictions_frame, tokenize_frame
+from .tasks import get_task, greater_is_better
 from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
 from .trainer import SIGNALLED as _SIGNALLED
@@ -81,13 +79,21 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
         logging_nan_inf_filter=False,  # a NaN must show, not be replaced by the previous loss
         load_best_model_at_end=t.load_best_model_at_end and eval_strategy != "no",
         metric_for_best_model=t.metric_for_best_model if eval_strategy != "no" else None,
-        greater_is_better=None if t.metric_for_best_model in ("accuracy", "f1_macro", "precision_macro",
-                                                             "recall_macro") else False,
+        greater_is_better=_direction(cfg) if eval_strategy != "no" else None,
         train_sampling_strategy="group_by_length",  # batches of similar length: little padding
         remove_unused_columns=False,  # keep `length` for the sampler; the collator drops it
         dataloader_pin_memory=not prec["use_cpu"], torch_compile=t.torch_compile,
         report_to="none", disable_tqdm=not progress, save_only_model=False,
     )
+
+
+def _direction(cfg: RunConfig) -> bool:
+    """Whether a higher `metric_for_best_model` is better, as the task declares (`RunConfig.validate`
+    has already refused a metric the task does not know)."""
+    try:
+        return greater_is_better(get_task(cfg.task), cfg.training.metric_for_best_model)
+    except KeyError:
+        return False
 
 
 def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: Any, val_ds: Any, progress: bool,
@@ -99,9 +105,10 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
     if cfg.training.early_stopping_patience and val_ds is not None:
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    task = get_task(cfg.task)
     trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                               processing_class=tok, data_collator=PaddingCollator(tok),
-                               compute_metrics=trainer_metrics, callbacks=callbacks)
+                               processing_class=tok, data_collator=task.collator(tok),
+                               compute_metrics=task.compute_metrics, callbacks=callbacks)
     ref["trainer"] = trainer
     if not progress:  # the run directory is the progress report; no dict lines on stdout
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -114,10 +121,8 @@ def _score(model: Any, tok: Any, frame: Any, labels: list[str], cfg: RunConfig, 
     batch = cfg.training.per_device_eval_batch_size
     while True:  # out of memory while scoring: smaller batches, never a smaller training batch
         try:
-            probs = predict_proba(model, tok, frame["text"].tolist(),
-                                  frame["text_pair"].tolist() if "text_pair" in frame else None,
-                                  max_length=cfg.data.max_length, batch_size=batch, bf16=bf16)
-            return predictions_frame(frame, probs, labels)
+            return get_task(cfg.task).predict(model, tok, frame, labels, max_length=cfg.data.max_length,
+                                              batch_size=batch, bf16=bf16)
         except Exception as e:
             if not is_oom(e) or batch <= 1:
                 raise
@@ -164,27 +169,26 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     with state.main_process_first():  # the first process fetches/converts a built-in model
         path = resolve_model_path(cfg.model.name_or_path)
     tok = load_tokenizer(path, cfg.model)
-    from .data import prepare_data
-
-    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok)
+    task = get_task(cfg.task)
+    prep = task.prepare(cfg.data, cfg.training.seed, tokenizer=tok)
     if prep.report.token_lengths:
         prep.report.token_lengths["tokenizer"] = cfg.model.name_or_path
     if main:
         write_json_atomic(run.labels_file, prep.labels)
         write_json_atomic(run.report_file, prep.report.to_dict())
-    model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
+    model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
     prec = precision(cfg)
     evaluation = run.evaluation() if resume else {}
     if main and cfg.evaluate_before and "before" not in evaluation and len(prep.test):
         run.update_status(phase="scoring the test split before fine-tuning")
         before = _score(model, tok, prep.test, prep.labels, cfg, prec["bf16"])
         _write_predictions(run.predictions_before_file, before)
-        evaluation["before"] = metrics_from_predictions(before, prep.labels)
+        evaluation["before"] = task.score(before, prep.labels)
         write_json_atomic(run.eval_file, evaluation)
     state.wait_for_everyone()
 
-    train_ds = tokenize_frame(prep.train, tok, cfg.data.max_length)
-    val_ds = tokenize_frame(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
+    train_ds = task.encode(prep.train, tok, cfg.data.max_length)
+    val_ds = task.encode(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
     # A batch size shrunk by an earlier out-of-memory error is reused on resume.
     batch = (run.status().get("batch_override") if resume else None) or {}
     ckpt = run.latest_checkpoint() if resume else None
@@ -192,10 +196,10 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         run.update_status(note="no complete checkpoint was found; training restarted from step 0")
     while True:
         if model is None:  # rebuilt after an OOM: the old one may hold half-applied updates
-            model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
+            model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
         if cfg.peft.method == "lora" and not hasattr(model, "peft_config"):
-            model = apply_lora(model, cfg.peft)
-        if cfg.peft.method == "full" and cfg.peft.freeze_embeddings:
+            model = apply_lora(model, cfg.peft, task_type=task.peft_task_type)
+        if cfg.peft.method == "full" and cfg.peft.freeze_embeddings and task.freeze_embeddings_ok:
             freeze_input_embeddings(model)
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
             speed_up_dropout(model)
@@ -263,7 +267,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         if len(prep.test):
             after = _score(final, tok, prep.test, prep.labels, cfg, prec["bf16"])
             _write_predictions(run.predictions_file, after)
-            evaluation["after"] = metrics_from_predictions(after, prep.labels)
+            evaluation["after"] = task.score(after, prep.labels)
             write_json_atomic(run.eval_file, evaluation)
         run.update_status(state="completed", phase=None, finished=time.time(), step=trainer.state.global_step)
     state.wait_for_everyone()
