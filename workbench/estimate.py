@@ -89,6 +89,7 @@ def count_parameters(config: Any, num_labels: int, peft: Any = None, task: Any =
     import torch
     import transformers
 
+    from .models import tied_output_embeddings
     from .tasks import get_task
 
     task = task if task is not None else get_task("text-classification")
@@ -99,7 +100,7 @@ def count_parameters(config: Any, num_labels: int, peft: Any = None, task: Any =
     total = sum(p.numel() for p in model.parameters())
     if peft is None or peft.method != "lora":
         freeze = getattr(peft, "freeze_embeddings", False) and task.freeze_embeddings_ok
-        frozen = model.get_input_embeddings().weight.numel() if freeze else 0
+        frozen = model.get_input_embeddings().weight.numel() if freeze and not tied_output_embeddings(model) else 0
         return total, total - frozen
     from .models import lora_targets
 

@@ -102,7 +102,11 @@ def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation:
                     dtype: torch.dtype = torch.float32, tokenizer: Any = None,
                     auto_model: str = "AutoModelForSequenceClassification") -> Any:
     """A model with a `len(labels)`-way head (sequence classification unless `auto_model` names another
-    transformers Auto class, e.g. token classification) and the label names as id2label."""
+    transformers Auto class, e.g. token classification) and the label names as id2label.
+
+    A head saved with another number of labels is replaced by a fresh one; any other weight whose shape
+    differs from the model's config is an error that names it.
+    """
     import transformers
     from transformers import AutoConfig
 
@@ -125,11 +129,32 @@ def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation:
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
     try:
-        model = getattr(transformers, auto_model).from_pretrained(
-            path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, **kw)
+        model, info = getattr(transformers, auto_model).from_pretrained(
+            path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True, **kw)
     except Exception as e:
         raise _load_error(path, cfg, e, "model") from None
+    _check_mismatches(model, info.get("mismatched_keys") or (), len(labels), cfg)
     return model
+
+
+def _check_mismatches(model: Any, mismatched: Any, num_labels: int, cfg: ModelConfig) -> None:
+    """Allow only the task head to be swapped, and only because the label count differs.
+
+    `ignore_mismatched_sizes` would silently re-initialise *any* weight whose shape disagrees (a
+    position table, a vocabulary, a layer width); that is a wrong model or config, never a head swap.
+    """
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    bad = []
+    for key, ckpt_shape, model_shape in sorted(mismatched, key=lambda m: m[0]):
+        head = prefix == "." or not key.startswith(prefix)
+        if head and len(model_shape) and model_shape[0] == num_labels and ckpt_shape[0] != num_labels:
+            continue
+        bad.append(f"{key}: {tuple(ckpt_shape)} in the checkpoint, {tuple(model_shape)} in the model")
+    if bad:
+        raise ModelError(f"{cfg.name_or_path}: weights whose shape differs from the model's config.json, which "
+                         f"would be silently re-initialised: {'; '.join(bad[:5])}. Only the task head may differ "
+                         f"(when the number of labels changes). Fix: check that config.json belongs to these "
+                         f"weights, or that the folder holds one model.")
 
 
 def architecture(model: Any) -> str:
@@ -169,14 +194,33 @@ def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> 
 
 
 def freeze_input_embeddings(model: Any) -> int:
-    """Stop training the input token embeddings (`peft.freeze_embeddings`); returns the parameters frozen."""
+    """Stop training the input token embeddings (`peft.freeze_embeddings`); returns the parameters frozen.
+
+    Nothing is frozen when an output layer shares its weight with them (`tie_word_embeddings`, as in
+    Llama/SmolLM2 causal LMs): freezing the input table would freeze the output layer too.
+    """
     emb = model.get_input_embeddings()
+    if tied_output_embeddings(model):
+        return 0
     frozen = 0
     for p in emb.parameters():
         if p.requires_grad:
             p.requires_grad_(False)
             frozen += p.numel()
     return frozen
+
+
+def tied_output_embeddings(model: Any) -> bool:
+    """Whether the model's output layer shares a weight with its input embeddings."""
+    try:
+        out = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return False
+    emb = model.get_input_embeddings()
+    if out is None or emb is None:
+        return False
+    ids = {id(p) for p in emb.parameters()}
+    return any(id(p) in ids for p in out.parameters())
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
