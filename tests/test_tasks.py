@@ -257,3 +257,22 @@ def test_freezing_input_embeddings_never_freezes_a_tied_output_layer(tied):
     from workbench.config import PeftConfig
     total, trainable = count_parameters(conf, 2, PeftConfig(freeze_embeddings=True), Causal())
     assert total - trainable == frozen  # the estimate agrees with what training freezes
+
+
+def test_train_page_offers_registered_tasks_and_the_data_they_need(toy_task, tiny_bert):
+    import sys
+
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    at = AppTest.from_string("from dashboard import train\ntrain.page()", default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    box = at.selectbox(key="train_task")
+    assert list(box.options) == ["text-classification", "toy-text-regression"]
+    assert any("text: the text to classify" in c.value for c in at.caption)  # the roles of the chosen task
+    box.set_value("toy-text-regression")
+    at.run()
+    assert not at.exception and any("A number per text." in c.value for c in at.caption)
