@@ -32,7 +32,7 @@ class TextRegression:
     headline = "mae"
     freeze_embeddings_ok = True
 
-    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = False) -> Any:
+    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True) -> Any:
         from workbench.data.prepare import PreparedData
         from workbench.data.report import DataReport
 

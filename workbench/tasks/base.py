@@ -62,8 +62,9 @@ class Task(Protocol):
     freeze_embeddings_ok: bool    # may `peft.freeze_embeddings` (a default) freeze the input embeddings?
 
     def prepare(self, cfg: DataConfig, seed: int, tokenizer: Any = None, *,
-                raise_on_problems: bool = False) -> PreparedData:
-        """Read, check and split the data; task-specific findings go into the data report."""
+                raise_on_problems: bool = True) -> PreparedData:
+        """Read, check and split the data; task-specific findings go into the data report. With
+        `raise_on_problems`, problems that stop a run raise one `DataError` listing them all."""
         ...
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> datasets.Dataset:

@@ -147,7 +147,7 @@ class TextClassification:
     headline = "accuracy"
     freeze_embeddings_ok = True
 
-    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = False) -> Any:
+    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True) -> Any:
         from ..data.prepare import prepare_data
         return prepare_data(cfg, seed, tokenizer=tokenizer, raise_on_problems=raise_on_problems)
 
