@@ -68,7 +68,7 @@ def _monitor(path: str, was_active: bool) -> None:
                        ". Details on the Evaluate page.", icon=":material/check_circle:")
     left, right = st.columns(2)
     left.plotly_chart(loss_figure({run.name: metrics}), key=f"loss_{run.name}")
-    right.plotly_chart(metric_figure({run.name: metrics}), key=f"metric_{run.name}")
+    right.plotly_chart(metric_figure({run.name: metrics}, keys=_curve_keys(run)), key=f"metric_{run.name}")
     if was_active != (state in ACTIVE):
         st.rerun()  # the whole page: start or stop the timer, refresh the run lists
 
@@ -89,3 +89,10 @@ def _log_tail(run: RunDir) -> None:
         lines = run.log_file.read_text(errors="replace").splitlines()[-LOG_LINES:]
         with st.expander(f"Last {len(lines)} lines of {run.log_file.name}"):
             st.code("\n".join(lines), language=None)
+
+
+def _curve_keys(run: RunDir) -> list[str]:
+    """The task's first two validation metrics (classification: accuracy and macro F1)."""
+    from workbench.tasks import TASKS
+    task = TASKS.get(run.summary()["task"]) or TASKS["text-classification"]
+    return [f"eval_{k}" for k in task.directions if k != "loss"][:2]

@@ -12,7 +12,7 @@ from workbench.paths import runs_root
 from workbench.rundir import ACTIVE, RunDir, list_runs
 from workbench.storage import delete_run
 
-from . import widgets
+from . import monitor, widgets
 
 
 def page() -> None:
@@ -39,7 +39,8 @@ def page() -> None:
         metrics = {n: by_name[n].metrics() for n in chosen}
         a, b = st.columns(2)
         a.plotly_chart(loss_figure(metrics), key="cmp_loss")
-        b.plotly_chart(metric_figure(metrics), key="cmp_metric")
+        keys = list(dict.fromkeys(k for n in chosen for k in monitor._curve_keys(by_name[n])))
+        b.plotly_chart(metric_figure(metrics, keys=keys), key="cmp_metric")
     if len(chosen) >= 2:
         with widgets.shown_errors():
             diff = config_diff({n: by_name[n].config().to_dict() for n in chosen})

@@ -131,8 +131,9 @@ def _load_cached(path: str, base: bool, dtype: torch.dtype, stamp: int) -> tuple
         # A fixed seed for the new random head: the same base model every time it is loaded.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = load_classifier(ModelConfig(**meta["model"]), meta["labels"], attn_implementation="eager",
-                                    dtype=dtype, tokenizer=tok)
+            from .tasks import get_task  # the run's task: its head, untrained
+            model = get_task(meta.get("task") or "text-classification").load_model(
+                ModelConfig(**meta["model"]), meta["labels"], attn_implementation="eager", dtype=dtype, tokenizer=tok)
     elif (d / "workbench_model.json").exists() or (d / "adapter_config.json").exists():
         model, tok = load_trained(d, attn_implementation="eager", dtype=dtype)
     else:

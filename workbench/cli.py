@@ -133,10 +133,15 @@ def _print_result(run: Any, st: dict[str, Any]) -> None:
     if st.get("state") == "stopped":
         print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {run.path}")
         return
-    if b.get("accuracy") is not None:
-        print(f"test accuracy before fine-tuning: {b['accuracy']:.3f}   (macro F1 {b['f1_macro']:.3f}, n={b['n']})")
-    if a.get("accuracy") is not None:
-        print(f"test accuracy after fine-tuning:  {a['accuracy']:.3f}   (macro F1 {a['f1_macro']:.3f}, n={a['n']})")
+    from .figures.evaluation import METRIC_NAMES
+    from .tasks import get_task
+
+    task = get_task(run.config().task)
+    head, second = task.headline, [k for k in task.directions if k not in (task.headline, "loss")][:1]
+    for when, m in (("before", b), ("after", a)):
+        if m.get(head) is not None:
+            extra = "".join(f"{METRIC_NAMES.get(k, k)} {m[k]:.3f}, " for k in second if m.get(k) is not None)
+            print(f"test {head} {when} fine-tuning:{' ' * (when == 'after')} {m[head]:.3f}   ({extra}n={m['n']})")
     print(f"run: {run.path}  (state: {st.get('state')})")
     print(f"next: workbench eval {run.path}   |   workbench predict {run.path} \"some text\"")
 
@@ -247,6 +252,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def _print_metrics(m: dict[str, Any]) -> None:
     import pandas as pd
+    if "per_class" not in m:  # a task other than classification: its scalar metrics
+        print("   ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)) + f"   n={m.get('n')}")
+        return
     print(f"accuracy {m['accuracy']:.4f}   macro F1 {m['f1_macro']:.4f}   weighted F1 {m['f1_weighted']:.4f}   "
           f"micro F1 {m['f1_micro']:.4f}   n={m['n']}")
     print(pd.DataFrame(m["per_class"]).T.to_string(float_format=lambda x: f"{x:.3f}"))
@@ -289,8 +297,9 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     from .config import DataConfig, RunConfig
-    from .data import format_report, prepare_data
+    from .data import format_report
     from .models import load_tokenizer, resolve_model_path
+    from .tasks import get_task
     _quiet_libraries()
     if a.source.endswith((".yaml", ".yml")):
         cfg = RunConfig.from_yaml(a.source)
@@ -299,7 +308,7 @@ def cmd_report(a: argparse.Namespace) -> int:
         if a.model:
             cfg.model.name_or_path = a.model
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
-    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False)
+    prep = get_task(cfg.task).prepare(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False)
     print(format_report(prep.report))
     return 0 if prep.report.ok else 2
 
