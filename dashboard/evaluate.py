@@ -5,7 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from workbench.errors import WorkbenchError
-from workbench.figures.evaluation import before_after_figure, per_class_figure
+from workbench.figures.evaluation import (
+    METRIC_NAMES,
+    before_after_figure,
+    per_class_figure,
+)
+from workbench.tasks import TASKS
 
 from . import errors_table, widgets
 
@@ -29,9 +34,13 @@ def page() -> None:
     if after is None:
         st.info(f"{run.name} is {state.get('state')}: only the scores before fine-tuning exist yet.")
     main = after or before
+    task = TASKS.get(run.summary()["task"]) or TASKS["text-classification"]
+    keys = [m for m in task.directions if m != "loss"][:4]  # the task's metrics, headline first
+    keys = [task.headline] + [m for m in keys if m != task.headline][:3]
+    names = [METRIC_NAMES.get(k, k.replace("_", " ")) for k in keys]
+    names = [n[:1].upper() + n[1:] for n in names]
     c = st.columns(4)
-    for col, key, name in zip(c, ("accuracy", "f1_macro", "precision_macro", "recall_macro"),
-                              ("Accuracy", "Macro F1", "Macro precision", "Macro recall")):
+    for col, key, name in zip(c, keys, names):
         delta = main[key] - before[key] if after and before and main.get(key) is not None else None
         col.metric(name, f"{main[key]:.3f}" if main.get(key) is not None else "-",
                    delta=f"{delta:+.3f} vs before" if delta is not None else None)

@@ -12,7 +12,7 @@ from workbench.figures.training import loss_figure, metric_figure
 from workbench.rundir import ACTIVE, RunDir, list_runs
 from workbench.storage import delete_run
 
-from . import widgets
+from . import monitor, widgets
 
 
 def page() -> None:
@@ -46,7 +46,8 @@ def page() -> None:
         metrics = {n: by_name[n].metrics() for n in chosen}
         a, b = st.columns(2)
         a.plotly_chart(loss_figure(metrics), key="cmp_loss")
-        b.plotly_chart(metric_figure(metrics), key="cmp_metric")
+        keys = list(dict.fromkeys(k for n in chosen for k in monitor._curve_keys(by_name[n])))
+        b.plotly_chart(metric_figure(metrics, keys=keys), key="cmp_metric")
     if len(chosen) >= 2:
         with widgets.shown_errors():
             # The settings as recorded (shown, never loaded from): RunDir.config() would refuse a run whose
@@ -82,8 +83,11 @@ def _table(runs: list[RunDir]) -> pd.DataFrame:
         s["created"] = pd.to_datetime(s["created"], unit="s") if s.get("created") else None
         rows.append(s)
     df = pd.DataFrame(rows)
-    return df[["run", "state", "progress", "model", "method", "data", "accuracy_before", "accuracy", "f1_macro",
-               "created", "problems"]]
+    # Each task's headline metric before and after, then its other metrics (for classification: accuracy, macro F1).
+    heads = list(dict.fromkeys(df["headline"]))
+    others = [c for c in ("f1_macro",) if c in df]
+    return df[["run", "state", "progress", "model", "method", "data"] + [c for h in heads for c in (f"{h}_before", h)]
+              + others + ["created", "problems"]]
 
 
 def config_diff(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -139,8 +139,9 @@ def _load_cached(path: str, base: bool, dtype: torch.dtype, stamp: int, trust_re
         # A fixed seed for the new random head: the same base model every time it is loaded.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = load_classifier(recorded.base, recorded.labels, attn_implementation="eager", dtype=dtype,
-                                    tokenizer=tok)
+            from .tasks import get_task  # the run's task: its head, untrained
+            model = get_task(recorded.task).load_model(recorded.base, recorded.labels, attn_implementation="eager",
+                                                       dtype=dtype, tokenizer=tok)
     elif (d / "workbench_model.json").exists() or (d / "adapter_config.json").exists():
         model, tok = load_trained(d, attn_implementation="eager", dtype=dtype, **grants)
     else:  # a folder, built-in or hub id the user chose: still no code or pickle unless granted

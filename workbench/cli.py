@@ -145,10 +145,15 @@ def _print_result(run: Any, st: dict[str, Any]) -> None:
     if st.get("state") == "stopped":
         print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {path}")
         return
-    if b.get("accuracy") is not None:
-        print(f"test accuracy before fine-tuning: {b['accuracy']:.3f}   (macro F1 {b['f1_macro']:.3f}, n={b['n']})")
-    if a.get("accuracy") is not None:
-        print(f"test accuracy after fine-tuning:  {a['accuracy']:.3f}   (macro F1 {a['f1_macro']:.3f}, n={a['n']})")
+    from .figures.evaluation import METRIC_NAMES
+    from .tasks import get_task
+
+    task = get_task(run.config().task)
+    head, second = task.headline, [k for k in task.directions if k not in (task.headline, "loss")][:1]
+    for when, m in (("before", b), ("after", a)):
+        if m.get(head) is not None:
+            extra = "".join(f"{METRIC_NAMES.get(k, k)} {m[k]:.3f}, " for k in second if m.get(k) is not None)
+            print(f"test {head} {when} fine-tuning:{' ' * (when == 'after')} {m[head]:.3f}   ({extra}n={m['n']})")
     print(f"run: {run.path}  (state: {st.get('state')})")
     print(f"next: workbench eval {path}   |   workbench predict {path} \"some text\"")
 
@@ -243,7 +248,9 @@ def cmd_runs(a: argparse.Namespace) -> int:
         print(f"no runs in {Path(a.dir) if a.dir else runs_root()} yet: start one with `workbench demo` or "
               f"`workbench train CONFIG`")
         return 0
-    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step", "accuracy_before", "accuracy"]]
+    heads = list(dict.fromkeys(r["headline"] for r in rows))  # each task's headline metric, before and after
+    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step"] +
+                            [c for h in heads for c in (f"{h}_before", h)]]
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for r in rows:  # a damaged file blanks its own fields above; say what is wrong with it
         for problem in r["problems"]:
@@ -273,6 +280,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def _print_metrics(m: dict[str, Any]) -> None:
     import pandas as pd
+    if "per_class" not in m:  # a task other than classification: its scalar metrics
+        print("   ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)) + f"   n={m.get('n')}")
+        return
     print(f"accuracy {m['accuracy']:.4f}   macro F1 {m['f1_macro']:.4f}   weighted F1 {m['f1_weighted']:.4f}   "
           f"micro F1 {m['f1_micro']:.4f}   n={m['n']}")
     print(pd.DataFrame(m["per_class"]).T.to_string(float_format=lambda x: f"{x:.3f}"))
@@ -354,8 +364,9 @@ def cmd_download(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     from .config import DataConfig, RunConfig
-    from .data import format_report, prepare_data
+    from .data import format_report
     from .models import load_model_config, load_tokenizer, resolve_model_path
+    from .tasks import get_task
     from .tasks.classification import model_max_tokens
     _quiet_libraries()
     if a.source.endswith((".yaml", ".yml")):
@@ -365,8 +376,8 @@ def cmd_report(a: argparse.Namespace) -> int:
         if a.model:
             cfg.model.name_or_path = a.model
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
-    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False,
-                        max_positions=model_max_tokens(load_model_config(cfg.model), tok))
+    prep = get_task(cfg.task).prepare(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False,
+                                      max_positions=model_max_tokens(load_model_config(cfg.model), tok))
     print(format_report(prep.report))
     return 0 if prep.report.ok else 2
 

@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError
 
-TASKS = ("text-classification",)
+TASKS = ("text-classification",)  # the built-in tasks; the registry (`workbench.tasks.TASKS`) may hold more
 INT_MAX = 2**31 - 1  # counts above this overflow the int32 the trainer's tensors and tokenizers use
 SEED_MAX = 2**32 - 1  # numpy's seed range
 NAME_MAX = 100  # run names name folders; keep paths well below OS limits
@@ -166,7 +166,8 @@ class PeftConfig:
 class RunConfig:
     """One fine-tuning run: task, model, data, training and PEFT settings."""
 
-    task: Literal["text-classification"] = _f("text-classification", "What the model learns to do.")
+    task: str = _f("text-classification", "What the model learns to do: a registered task "
+                   "(`workbench.tasks.TASKS`). Built in: text-classification.")
     name: str | None = _f(None, "Run name, also the run directory's name. Empty: made from model, data and time.")
     output_dir: str | None = _f(None, "Folder that holds run directories. Empty: `$WORKBENCH_RUNS` or `./runs`.")
     evaluate_before: bool = _f(True, "Score the test split with the model before fine-tuning, for before/after.")
@@ -230,8 +231,18 @@ class RunConfig:
         """Every problem with this config, each naming the field and the fix. Empty list: valid."""
         p: list[str] = []
         t, d, pe = self.training, self.data, self.peft
-        if self.task not in TASKS:
-            p.append(f"task: {self.task!r} is not supported; use one of {', '.join(TASKS)}.")
+        from .tasks import TASKS as registered
+        from .tasks import greater_is_better
+
+        task = registered.get(self.task)
+        if task is None:
+            p.append(f"task: {self.task!r} is not a registered task; use one of {', '.join(registered)}.")
+        elif t.eval_strategy != "no":
+            try:
+                greater_is_better(task, t.metric_for_best_model)
+            except KeyError:
+                p.append(f"training.metric_for_best_model={t.metric_for_best_model!r} is not a metric of {self.task}; "
+                         f"use one of {', '.join(task.directions)}.")
         if not self.model.name_or_path:
             p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a "
                      "hub id.")
@@ -428,6 +439,8 @@ def field_help(section: str | None = None) -> dict[str, str]:
                 out[f"{f.name}.{g.name}"] = g.metadata.get("help", "")
         else:
             out[f.name] = f.metadata.get("help", "")
+    from .tasks import TASKS as registered
+    out["task"] = out["task"].split(" Built in:")[0] + " Registered: " + ", ".join(registered) + "."
     if section:
         out = {k: v for k, v in out.items() if k.startswith(section + ".")}
     return out

@@ -53,18 +53,14 @@ def metrics_from_predictions(pred: pd.DataFrame, labels: Sequence[str]) -> dict[
     return m
 
 
-def score_frame(model: Any, tok: Any, frame: pd.DataFrame, labels: Sequence[str], *, max_length: int,
+def score_frame(task: Any, model: Any, tok: Any, frame: pd.DataFrame, labels: Sequence[str], *, max_length: int,
                 batch_size: int = 64, bf16: bool = False) -> pd.DataFrame:
-    """The per-example predictions table (`predictions_frame`) of `model` on `frame` (text, optional
-    text_pair, label id). Out of memory while scoring: smaller batches, down to 1, instead of failing."""
-    from .tasks.classification import predict_proba, predictions_frame
-
+    """The task's per-example predictions table (`Task.predict`) of `model` on a prepared `frame`. Out of
+    memory while scoring: smaller batches, down to 1, instead of failing."""
     while True:
         try:
-            probs = predict_proba(model, tok, frame["text"].tolist(),
-                                  frame["text_pair"].tolist() if "text_pair" in frame else None,
-                                  max_length=max_length, batch_size=batch_size, bf16=bf16)
-            return predictions_frame(frame, probs, list(labels))
+            return task.predict(model, tok, frame, list(labels), max_length=max_length, batch_size=batch_size,
+                                bf16=bf16)
         except Exception as e:
             from .trainer import is_oom
 
@@ -89,33 +85,23 @@ def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch
 
     The run's files cannot grant remote code or pickle loading; only the two flags here can.
     """
-    from .data import prepare_data
     from .models import load_trained
     from .rundir import RunDir
+    from .tasks import get_task
 
     r = RunDir(run).require()
     grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     cfg = r.config(**grants)
+    task = get_task(cfg.task)
     r.labels()  # a damaged labels.json is reported before the model is loaded
     model, tok = load_trained(r.model_dir, **grants)
     n = model.config.num_labels
     labels = r.model_labels(n) or [model.config.id2label[i] for i in range(n)]
     if split_file:
-        prep = prepare_data(cfg.data.__class__(**{**cfg.data.__dict__, "source": str(split_file), "test_size": 0.0,
+        prep = task.prepare(cfg.data.__class__(**{**cfg.data.__dict__, "source": str(split_file), "test_size": 0.0,
                                                   "validation_size": 0.0}), cfg.training.seed, raise_on_problems=True)
-        frame = prep.train
-        l2i = {n: i for i, n in enumerate(labels)}
-        frame = frame.assign(label=frame["label_name"].map(l2i))
-        if frame["label"].isna().any():
-            from .errors import DataError
-            raise DataError(f"{split_file} has labels {sorted(set(frame.loc[frame['label'].isna(), 'label_name']))} "
-                            f"that the model was not trained on ({labels}).")
+        frame = task.align_labels(prep.train, labels, str(split_file))
     else:
-        old = r.predictions("after")
-        l2i = {n: i for i, n in enumerate(labels)}
-        frame = pd.DataFrame({"text": old["text"], "label": old["gold"].astype(str).map(l2i)})
-        if "text_pair" in old:
-            frame["text_pair"] = old["text_pair"]
-        frame.index = old["row"]
-    pred = score_frame(model, tok, frame, labels, max_length=cfg.data.max_length, batch_size=batch_size)
-    return {"metrics": metrics_from_predictions(pred, labels), "predictions": pred}
+        frame = task.frame_from_predictions(r.predictions("after"), labels)
+    pred = score_frame(task, model, tok, frame, labels, max_length=cfg.data.max_length, batch_size=batch_size)
+    return {"metrics": task.score(pred, labels), "predictions": pred}

@@ -131,9 +131,15 @@ def load_model_config(cfg: ModelConfig) -> Any:
 
 
 def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation: str | None = None,
-                    dtype: torch.dtype = torch.float32, tokenizer: Any = None) -> Any:
-    """A sequence-classification model with `len(labels)` outputs and the label names as id2label."""
-    from transformers import AutoModelForSequenceClassification
+                    dtype: torch.dtype = torch.float32, tokenizer: Any = None,
+                    auto_model: str = "AutoModelForSequenceClassification") -> Any:
+    """A model with a `len(labels)`-way head (sequence classification unless `auto_model` names another
+    transformers Auto class, e.g. token classification) and the label names as id2label.
+
+    A head saved with another number of labels is replaced by a fresh one; any other weight whose shape
+    differs from the model's config is an error that names it.
+    """
+    import transformers
 
     path = resolve_model_path(cfg.name_or_path)
     mconf = load_model_config(cfg)
@@ -150,11 +156,32 @@ def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation:
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, **kw)
+        model, info = getattr(transformers, auto_model).from_pretrained(
+            path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True, **kw)
     except Exception as e:
         raise _load_error(path, cfg, e, "model") from None
+    _check_mismatches(model, info.get("mismatched_keys") or (), len(labels), cfg)
     return model
+
+
+def _check_mismatches(model: Any, mismatched: Any, num_labels: int, cfg: ModelConfig) -> None:
+    """Allow only the task head to be swapped, and only because the label count differs.
+
+    `ignore_mismatched_sizes` would silently re-initialise *any* weight whose shape disagrees (a
+    position table, a vocabulary, a layer width); that is a wrong model or config, never a head swap.
+    """
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    bad = []
+    for key, ckpt_shape, model_shape in sorted(mismatched, key=lambda m: m[0]):
+        head = prefix == "." or not key.startswith(prefix)
+        if head and len(model_shape) and model_shape[0] == num_labels and ckpt_shape[0] != num_labels:
+            continue
+        bad.append(f"{key}: {tuple(ckpt_shape)} in the checkpoint, {tuple(model_shape)} in the model")
+    if bad:
+        raise ModelError(f"{cfg.name_or_path}: weights whose shape differs from the model's config.json, which "
+                         f"would be silently re-initialised: {'; '.join(bad[:5])}. Only the task head may differ "
+                         f"(when the number of labels changes). Fix: check that config.json belongs to these "
+                         f"weights, or that the folder holds one model.")
 
 
 def architecture(model: Any) -> str:
@@ -176,8 +203,10 @@ def lora_targets(model: Any, peft_cfg: PeftConfig) -> list[str]:
                      f"to some of its linear layers: {linear[:12]}.")
 
 
-def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
-    """Wrap with LoRA adapters; the classification head stays fully trainable (PEFT's SEQ_CLS does that)."""
+def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> Any:
+    """Wrap with LoRA adapters; the task head stays fully trainable (PEFT's SEQ_CLS/TOKEN_CLS do that).
+
+    `task_type` is the task's `peft.TaskType` name (`Task.peft_task_type`)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = lora_targets(model, peft_cfg)
@@ -187,20 +216,39 @@ def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
                          f"Linear modules it has: {linear[:12]}.")
-    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
+    lcfg = LoraConfig(task_type=TaskType[task_type], r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
                       lora_dropout=peft_cfg.lora_dropout, target_modules=targets)
     return get_peft_model(model, lcfg)
 
 
 def freeze_input_embeddings(model: Any) -> int:
-    """Stop training the input token embeddings (`peft.freeze_embeddings`); returns the parameters frozen."""
+    """Stop training the input token embeddings (`peft.freeze_embeddings`); returns the parameters frozen.
+
+    Nothing is frozen when an output layer shares its weight with them (`tie_word_embeddings`, as in
+    Llama/SmolLM2 causal LMs): freezing the input table would freeze the output layer too.
+    """
     emb = model.get_input_embeddings()
+    if tied_output_embeddings(model):
+        return 0
     frozen = 0
     for p in emb.parameters():
         if p.requires_grad:
             p.requires_grad_(False)
             frozen += p.numel()
     return frozen
+
+
+def tied_output_embeddings(model: Any) -> bool:
+    """Whether the model's output layer shares a weight with its input embeddings."""
+    try:
+        out = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return False
+    emb = model.get_input_embeddings()
+    if out is None or emb is None:
+        return False
+    ids = {id(p) for p in emb.parameters()}
+    return any(id(p) in ids for p in out.parameters())
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
@@ -220,9 +268,12 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
 
     The run directory is untrusted (`workbench.untrusted`): remote code and pickled base weights are
     used only when the caller grants them here, whatever the run's files say. The run's own weights
-    are always safetensors.
+    are always safetensors. The task named in workbench_model.json is looked up in the registry only.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
+
+    from .tasks import get_task
 
     from .untrusted import read_run_model
 
@@ -233,17 +284,18 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
     check_model_dir(d, allow_pickle=False, pickle_fix=RUN_PICKLE_FIX)  # before anything is loaded
     recorded = read_run_model(d, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     trust = recorded.base.trust_remote_code if recorded else False
+    task = get_task(recorded.task if recorded else "text-classification")
     if (d / "adapter_config.json").exists():
         from peft import PeftModel
         if recorded is None:
             raise ModelError(f"{d} holds a LoRA adapter but no workbench_model.json naming its base model and labels. "
                              f"Fix: give the whole run's model folder as written by the workbench.")
-        model = load_classifier(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype)
+        model = task.load_model(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype)
         model = PeftModel.from_pretrained(model, d)
     else:
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True,
-                                                                       trust_remote_code=trust, **kw)
+            model = getattr(transformers, task.auto_model).from_pretrained(d, use_safetensors=True,
+                                                                          trust_remote_code=trust, **kw)
         except Exception as e:
             raise _load_error(str(d), ModelConfig(name_or_path=str(d)), e, "model") from None
     tok = with_pad_token(AutoTokenizer.from_pretrained(d, trust_remote_code=trust))

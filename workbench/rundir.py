@@ -319,25 +319,30 @@ class RunDir:
         in this run directory (a damaged file blanks its own fields only, never the whole listing)."""
         problems: list[str] = []
         st = self.status()
+        from .tasks import TASKS
+
         if st.get("state") == "unknown" and self.status_file.exists():
             problems.append(f"{self.status_file.name} is damaged (not a JSON object)")
         try:
             cfg = RunConfig.from_yaml(self.config_file)  # names to show; nothing is loaded from it
-            model, data, method = cfg.model.name_or_path, cfg.data.source, cfg.peft.method
+            model, data, method, task = cfg.model.name_or_path, cfg.data.source, cfg.peft.method, cfg.task
         except Exception as e:  # noqa: BLE001 - any damage in config.yaml is shown, not raised
-            model = data = method = "?"
+            model = data = method = task = "?"
             problems.append(f"config.yaml cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         try:
             ev = self.evaluation()
         except RunError as e:
             ev = {}
             problems.append(str(e).replace(str(self.path) + os.sep, ""))
-        row = {"run": self.name, "state": st.get("state"), "model": model, "data": data, "method": method,
-               "step": st.get("step"), "total_steps": st.get("total_steps"),
-               "accuracy_before": ev.get("before", {}).get("accuracy"),
-               "accuracy": ev.get("after", {}).get("accuracy"), "f1_macro": ev.get("after", {}).get("f1_macro"),
+        before, after = ev.get("before", {}), ev.get("after", {})
+        # The task's headline metric (`<name>_before`, `<name>`) and its other metrics after fine-tuning.
+        t = TASKS.get(task) or TASKS["text-classification"]
+        scores = {m: after.get(m) for m in t.directions if m != "loss"}
+        row = {"run": self.name, "state": st.get("state"), "task": task, "model": model, "data": data,
+               "method": method, "step": st.get("step"), "total_steps": st.get("total_steps"),
+               "headline": t.headline, f"{t.headline}_before": before.get(t.headline), **scores,
                "created": st.get("created")}
-        for k in ("step", "total_steps", "accuracy_before", "accuracy", "f1_macro", "created"):
+        for k in ["step", "total_steps", f"{t.headline}_before", *scores, "created"]:
             v = row[k]
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 row[k] = None

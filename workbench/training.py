@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import functools
 import math
 import os
 import pickle
@@ -28,12 +29,13 @@ from transformers import TrainingArguments, set_seed
 from .checkpoints import intact_checkpoint, pickled_files, set_aside
 from .config import RunConfig
 from .errors import RunError, TrainingHalted, WorkbenchError
-from .evaluate import metrics_from_predictions, score_frame, trainer_metrics
-from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_classifier, load_model_config,
-                     load_tokenizer, resolve_model_path)
+from .evaluate import score_frame
+from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_model_config, load_tokenizer,
+                     resolve_model_path)
 from .rundir import RunDir, write_json_atomic
 from .speed import apply_cpu_speedups, restore_attention
-from .tasks.classification import PaddingCollator, model_max_tokens, tokenize_frame
+from .tasks import get_task, greater_is_better
+from .tasks.classification import model_max_tokens
 from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
 from .trainer import SIGNALLED as _SIGNALLED
@@ -109,8 +111,7 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
         logging_nan_inf_filter=False,  # a NaN must show, not be replaced by the previous loss
         load_best_model_at_end=t.load_best_model_at_end and eval_strategy != "no",
         metric_for_best_model=t.metric_for_best_model if eval_strategy != "no" else None,
-        greater_is_better=None if t.metric_for_best_model in ("accuracy", "f1_macro", "precision_macro",
-                                                             "recall_macro") else False,
+        greater_is_better=_direction(cfg) if eval_strategy != "no" else None,
         train_sampling_strategy="group_by_length",  # batches of similar length: little padding
         remove_unused_columns=False,  # keep `length` for the sampler; the collator drops it
         dataloader_pin_memory=not prec["use_cpu"], torch_compile=t.torch_compile,
@@ -118,8 +119,17 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
     )
 
 
+def _direction(cfg: RunConfig) -> bool:
+    """Whether a higher `metric_for_best_model` is better, as the task declares (`RunConfig.validate`
+    has already refused a metric the task does not know)."""
+    try:
+        return greater_is_better(get_task(cfg.task), cfg.training.metric_for_best_model)
+    except KeyError:
+        return False
+
+
 def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: Any, val_ds: Any, progress: bool,
-                  main: bool) -> tuple[WorkbenchTrainer, RunDirCallback]:
+                  main: bool, labels: list[str]) -> tuple[WorkbenchTrainer, RunDirCallback]:
     args = training_arguments(cfg, run, val_ds is not None, progress)
     ref: dict[str, Any] = {}
     cb = RunDirCallback(run, ref, main)
@@ -127,9 +137,11 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
     if cfg.training.early_stopping_patience and val_ds is not None:
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    task = get_task(cfg.task)
     trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                               processing_class=tok, data_collator=PaddingCollator(tok),
-                               compute_metrics=trainer_metrics, callbacks=callbacks)
+                               processing_class=tok, data_collator=task.collator(tok),
+                               compute_metrics=functools.partial(task.compute_metrics, labels=labels),
+                               callbacks=callbacks)
     ref["trainer"] = trainer
     if not progress:  # the run directory is the progress report; no dict lines on stdout
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -148,10 +160,11 @@ def _score_test_split(run: RunDir, stage: Literal["before", "after"], model: Any
                       cfg: RunConfig, bf16: bool, evaluation: dict[str, Any]) -> None:
     """Score the test split as `stage` ("before"/"after" fine-tuning): its predictions file, then its
     metrics into eval.json."""
-    pred = score_frame(model, tok, prep.test, prep.labels, max_length=cfg.data.max_length,
+    task = get_task(cfg.task)
+    pred = score_frame(task, model, tok, prep.test, prep.labels, max_length=cfg.data.max_length,
                        batch_size=cfg.training.per_device_eval_batch_size, bf16=bf16)
     _write_predictions(run.predictions_before_file if stage == "before" else run.predictions_file, pred)
-    evaluation[stage] = metrics_from_predictions(pred, prep.labels)
+    evaluation[stage] = task.score(pred, prep.labels)
     write_json_atomic(run.eval_file, evaluation)
 
 
@@ -192,9 +205,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     with state.main_process_first():  # the first process fetches/converts a built-in model
         path = resolve_model_path(cfg.model.name_or_path)
     tok = load_tokenizer(path, cfg.model)
-    from .data import prepare_data
-
-    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok,
+    task = get_task(cfg.task)
+    prep = task.prepare(cfg.data, cfg.training.seed, tokenizer=tok,
                         max_positions=model_max_tokens(load_model_config(cfg.model), tok))
     if prep.max_length != cfg.data.max_length:  # above the model's limit: the report says so
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=prep.max_length))
@@ -203,7 +215,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     if main:
         write_json_atomic(run.labels_file, prep.labels)
         write_json_atomic(run.report_file, prep.report.to_dict())
-    model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
+    model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
     prec = precision(cfg)
     evaluation = run.evaluation() if resume else {}
     if main and cfg.evaluate_before and "before" not in evaluation and len(prep.test):
@@ -211,8 +223,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         _score_test_split(run, "before", model, tok, prep, cfg, prec["bf16"], evaluation)
     state.wait_for_everyone()
 
-    train_ds = tokenize_frame(prep.train, tok, cfg.data.max_length)
-    val_ds = tokenize_frame(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
+    train_ds = task.encode(prep.train, tok, cfg.data.max_length)
+    val_ds = task.encode(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
     # A batch size shrunk by an earlier out-of-memory error is reused on resume.
     batch = (run.status().get("batch_override") if resume else None) or {}
     ckpt = _resume_point(run, main) if resume else None
@@ -221,15 +233,15 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     retry = resume
     while True:
         if model is None:  # rebuilt after an OOM: the old one may hold half-applied updates
-            model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
+            model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
         if cfg.peft.method == "lora" and not hasattr(model, "peft_config"):
-            model = apply_lora(model, cfg.peft)
-        if cfg.peft.method == "full" and cfg.peft.freeze_embeddings:
+            model = apply_lora(model, cfg.peft, task_type=task.peft_task_type)
+        if cfg.peft.method == "full" and cfg.peft.freeze_embeddings and task.freeze_embeddings_ok:
             freeze_input_embeddings(model)
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
             apply_cpu_speedups(model, cfg.training.cpu_speedups)
         eff = cfg.override({f"training.{k}": v for k, v in batch.items()}) if batch else cfg
-        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main)
+        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels)
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
                               precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32")

@@ -73,6 +73,7 @@ class RunModel:
     base: ModelConfig  # the pretrained model it started from (a LoRA adapter's base)
     labels: list[str]
     method: str
+    task: str = "text-classification"  # a name looked up in the task registry, never code
 
 
 def read_run_model(model_dir: str | Path, *, trust_remote_code: bool = False,
@@ -93,4 +94,5 @@ def read_run_model(model_dir: str | Path, *, trust_remote_code: bool = False,
         raise ModelError(f"{f} has no valid `labels` list (class names in id order); the file is damaged. "
                          f"Fix: retrain the run, or restore that file.")
     base = model_config_from_run(meta.get("model"), f, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    return RunModel(base=base, labels=[str(x) for x in labels], method=str(meta.get("method", "")))
+    return RunModel(base=base, labels=[str(x) for x in labels], method=str(meta.get("method", "")),
+                    task=str(meta.get("task") or "text-classification"))
