@@ -19,7 +19,8 @@ def register_task(task: Task, *, replace: bool = False) -> Task:
     missing += [m for m in ("prepare", "encode", "collator", "load_model", "compute_metrics", "predict", "score",
                             "frame_from_predictions", "align_labels") if not callable(getattr(task, m, None))]
     if missing:
-        raise TypeError(f"task {getattr(task, 'name', task)!r} lacks {sorted(set(missing))}: see workbench.tasks.base.Task.")
+        raise TypeError(f"task {getattr(task, 'name', task)!r} lacks {sorted(set(missing))}: see "
+                        f"workbench.tasks.base.Task.")
     if task.headline not in task.directions:
         raise TypeError(f"task {task.name!r}: headline metric {task.headline!r} has no direction in "
                         f"`directions`.")
