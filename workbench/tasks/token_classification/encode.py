@@ -46,19 +46,21 @@ def align_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> 
 
 
 def encode_words(tokens: list[list[str]], tags: list[list[str]] | None, tokenizer: Any,
-                 label2id: dict[str, int], max_length: int) -> dict[str, list]:
-    """Tokenise pre-split sentences once, unpadded: input ids, attention mask, aligned labels, length,
-    and how many words each sentence lost to truncation."""
+                 label2id: dict[str, int] | None, max_length: int, *,
+                 label_ids: list[list[int]] | None = None) -> dict[str, list]:
+    """Tokenise pre-split sentences once, unpadded: input ids, attention mask, aligned labels, `length`,
+    and `words_cut`, how many words of each sentence truncation cut off (they get no label)."""
     enc = tokenizer([spaced(t) for t in tokens], is_split_into_words=True, truncation=True, max_length=max_length)
     cols: dict[str, list] = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    if label_ids is None and tags is not None and label2id is not None:
+        label_ids = [[label2id.get(t, label2id["O"]) for t in seq] for seq in tags]
     labels, cut = [], []
     for i in range(len(tokens)):
         wids = enc.word_ids(i)
-        seen = {w for w in wids if w is not None}
-        cut.append(len(tokens[i]) - len(seen))
-        if tags is not None:
-            labels.append(align_labels(wids, [label2id.get(t, label2id["O"]) for t in tags[i]]))
-    if tags is not None:
+        cut.append(len(tokens[i]) - len({w for w in wids if w is not None}))
+        if label_ids is not None:
+            labels.append(align_labels(wids, label_ids[i]))
+    if label_ids is not None:
         cols["labels"] = labels
     cols["length"] = [len(x) for x in enc["input_ids"]]
     cols["words_cut"] = cut
@@ -66,49 +68,49 @@ def encode_words(tokens: list[list[str]], tags: list[list[str]] | None, tokenize
 
 
 @torch.inference_mode()
-def predict_word_tags(model: Any, tokenizer: Any, tokens: list[list[str]], id2label: dict[int, str], *,
-                      max_length: int = 256, batch_size: int = 64, bf16: bool = False,
-                      progress: Any = None) -> tuple[list[list[str]], list[list[float]]]:
-    """One tag and its probability per word, in input order. Words cut off by truncation get `O` (0.0).
+def predict_word_probs(model: Any, tokenizer: Any, tokens: list[list[str]], *, max_length: int = 256,
+                       batch_size: int = 64, bf16: bool = False, progress: Any = None) -> list[np.ndarray]:
+    """Tag probabilities per word, shape (words, tags) for each sentence, in input order; read from each
+    word's first sub-word. Words cut off by truncation get probability 1 for tag 0 (`O`).
 
-    Sentences are sorted by length and each batch padded only to its own longest one — the same trick
+    Sentences are sorted by length and each batch padded only to its own longest one, the same trick
     that makes classification prediction fast on a CPU.
     """
     model.eval()
     device = next(model.parameters()).device
+    n_labels = model.config.num_labels
+    out: list[np.ndarray] = []
+    for t in tokens:
+        a = np.zeros((len(t), n_labels), dtype=np.float32)
+        a[:, 0] = 1.0
+        out.append(a)
     n = len(tokens)
-    tags: list[list[str]] = [["O"] * len(t) for t in tokens]
-    probs: list[list[float]] = [[0.0] * len(t) for t in tokens]
     if n == 0:
-        return tags, probs
+        return out
     enc = tokenizer([spaced(t) for t in tokens], is_split_into_words=True, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     lengths = [len(x) for x in enc["input_ids"]]
     order = np.argsort(lengths, kind="stable")[::-1]
     budget = batch_size * max(8, int(np.median(lengths)))
+    pad_left = getattr(tokenizer, "padding_side", "right") == "left"
     i = 0
     while i < n:
-        longest = lengths[order[i]]
-        k = max(1, min(n - i, budget // max(1, longest), batch_size * 4))
+        k = max(1, min(n - i, budget // max(1, lengths[order[i]]), batch_size * 4))
         idx = order[i:i + k]
         batch = tokenizer.pad([{key: enc[key][j] for key in keys} for j in idx], return_tensors="pt")
         batch = {key: v.to(device) for key, v in batch.items()}
         with autocast_for(device, bf16):
             logits = model(**batch).logits
-        p = torch.softmax(logits.float(), dim=-1)
-        best_p, best = p.max(dim=-1)
-        best, best_p = best.cpu().numpy(), best_p.cpu().numpy()
-        pad_left = getattr(tokenizer, "padding_side", "right") == "left"
+        p = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         for row, j in enumerate(idx):
-            offset = best.shape[1] - lengths[j] if pad_left else 0
+            offset = p.shape[1] - lengths[j] if pad_left else 0
             prev = None
             for pos, w in enumerate(enc.word_ids(int(j))):
                 if w is None or w == prev:
                     continue
                 prev = w
-                tags[j][w] = id2label[int(best[row, pos + offset])]
-                probs[j][w] = float(best_p[row, pos + offset])
+                out[j][w] = p[row, pos + offset]
         i += k
         if progress is not None:
             progress(min(i, n), n)
-    return tags, probs
+    return out

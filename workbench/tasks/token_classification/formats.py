@@ -230,7 +230,7 @@ def _records(text: str, name: str) -> list[tuple[int, dict]]:
     return out
 
 
-def _split_words(text: str, cuts: Iterable[int]) -> list[tuple[int, int]]:
+def split_words(text: str, cuts: Iterable[int]) -> list[tuple[int, int]]:
     """Word spans of `text`: runs of letters/digits, each other non-space character alone, each CJK
     character alone — and a cut at every entity edge in `cuts`, so no entity starts or ends inside a word."""
     cuts = set(cuts)
@@ -330,8 +330,8 @@ def _read_spans(records: list[tuple[int, dict]], name: str) -> TaggedData:
             if b[0] < a[1]:
                 overlaps.append(line)
                 break
-        spans = _split_words(text, [x for s, t, _ in good for x in (s, t)])
-        plain = _split_words(text, [])
+        spans = split_words(text, [x for s, t, _ in good for x in (s, t)])
+        plain = split_words(text, [])
         if len(spans) != len(plain):
             cut_words.append(line)
         tags = ["O"] * len(spans)
