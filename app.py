@@ -7,7 +7,7 @@ page reads their state back from the run directory, so closing or reloading the 
 
 import streamlit as st
 
-from dashboard import attention, data, evaluate, runs, train
+from dashboard import attention, data, evaluate, runs, train, widgets
 
 st.set_page_config(page_title="Workbench", page_icon=":material/model_training:", layout="wide")
 
@@ -19,4 +19,6 @@ PAGES = [
     st.Page(attention.page, title="Attention", icon=":material/visibility:", url_path="attention"),
 ]
 
-st.navigation(PAGES).run()
+nav = st.navigation(PAGES)
+widgets.runs_folder_picker()  # on every page: which runs folder the pages read, and a box to switch it
+nav.run()

@@ -77,7 +77,8 @@ def main() -> int:
             verdict = "" if target is None else ("ok" if r["median_ms"] <= target else "MISSED")
             missed += verdict == "MISSED"
             print(f"{r['model']:14s} {r['dtype']:9s} attentions {r['shape']}  median {r['median_ms']:7.1f} ms "
-                  f"(best {r['best_ms']:.1f})  target {target or '-'} ms: {verdict or 'n/a'}  tokenise {r['tokenise_ms']:.1f} ms, "
+                  f"(best {r['best_ms']:.1f})  target {target or '-'} ms: {verdict or 'n/a'}  "
+                  f"tokenise {r['tokenise_ms']:.1f} ms, "
                   f"forward {r['forward_ms']:.1f} ms, to numpy {r['numpy_ms']:.1f} ms  [load avg {r['load']:.1f}]")
     return 1 if missed else 0
 

@@ -14,7 +14,7 @@ same invocation, and the table reports ratios, which survive a noisy machine bet
               (a) the seed recipe: every example padded to 128 tokens, fp32, plain HF Trainer;
               (b) a careful HF Trainer: dynamic padding, length-grouped batches, bf16 autocast where supported;
               (c) the workbench's own path for the same config (`run_training`), whose CPU speed-ups
-                  are, in workbench/speed.py and config `peft.freeze_embeddings`:
+                  are, in workbench/speed.py (config `training.cpu_speedups`) and config `peft.freeze_embeddings`:
                     freeze      input embeddings fixed in full fine-tuning (no gradient, no AdamW update)
                     dropout     FastDropout: 4 masks per 64-bit random draw instead of one per 32 bits
                     attention   softmax(QK^T)V written out for CPU training (SDPA's math path / flash backward
@@ -108,13 +108,9 @@ ABLATIONS = ("freeze", "dropout", "attention")
 
 def _workbench(quick: bool, device: str, without: str | None = None) -> dict:
     """(c); `without` turns one of its speed-ups off (see ABLATIONS)."""
-    import workbench.training as training
-    from workbench.config import RunConfig
+    from workbench.config import CPU_SPEEDUPS, RunConfig
     from workbench.rundir import new_run_dir
     from workbench.training import run_training
-    off = {"dropout": "speed_up_dropout", "attention": "use_cpu_training_attention"}
-    if without in off:
-        setattr(training, off[without], lambda *a, **k: False)
     n_train, n_test = _sizes(quick)
     cfg = RunConfig.from_dict({
         "output_dir": tempfile.mkdtemp(), "evaluate_before": False,
@@ -122,7 +118,8 @@ def _workbench(quick: bool, device: str, without: str | None = None) -> dict:
         "data": {"source": "rotten_tomatoes", "max_train_samples": n_train, "max_eval_samples": n_test,
                  "max_length": 128},
         "training": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "learning_rate": 5e-5,
-                     "eval_strategy": "no", "save_strategy": "no", "use_cpu": device == "cpu"},
+                     "eval_strategy": "no", "save_strategy": "no", "use_cpu": device == "cpu",
+                     "cpu_speedups": [name for name in CPU_SPEEDUPS if name != without]},
         "peft": {"freeze_embeddings": without != "freeze"}})
     run = new_run_dir(cfg)
     run_training(cfg, run, progress=False)
@@ -227,7 +224,8 @@ def main() -> int:
     n_train, n_test = _sizes(a.quick)
     print(f"\nTraining: MiniLM, Rotten Tomatoes {n_train} train / {n_test} test, 1 epoch, batch 16, seed 42"
           f"{'' if reps == 1 else f'; (b) and (c) fastest of {reps}'}")
-    print(f"{'recipe':42s} {'prec':>5s} {'wall s':>7s} {'real tok/s':>10s} {'x (a)':>6s} {'acc':>6s} {'peak RSS MB':>11s}")
+    print(f"{'recipe':42s} {'prec':>5s} {'wall s':>7s} {'real tok/s':>10s} {'x (a)':>6s} {'acc':>6s} "
+          f"{'peak RSS MB':>11s}")
     for key, label in (("a", "(a) seed: pad to 128, fp32, HF Trainer"), ("b", "(b) careful HF Trainer"),
                        ("c", "(c) workbench default")):
         r = results[key]
@@ -242,8 +240,8 @@ def main() -> int:
                   f"{C['tokens_per_s'] / r['tokens_per_s']:12.2f}x {r['accuracy']:6.3f}")
     print(f"\nPrediction, {n_test} texts: pipeline {P['pipeline_examples_per_s']:.0f} ex/s, workbench "
           f"{P['workbench_examples_per_s']:.0f} ex/s (peak RSS {P['peak_rss_mb']:.0f} MB)")
-    print("Attention map, 128 tokens, warm: " + ", ".join(f"{k.split('_')[1]} {v:.0f} ms" for k, v in T.items()
-                                                          if k.endswith("_ms")) + f" (peak RSS {T['peak_rss_mb']:.0f} MB)")
+    maps = ", ".join(f"{k.split('_')[1]} {v:.0f} ms" for k, v in T.items() if k.endswith("_ms"))
+    print(f"Attention map, 128 tokens, warm: {maps} (peak RSS {T['peak_rss_mb']:.0f} MB)")
     checks = [("(c) / (b) tokens/s", ratios["c_vs_b"], TARGETS["c_vs_b"], True),
               ("(c) / (a) tokens/s", ratios["c_vs_a"], TARGETS["c_vs_a"], True),
               ("predict / pipeline", ratios["predict_vs_pipeline"], TARGETS["predict_vs_pipeline"], True),

@@ -135,7 +135,8 @@ def attention_redraws(d, url: str, repeats: int, download: bool) -> tuple[float,
         d.execute_script("arguments[0].focus();", slider)
         t0 = time.perf_counter()
         ActionChains(d).send_keys(Keys.ARROW_LEFT if i % 2 == 0 else Keys.ARROW_RIGHT).perform()
-        title = poll(lambda: (t := d.execute_script(HEATMAP_TITLE)) and t != title and t, 30, "a new layer drawn")
+        title = poll(lambda old=title: (t := d.execute_script(HEATMAP_TITLE)) and t != old and t, 30,
+                     "a new layer drawn")
         layer_times.append(time.perf_counter() - t0)
         poll(lambda: not running(d), 30, "the fragment run to finish")
         time.sleep(0.3)
@@ -148,7 +149,7 @@ def attention_redraws(d, url: str, repeats: int, download: bool) -> tuple[float,
         box.send_keys(head)
         t0 = time.perf_counter()
         box.send_keys(Keys.ENTER)
-        poll(lambda: f"head {head}" in (d.execute_script(HEATMAP_TITLE) or ""), 30, f"head {head} drawn")
+        poll(lambda h=head: f"head {h}" in (d.execute_script(HEATMAP_TITLE) or ""), 30, f"head {head} drawn")
         head_times.append(time.perf_counter() - t0)
         poll(lambda: not running(d), 30, "the fragment run to finish")
         time.sleep(0.3)

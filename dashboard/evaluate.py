@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench.figures.evaluation import before_after_figure, per_class_figure
+from workbench.errors import WorkbenchError
+from workbench.figures.evaluation import (
+    METRIC_NAMES,
+    before_after_figure,
+    per_class_figure,
+)
+from workbench.tasks import TASKS
 
 from . import errors_table, widgets
 
@@ -16,16 +22,25 @@ def page() -> None:
         st.info("No run has test scores yet: they appear here once a run has scored its test split.")
         return
     run = widgets.pick_run("Run", runs, key="eval_run")
-    ev, state = run.evaluation(), run.status()
+    state = run.status()
+    try:
+        ev = run.evaluation()
+    except WorkbenchError as e:  # a damaged eval.json: say which file and what is wrong, not a traceback
+        st.error(str(e), icon=":material/error:")
+        return
     if state.get("state") == "failed":
         st.error(f"{run.name} failed: {state.get('error')}", icon=":material/error:")
     after, before = ev.get("after"), ev.get("before")
     if after is None:
         st.info(f"{run.name} is {state.get('state')}: only the scores before fine-tuning exist yet.")
     main = after or before
+    task = TASKS.get(run.summary()["task"]) or TASKS["text-classification"]
+    keys = [m for m in task.directions if m != "loss"][:4]  # the task's metrics, headline first
+    keys = [task.headline] + [m for m in keys if m != task.headline][:3]
+    names = [METRIC_NAMES.get(k, k.replace("_", " ")) for k in keys]
+    names = [n[:1].upper() + n[1:] for n in names]
     c = st.columns(4)
-    for col, key, name in zip(c, ("accuracy", "f1_macro", "precision_macro", "recall_macro"),
-                              ("Accuracy", "Macro F1", "Macro precision", "Macro recall")):
+    for col, key, name in zip(c, keys, names):
         delta = main[key] - before[key] if after and before and main.get(key) is not None else None
         col.metric(name, f"{main[key]:.3f}" if main.get(key) is not None else "-",
                    delta=f"{delta:+.3f} vs before" if delta is not None else None)

@@ -50,6 +50,8 @@ def _monitor(path: str, was_active: bool) -> None:
         elif state in ("stopped", "failed"):
             st.button("Resume", key=f"resume_{run.name}", icon=":material/play_circle:", on_click=_act,
                       args=("resume", path), help="Continue from the last complete checkpoint, in a new process.")
+    if s.get("note"):  # e.g. an Apple GPU that could not be used, a batch halved after running out of memory
+        st.info(s["note"], icon=":material/info:")
     if st.session_state.get("monitor_error"):
         st.error(st.session_state.pop("monitor_error"), icon=":material/error:")
     if state == "failed":
@@ -59,15 +61,20 @@ def _monitor(path: str, was_active: bool) -> None:
         st.info(f"Stopped at step {step}" + (f"; checkpoint {s['checkpoint']}" if s.get("checkpoint") else
                                             "; no checkpoint was written, so Resume starts again from step 0") + ".")
     elif state == "completed":
-        ev = run.evaluation()
-        before, after = ev.get("before", {}).get("accuracy"), ev.get("after", {}).get("accuracy")
+        try:
+            ev = run.evaluation()
+        except WorkbenchError as e:  # a damaged eval.json: shown, and the curves below still drawn
+            st.warning(str(e), icon=":material/warning:")
+            ev = {}
+        head = run.summary()["headline"]  # the task's headline metric (classification: accuracy)
+        before, after = ev.get("before", {}).get(head), ev.get("after", {}).get(head)
         if after is not None:
-            st.success(f"Completed: test accuracy {after:.3f}" + (f" (before fine-tuning {before:.3f})"
+            st.success(f"Completed: test {head} {after:.3f}" + (f" (before fine-tuning {before:.3f})"
                                                                   if before is not None else "") +
                        ". Details on the Evaluate page.", icon=":material/check_circle:")
     left, right = st.columns(2)
     left.plotly_chart(loss_figure({run.name: metrics}), key=f"loss_{run.name}")
-    right.plotly_chart(metric_figure({run.name: metrics}), key=f"metric_{run.name}")
+    right.plotly_chart(metric_figure({run.name: metrics}, keys=_curve_keys(run)), key=f"metric_{run.name}")
     if was_active != (state in ACTIVE):
         st.rerun()  # the whole page: start or stop the timer, refresh the run lists
 
@@ -88,3 +95,10 @@ def _log_tail(run: RunDir) -> None:
         lines = run.log_file.read_text(errors="replace").splitlines()[-LOG_LINES:]
         with st.expander(f"Last {len(lines)} lines of {run.log_file.name}"):
             st.code("\n".join(lines), language=None)
+
+
+def _curve_keys(run: RunDir) -> list[str]:
+    """The task's first two validation metrics (classification: accuracy and macro F1)."""
+    from workbench.tasks import TASKS
+    task = TASKS.get(run.summary()["task"]) or TASKS["text-classification"]
+    return [f"eval_{k}" for k in task.directions if k != "loss"][:2]

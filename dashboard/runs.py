@@ -7,22 +7,26 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from workbench.config import RunConfig
 from workbench.figures.training import loss_figure, metric_figure
-from workbench.paths import runs_root
 from workbench.rundir import ACTIVE, RunDir, list_runs
 from workbench.storage import delete_run
 
-from . import widgets
+from . import monitor, widgets
 
 
 def page() -> None:
     st.title("Runs")
-    runs = list_runs()
+    folder = widgets.runs_folder()
+    runs = list_runs(folder)
     if not runs:
-        st.info(f"No runs in {runs_root()} yet. Start one on the Train page (or `workbench train`).")
+        st.info(f"No runs in {folder} yet. Start one on the Train page (or `workbench train` in "
+                f"{folder.parent}), or choose another runs folder in the sidebar.")
         return
-    st.caption(f"{len(runs)} run(s) in `{runs_root()}`, newest first. States are read from each run directory.")
-    st.dataframe(_table(runs), hide_index=True, column_config={
+    st.caption(f"{len(runs)} run(s) in `{folder}`, newest first. States are read from each run directory.")
+    table = _table(runs)
+    problems = {r: p for r, p in zip(table["run"], table.pop("problems")) if p}
+    st.dataframe(table, hide_index=True, column_config={
         "accuracy": st.column_config.NumberColumn(format="%.3f"),
         "accuracy_before": st.column_config.NumberColumn("accuracy before", format="%.3f"),
         "f1_macro": st.column_config.NumberColumn("macro F1", format="%.3f"),
@@ -30,6 +34,9 @@ def page() -> None:
     failed = [r for r in runs if r.status().get("state") == "failed"]
     for r in failed:
         st.error(f"{r.name} failed: {r.status().get('error') or 'no message recorded'}", icon=":material/error:")
+    for name, found in problems.items():  # a damaged file hides that run's fields, never the page
+        for problem in found:
+            st.warning(f"{name}: {problem}", icon=":material/warning:")
 
     st.subheader("Compare")
     names = [r.name for r in runs]
@@ -39,10 +46,13 @@ def page() -> None:
         metrics = {n: by_name[n].metrics() for n in chosen}
         a, b = st.columns(2)
         a.plotly_chart(loss_figure(metrics), key="cmp_loss")
-        b.plotly_chart(metric_figure(metrics), key="cmp_metric")
+        keys = list(dict.fromkeys(k for n in chosen for k in monitor._curve_keys(by_name[n])))
+        b.plotly_chart(metric_figure(metrics, keys=keys), key="cmp_metric")
     if len(chosen) >= 2:
         with widgets.shown_errors():
-            diff = config_diff({n: by_name[n].config().to_dict() for n in chosen})
+            # The settings as recorded (shown, never loaded from): RunDir.config() would refuse a run whose
+            # config.yaml asks for remote code or pickle loading.
+            diff = config_diff({n: RunConfig.from_yaml(by_name[n].config_file).to_dict() for n in chosen})
             st.markdown("**Config differences**" if len(diff) else "**Config differences**: none (same settings)")
             if len(diff):
                 st.dataframe(diff, key="cfg_diff")
@@ -73,8 +83,11 @@ def _table(runs: list[RunDir]) -> pd.DataFrame:
         s["created"] = pd.to_datetime(s["created"], unit="s") if s.get("created") else None
         rows.append(s)
     df = pd.DataFrame(rows)
-    return df[["run", "state", "progress", "model", "method", "data", "accuracy_before", "accuracy", "f1_macro",
-               "created"]]
+    # Each task's headline metric before and after, then its other metrics (for classification: accuracy, macro F1).
+    heads = list(dict.fromkeys(df["headline"]))
+    others = [c for c in ("f1_macro",) if c in df]
+    return df[["run", "state", "progress", "model", "method", "data"] + [c for h in heads for c in (f"{h}_before", h)]
+              + others + ["created", "problems"]]
 
 
 def config_diff(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from workbench.estimate import model_summary
 from workbench.launch import launch
 from workbench.rundir import list_runs
 from workbench.storage import list_uploads
+from workbench.tasks import TASKS
 
 from . import estimate_panel, monitor, widgets
 
@@ -48,11 +49,12 @@ def page() -> None:
     _init_state()
     left, right = st.columns([3, 2], gap="large")
     with left:
+        task = _task_section()
         model = _model_section()
         data = _data_section()
         _method_section()
         _hyper_section()
-    overrides = {"model.name_or_path": model, **data, **_form_values()}
+    overrides = {"task": task, "model.name_or_path": model, **data, **_form_values()}
     try:
         cfg = RunConfig().override(overrides)
         problems = cfg.validate()
@@ -67,12 +69,13 @@ def page() -> None:
         if st.button("Launch", type="primary", icon=":material/rocket_launch:", disabled=bool(problems or
                      report_problems), help="Starts training in its own process: closing this tab does not stop it."):
             with widgets.shown_errors():
-                handle = launch(cfg.override({"name": name.strip() or None}))
+                handle = launch(cfg.override({"name": name.strip() or None,
+                                              "output_dir": str(widgets.runs_folder())}))
                 st.session_state["run"] = handle.run.name
                 st.toast(f"Started {handle.run.name}", icon=":material/rocket_launch:")
     st.divider()
     st.subheader("Live run")
-    runs = list_runs()
+    runs = list_runs(widgets.runs_folder())
     run = widgets.pick_run("Run", runs, key="run", help="Runs keep going when this tab closes; reopen to watch.")
     if run is None:
         st.info("No runs yet: launch one above.")
@@ -133,6 +136,19 @@ def _model_section() -> str:
     facts = model_summary(name) if name else {}
     if facts:
         st.caption(" · ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items()))
+    return name
+
+
+def _task_section() -> str:
+    """The task, from the registry; shown only once there is more than one to choose from."""
+    names = list(TASKS)
+    if len(names) == 1:
+        return names[0]
+    st.subheader("Task")
+    name = st.selectbox("Task", names, key="train_task", help=field_help()["task"], **PERSIST)
+    task = TASKS[name]
+    needs = [f"{r.name}{'' if r.required else ' (optional)'}: {r.help}" for r in task.roles]
+    st.caption(task.description + (" Data: " + "; ".join(needs) + "." if needs else ""))
     return name
 
 

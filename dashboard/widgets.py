@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import streamlit as st
 
 from workbench.errors import WorkbenchError
+from workbench.paths import runs_root
 from workbench.rundir import RunDir, list_runs
 
 # Material icons, not emoji: they render the same in every browser (headless ones have no emoji font).
@@ -46,9 +47,39 @@ def pick_run(label: str, runs: list[RunDir], key: str, help: str | None = None) 
     return by_name.get(name)
 
 
+def runs_folder() -> Path:
+    """The folder of run directories this session reads: the one chosen in the sidebar, else the workbench's
+    rule (`$WORKBENCH_RUNS`, which `workbench app` sets to the CLI's folder, else `./runs`)."""
+    chosen = st.session_state.get("runs_folder")
+    return Path(chosen) if chosen else runs_root().resolve()
+
+
+def runs_folder_picker() -> Path:
+    """Sidebar: which runs folder the dashboard reads, and a box to read another (an existing folder)."""
+    current = runs_folder()
+    st.session_state.setdefault("runs_folder_input", str(current))
+    with st.sidebar:
+        typed = st.text_input("Runs folder", key="runs_folder_input",
+                              help="The folder of run directories every page reads and the Train page writes to. "
+                                   "`workbench app` starts with the folder `workbench runs` lists from where you "
+                                   "started it (`$WORKBENCH_RUNS`, else `./runs` there). Type another existing "
+                                   "folder to switch.").strip()
+        if typed and Path(typed).expanduser().resolve() != current:
+            new = Path(typed).expanduser().resolve()
+            if new.is_dir():
+                st.session_state["runs_folder"] = str(new)
+                current = new
+            else:
+                st.error(f"{typed} is not an existing folder; still reading {current}. Fix: type the path of a "
+                         f"folder that exists (e.g. the `runs` folder next to where you ran `workbench train`).",
+                         icon=":material/error:")
+        st.caption(f"Reading runs from `{current}`" + ("" if current.is_dir() else " (no runs yet)"))
+    return current
+
+
 def runs_with(file_attr: str) -> list[RunDir]:
     """Runs whose run directory already holds the given file (e.g. `eval_file`), newest first."""
-    return [r for r in list_runs() if getattr(r, file_attr).exists()]
+    return [r for r in list_runs(runs_folder()) if getattr(r, file_attr).exists()]
 
 
 def model_stamp(run: RunDir) -> float:
@@ -68,7 +99,7 @@ def predictor(run_path: str, stamp: float) -> Any:
 def tokenizer(folder: str) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)  # never a model's own code here
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the table...")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -105,3 +107,42 @@ def sentiment_csv(tmp_path) -> Path:
 @pytest.fixture
 def runs_dir(tmp_path) -> Path:
     return tmp_path / "runs"
+
+
+# --- headless Chromium (tests/test_browser.py, tests/test_jupyterlab.py) ---------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def chromium_missing() -> str | None:
+    """Why a browser test cannot run here (no Chromium, chromedriver or selenium), or None."""
+    if not CHROMIUM or not CHROMEDRIVER:
+        return "chromium/chromedriver not found: apt-get install chromium chromium-driver"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium not installed: pip install selenium"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser(request):
+    """Headless Chromium through Selenium, one per test module; the module's `WINDOW_SIZE` ("W,H") sets
+    the window (its screenshots' size)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-dev-shm-usage", f"--window-size={getattr(request.module, 'WINDOW_SIZE', '1500,1100')}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()

@@ -12,9 +12,7 @@ Needs Debian's `chromium` and `chromium-driver` (apt-get install chromium chromi
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,43 +21,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_model, make_sentiment_frame
+from conftest import build_tiny_model, chromium_missing, free_port, make_sentiment_frame
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 WAIT = 90
+WINDOW_SIZE = "1500,1100"  # the `browser` fixture's window (tests/conftest.py)
 
+if chromium_missing():
+    pytest.skip(chromium_missing(), allow_module_level=True)
 
-def _skip_reason() -> str | None:
-    if not CHROMIUM or not CHROMEDRIVER:
-        return "chromium/chromedriver not found: apt-get install chromium chromium-driver"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium not installed: pip install selenium"
-    return None
-
-
-if _skip_reason():
-    pytest.skip(_skip_reason(), allow_module_level=True)
-
-from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +46,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     env = {**os.environ, "WORKBENCH_RUNS": str(tmp / "runs"), "WORKBENCH_HOME": str(tmp / "home"),
            "TOKENIZERS_PARALLELISM": "false"}
-    port = _free_port()
+    port = free_port()
     log = open(tmp / "streamlit.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -96,18 +74,6 @@ def server(tmp_path_factory):
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-
-
-@pytest.fixture(scope="module")
-def browser():
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-dev-shm-usage", "--window-size=1500,1100"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -177,7 +143,7 @@ def shot(d, name: str) -> None:
 LOSS_POINTS = """
 for (const p of document.querySelectorAll('.js-plotly-plot')) {
   const t = p.layout && p.layout.title && (p.layout.title.text || p.layout.title);
-  if (typeof t === 'string' && t.replace(/<[^>]*>/g, '').startsWith('Loss')) 
+  if (typeof t === 'string' && t.replace(/<[^>]*>/g, '').startsWith('Loss'))
     return (p._fullData || []).reduce((n, tr) => n + (tr._length || (tr.x ? tr.x.length : 0) || 0), 0);
 }
 return -1;"""

@@ -20,7 +20,8 @@ def files(tmp_path):
     df = make_sentiment_frame(80)
     f = {}
     f["semicolon"] = tmp_path / "semi.csv"; df.to_csv(f["semicolon"], index=False, sep=";")
-    f["nolabel"] = tmp_path / "nolabel.csv"; df.rename(columns={"label": "stars"}).assign(stars=1.5).to_csv(f["nolabel"], index=False)
+    f["nolabel"] = tmp_path / "nolabel.csv"
+    df.rename(columns={"label": "stars"}).assign(stars=1.5).to_csv(f["nolabel"], index=False)
     f["oneclass"] = tmp_path / "one.csv"; df.assign(label="pos").to_csv(f["oneclass"], index=False)
     f["cp1252"] = tmp_path / "win.csv"
     f["cp1252"].write_bytes(df.assign(text=df["text"] + " caf\u00e9").to_csv(index=False).encode("cp1252"))
@@ -106,7 +107,14 @@ def test_dashboard_defaults_are_local_and_xsrf_protected(monkeypatch):
     import subprocess
     import tomllib
     seen = {}
-    monkeypatch.setattr(subprocess, "call", lambda cmd, cwd=None: seen.update(cmd=cmd, cwd=cwd) or 0)
+
+    class Exited:  # the Streamlit child, already done
+        def wait(self, timeout=None):
+            return 0
+
+        poll = wait
+
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, cwd=None, env=None: seen.update(cmd=cmd, cwd=cwd) or Exited())
     assert main(["app"]) == 0
     cmd = seen["cmd"]
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"

@@ -176,8 +176,8 @@ def test_stop_and_resume_match_an_uninterrupted_run(tiny_bert, data_csv, tmp_pat
 
 def test_keep_best_survives_rotation(tiny_bert, data_csv, tmp_path, monkeypatch):
     scores = iter([0.9, 0.5, 0.4, 0.3, 0.2, 0.1])
-    import workbench.training as training_mod
-    monkeypatch.setattr(training_mod, "trainer_metrics", lambda p: {"accuracy": next(scores)})
+    from workbench.tasks import get_task
+    monkeypatch.setattr(get_task("text-classification"), "compute_metrics", lambda p: {"accuracy": next(scores)})
     cfg = cfg_for(tiny_bert, data_csv, tmp_path, max_steps=16, eval_strategy="steps", eval_steps=4, save_steps=4,
                   save_total_limit=2, load_best_model_at_end=True)
     run = train(cfg)

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import chromium_missing, free_port
 from test_notebooks import inject_parameters, load
 
 pytestmark = pytest.mark.slow
@@ -34,14 +33,13 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
 NOTEBOOK = ROOT / "notebooks" / "04-fine-tuning.ipynb"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+WINDOW_SIZE = "1400,1000"  # the `browser` fixture's window (tests/conftest.py)
 RUN_ALL_TIMEOUT = 900  # the QUICK notebook trains three small runs: 2-4 minutes on 2 busy CPU cores
 
 
 def _skip_reason() -> str | None:
-    if not CHROMIUM or not CHROMEDRIVER:
-        return "chromium/chromedriver not found: apt-get install chromium chromium-driver"
+    if chromium_missing():
+        return chromium_missing()
     for module, install in (("selenium", "selenium"), ("jupyterlab", "jupyterlab"), ("ipywidgets", "ipywidgets")):
         try:
             __import__(module)
@@ -53,19 +51,11 @@ def _skip_reason() -> str | None:
 if _skip_reason():
     pytest.skip(_skip_reason(), allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import (JavascriptException, NoSuchElementException,  # noqa: E402
                                         StaleElementReferenceException)
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _settings(folder: Path) -> None:
@@ -86,7 +76,7 @@ def lab(tmp_path_factory):
     nb = inject_parameters(load(NOTEBOOK), {"QUICK": True, "RUNS_DIR": str(home / "runs")})
     nbformat.write(nb, root / NOTEBOOK.name)
     _settings(home / "settings")
-    token, port = secrets.token_hex(16), _free_port()
+    token, port = secrets.token_hex(16), free_port()
     # PYTHONPATH: the kernel imports this checkout's workbench, wherever the package was installed from.
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     # JUPYTER_PATH: the widgets' lab extension lives under the prefix that installed ipywidgets, which in a
@@ -94,7 +84,8 @@ def lab(tmp_path_factory):
     jupyter_path = os.pathsep.join(dict.fromkeys(filter(None, [
         os.environ.get("JUPYTER_PATH"), os.path.join(sys.prefix, "share", "jupyter"),
         os.path.join(sys.base_prefix, "share", "jupyter")])))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "JUPYTER_PATH": jupyter_path, "WORKBENCH_RUNS": str(home / "runs"), "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "PYTHONPATH": pythonpath, "JUPYTER_PATH": jupyter_path, "WORKBENCH_RUNS": str(home / "runs"),
+           "TOKENIZERS_PARALLELISM": "false",
            "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
     log = open(home / "lab.log", "wb")
@@ -134,18 +125,6 @@ def lab(tmp_path_factory):
                 pass
 
 
-@pytest.fixture(scope="module")
-def browser():
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
-
-
 def wait_for(d, cond, timeout: float = 120, what: str = ""):
     return WebDriverWait(d, timeout, poll_frequency=0.5, ignored_exceptions=(
         StaleElementReferenceException, NoSuchElementException, JavascriptException)).until(
@@ -162,14 +141,16 @@ def shot(d, name: str) -> Path:
 # The code cells' prompts: "[ ]:" not run, "[*]:" queued or running, "[7]:" done. A cell whose input is
 # collapsed (the exercise solutions) shows a placeholder instead, without a prompt: the kernel's status
 # tells when it has run.
-PROMPTS = "return Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent.trim());"
+PROMPTS = ("return Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt'))"
+           ".map(e => e.textContent.trim());")
 KERNEL_IDLE = "return document.querySelector('#jp-main-statusbar').textContent.includes('| Idle');"
 # Errors render as ANSI text with a Python traceback header.
 ERRORS = """return Array.from(document.querySelectorAll('.jp-OutputArea-output'))
   .map(e => e.textContent).filter(t => t.includes('Traceback (most recent call last)'));"""
 # The schedule figure is the plotly chart inside the widget box that holds the "warmup" slider.
 FIGURE = """
-const label = Array.from(document.querySelectorAll('.widget-slider .widget-label')).find(l => l.textContent.trim() === 'warmup');
+const label = Array.from(document.querySelectorAll('.widget-slider .widget-label'))
+  .find(l => l.textContent.trim() === 'warmup');
 if (!label) return null;
 let box = label.closest('.widget-vbox');
 while (box && !box.querySelector('.js-plotly-plot')) box = box.parentElement.closest('.widget-vbox');

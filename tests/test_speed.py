@@ -115,3 +115,39 @@ def test_full_fine_tuning_keeps_input_embeddings_fixed_by_default(tiny_bert, tmp
     assert ATTENTION not in (run.model_dir / "config.json").read_text()
     assert json.loads((run.model_dir / "config.json").read_text()).get("attn_implementation") in (None, "sdpa")
 
+
+
+class _Seen(Exception):
+    """Stops a run at its first `train()` call, once the model it would train has been looked at."""
+
+
+@pytest.mark.parametrize("switch, fast_dropout, attention", [
+    (True, True, ATTENTION), (False, False, "sdpa"), (["dropout"], True, "sdpa"), ("attention", False, ATTENTION)])
+def test_i12_13_cpu_speedups_switch(switch, fast_dropout, attention, tiny_bert, tmp_path, monkeypatch):
+    """`training.cpu_speedups` decides which modules CPU training runs: off gives the stock ones."""
+    from workbench.trainer import WorkbenchTrainer
+
+    data = tmp_path / "d.csv"
+    make_sentiment_frame(40).to_csv(data, index=False)
+    cfg = RunConfig.from_dict({"output_dir": str(tmp_path / "runs"), "evaluate_before": False,
+                               "model": {"name_or_path": str(tiny_bert)}, "data": {"source": str(data)},
+                               "training": {"use_cpu": True, "cpu_speedups": switch}})
+    seen = {}
+
+    def train(self, *a, **k):
+        seen["dropout"] = {type(m) for m in self.model.modules() if isinstance(m, nn.Dropout)}
+        seen["attention"] = self.model.config._attn_implementation
+        raise _Seen
+
+    monkeypatch.setattr(WorkbenchTrainer, "train", train)
+    with pytest.raises(_Seen):
+        run_training(cfg, new_run_dir(cfg), progress=False)
+    assert seen["dropout"] == ({FastDropout} if fast_dropout else {nn.Dropout})
+    assert seen["attention"] == attention
+
+
+def test_i12_13_cpu_speedups_names_are_checked():
+    assert RunConfig.from_dict({"training": {"cpu_speedups": False}}).training.cpu_speedups is False
+    assert RunConfig.from_dict({}).training.cpu_speedups is True
+    problems = RunConfig.from_dict({"training": {"cpu_speedups": ["dropuot"]}}).validate()
+    assert len(problems) == 1 and "training.cpu_speedups" in problems[0] and "'dropout'" in problems[0]

@@ -28,6 +28,7 @@ _LAZY = {
     "classification_metrics": "evaluate", "evaluate_run": "evaluate",
     "Predictor": "predict",
     "load_classifier": "models", "load_trained": "models",
+    "Task": "tasks", "get_task": "tasks", "register_task": "tasks",
     "BUILTIN_DATASETS": "assets", "BUILTIN_MODELS": "assets", "load_builtin_dataset": "assets",
 }
 

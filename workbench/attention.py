@@ -7,7 +7,7 @@ forward pass is numpy, so the figures, the dashboard and notebooks share one tes
 
 from __future__ import annotations
 
-import json
+import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -79,8 +79,8 @@ class EncodedText:
 
 
 # --- loading ---------------------------------------------------------------------------------------
-def load_for_attention(source: str | Path | Any, *, base: bool = False,
-                       dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+def load_for_attention(source: str | Path | Any, *, base: bool = False, dtype: torch.dtype = torch.float32,
+                       trust_remote_code: bool = False, allow_pickle: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) with eager attention, for inspection only; cached, so changing layer/head never reloads.
 
     `source`: a run directory (its fine-tuned model, LoRA applied), a model folder, or a built-in name.
@@ -88,9 +88,11 @@ def load_for_attention(source: str | Path | Any, *, base: bool = False,
     only its attention is meant to be compared with the tuned model's); for a plain model it changes
     nothing. `dtype=torch.bfloat16` roughly halves CPU latency on CPUs with bf16 instructions, at
     ~1e-4 mean error in the weights; keep float32 for saliency (gradients) and exact comparisons.
+    `trust_remote_code` / `allow_pickle` are the caller's grants: a run directory's own files can never
+    turn them on (`workbench.untrusted`).
     """
     path, trained = _locate(source)
-    return _load_cached(path, base and trained, dtype, _stamp(path))
+    return _load_cached(path, base and trained, dtype, _stamp(path), trust_remote_code, allow_pickle)
 
 
 def _locate(source: str | Path | Any) -> tuple[str, bool]:
@@ -99,7 +101,7 @@ def _locate(source: str | Path | Any) -> tuple[str, bool]:
     if (p / "config.yaml").exists() and not (p / "config.json").exists():  # a run directory
         if not (p / "model").is_dir():
             raise RunError(f"run {p.name} has no final model yet (no {p / 'model'}); wait for it to complete, "
-                           f"or resume it with `workbench resume {p}`.")
+                           f"or resume it with `workbench resume {shlex.quote(str(p))}`.")
         p = p / "model"
     if (p / "workbench_model.json").exists() or (p / "adapter_config.json").exists():
         return str(p.resolve()), True
@@ -116,30 +118,37 @@ def _stamp(path: str) -> int:
 
 
 @lru_cache(maxsize=4)  # a tuned + base pair of two models; SmolLM2 is ~0.5 GB each in float32
-def _load_cached(path: str, base: bool, dtype: torch.dtype, stamp: int) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoTokenizer
+def _load_cached(path: str, base: bool, dtype: torch.dtype, stamp: int, trust_remote_code: bool,
+                 allow_pickle: bool) -> tuple[Any, Any]:
+    from transformers import AutoConfig
 
     from .config import ModelConfig
     from .models import load_classifier, load_tokenizer, load_trained
+    from .untrusted import read_run_model
 
     d = Path(path)
+    grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     if base:
-        meta = json.loads((d / "workbench_model.json").read_text())
-        tok = AutoTokenizer.from_pretrained(d)  # the run's tokenizer, so base and tuned see identical tokens
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token or tok.unk_token
+        recorded = read_run_model(d, **grants)
+        if recorded is None:
+            raise ModelError(f"{d} has no workbench_model.json, so its base model is unknown. Fix: give a run "
+                             f"directory written by the workbench.")
+        # The run's tokenizer, so base and tuned see identical tokens.
+        tok = load_tokenizer(str(d), ModelConfig(name_or_path=str(d),
+                                                 trust_remote_code=recorded.base.trust_remote_code))
         # A fixed seed for the new random head: the same base model every time it is loaded.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = load_classifier(ModelConfig(**meta["model"]), meta["labels"], attn_implementation="eager",
-                                    dtype=dtype, tokenizer=tok)
+            from .tasks import get_task  # the run's task: its head, untrained
+            model = get_task(recorded.task).load_model(recorded.base, recorded.labels, attn_implementation="eager",
+                                                       dtype=dtype, tokenizer=tok)
     elif (d / "workbench_model.json").exists() or (d / "adapter_config.json").exists():
-        model, tok = load_trained(d, attn_implementation="eager", dtype=dtype)
-    else:
-        cfg = ModelConfig(name_or_path=path)
+        model, tok = load_trained(d, attn_implementation="eager", dtype=dtype, **grants)
+    else:  # a folder, built-in or hub id the user chose: still no code or pickle unless granted
+        cfg = ModelConfig(name_or_path=path, **grants)
         tok = load_tokenizer(path, cfg)
         try:
-            id2label = AutoConfig.from_pretrained(path).id2label
+            id2label = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).id2label
         except Exception as e:
             raise ModelError(f"Could not read the config of {path!r}: {type(e).__name__}: {str(e)[:300]}") from None
         labels = [id2label[i] for i in sorted(id2label)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -39,12 +40,22 @@ def _quiet_libraries() -> None:
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    out = {}
+    """`--set KEY=VALUE` pairs (VALUE read as YAML); every malformed one is reported as a config error."""
+    from .errors import ConfigError
+    out, problems = {}, []
     for p in pairs or []:
-        if "=" not in p:
-            raise WorkbenchError(f"--set {p!r}: expected KEY=VALUE, e.g. --set training.learning_rate=2e-5")
-        k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        k, eq, v = p.partition("=")
+        if not eq or not k.strip():
+            problems.append(f"--set {p!r}: expected KEY=VALUE, e.g. --set training.learning_rate=2e-5")
+            continue
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            problems.append(f"--set {p!r}: {v!r} is not a valid YAML value ({why}). Fix: quote text values, "
+                            f"e.g. --set '{k.strip()}=\"...\"', and close brackets and quotes.")
+    if problems:
+        raise ConfigError(problems)
     return out
 
 
@@ -128,17 +139,23 @@ class _ProgressPrinter:
 
 
 def _print_result(run: Any, st: dict[str, Any]) -> None:
+    path = shlex.quote(str(run.path))  # the hints are pasted into a shell: a `;` or `$(...)` in a path stays text
     ev = run.evaluation()
     b, a = ev.get("before", {}), ev.get("after", {})
     if st.get("state") == "stopped":
-        print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {run.path}")
+        print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {path}")
         return
-    if b.get("accuracy") is not None:
-        print(f"test accuracy before fine-tuning: {b['accuracy']:.3f}   (macro F1 {b['f1_macro']:.3f}, n={b['n']})")
-    if a.get("accuracy") is not None:
-        print(f"test accuracy after fine-tuning:  {a['accuracy']:.3f}   (macro F1 {a['f1_macro']:.3f}, n={a['n']})")
+    from .figures.evaluation import METRIC_NAMES
+    from .tasks import get_task
+
+    task = get_task(run.config().task)
+    head, second = task.headline, [k for k in task.directions if k not in (task.headline, "loss")][:1]
+    for when, m in (("before", b), ("after", a)):
+        if m.get(head) is not None:
+            extra = "".join(f"{METRIC_NAMES.get(k, k)} {m[k]:.3f}, " for k in second if m.get(k) is not None)
+            print(f"test {head} {when} fine-tuning:{' ' * (when == 'after')} {m[head]:.3f}   ({extra}n={m['n']})")
     print(f"run: {run.path}  (state: {st.get('state')})")
-    print(f"next: workbench eval {run.path}   |   workbench predict {run.path} \"some text\"")
+    print(f"next: workbench eval {path}   |   workbench predict {path} \"some text\"")
 
 
 # --- subcommands ---------------------------------------------------------------------------------
@@ -168,25 +185,32 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.detach:
         from .launch import launch
         h = launch(cfg)
+        path = shlex.quote(str(h.path))
         print(f"started run {h.run.name} in process {h.pid}\nrun directory: {h.path}\n"
-              f"watch: workbench status {h.path}   stop: workbench stop {h.path}")
+              f"watch: workbench status {path}   stop: workbench stop {path}")
         return 0
     _train_foreground(cfg)
     return 0
+
+
+def _grants(a: argparse.Namespace) -> dict[str, bool]:
+    """What this command line grants the run's model: only explicit flags, never the run's own files."""
+    return {"trust_remote_code": a.trust_remote_code, "allow_pickle": a.allow_pickle}
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
     from .launch import resume
     from .rundir import RunDir
     run = RunDir(a.run).require()
+    cfg = run.config(**_grants(a))  # refuses a config.yaml that asks for code or pickle loading
     if a.detach:
-        h = resume(run)
+        h = resume(run, **_grants(a))
         print(f"resumed {run.name} in process {h.pid}")
         return 0
     st = run.status()
     if st.get("state") == "completed":
         raise WorkbenchError(f"run {run.name} has already completed; start a new run to train further.")
-    _train_foreground(run.config(), run, resume=True)
+    _train_foreground(cfg, run, resume=True)
     return 0
 
 
@@ -205,21 +229,32 @@ def cmd_status(a: argparse.Namespace) -> int:
     st = run.status()
     print(f"{run.name}: {st.get('state')}  step {st.get('step')}/{st.get('total_steps')}  ETA {eta_text(st)}"
           + (f"  ({st['phase']})" if st.get("phase") else ""))
+    if st.get("note"):
+        print(f"note: {st['note']}")
     if st.get("error"):
         print(f"error: {st['error']}")
+    if st.get("note"):
+        print(f"note: {st['note']}")
     return 0
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
     import pandas as pd
 
+    from .paths import runs_root
     from .rundir import list_runs
     rows = [r.summary() for r in list_runs(a.dir)]
     if not rows:
-        print("no runs yet: start one with `workbench demo` or `workbench train CONFIG`")
+        print(f"no runs in {Path(a.dir) if a.dir else runs_root()} yet: start one with `workbench demo` or "
+              f"`workbench train CONFIG`")
         return 0
-    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step", "accuracy_before", "accuracy"]]
+    heads = list(dict.fromkeys(r["headline"] for r in rows))  # each task's headline metric, before and after
+    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step"] +
+                            [c for h in heads for c in (f"{h}_before", h)]]
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for r in rows:  # a damaged file blanks its own fields above; say what is wrong with it
+        for problem in r["problems"]:
+            print(f"problem in {r['run']}: {problem}")
     return 0
 
 
@@ -229,7 +264,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     run = RunDir(a.run).require()
     if a.data:
         _quiet_libraries()
-        m = evaluate_run(run, split_file=a.data)["metrics"]
+        m = evaluate_run(run, split_file=a.data, **_grants(a))["metrics"]
         print(f"scored {a.data} with {run.name}")
         _print_metrics(m)
         return 0
@@ -245,6 +280,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def _print_metrics(m: dict[str, Any]) -> None:
     import pandas as pd
+    if "per_class" not in m:  # a task other than classification: its scalar metrics
+        print("   ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)) + f"   n={m.get('n')}")
+        return
     print(f"accuracy {m['accuracy']:.4f}   macro F1 {m['f1_macro']:.4f}   weighted F1 {m['f1_weighted']:.4f}   "
           f"micro F1 {m['f1_micro']:.4f}   n={m['n']}")
     print(pd.DataFrame(m["per_class"]).T.to_string(float_format=lambda x: f"{x:.3f}"))
@@ -257,7 +295,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .predict import Predictor
     _quiet_libraries()
     texts = a.text if a.text != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
-    p = Predictor.from_run(a.run)
+    p = Predictor.from_run(a.run, **_grants(a))
     out = p.predict(texts)
     for _, row in out.iterrows():
         probs = "  ".join(f"{lab}={row[f'p_{lab}']:.3f}" for lab in p.labels)
@@ -272,6 +310,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
         cached = (assets_dir() / "datasets" / f"{d.name}.parquet").exists()
         print(f"{d.name:18s} {'cached ' if cached else 'fetched on first use'}  {d.description}")
     print("\nOr give a file (CSV, TSV, JSON, JSONL, Parquet) as data.source, or `hub:NAME` when online.")
+    print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
     return 0
 
 
@@ -282,13 +321,53 @@ def cmd_models(a: argparse.Namespace) -> int:
         cached = (assets_dir() / "models" / m.name / "config.json").exists()
         print(f"{m.name:14s} {'cached ' if cached else 'fetched on first use'}  {m.description}")
     print("\nOr give a local folder (config.json + model.safetensors) or a hub id when online.")
+    print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
+    return 0
+
+
+def cmd_download(a: argparse.Namespace) -> int:
+    from .assets import builtin_names, download
+    from .estimate import format_bytes
+    from .paths import assets_dir
+    known = builtin_names()
+    if a.all and a.names:
+        raise WorkbenchError("give built-in names or --all, not both.")
+    if not a.all and not a.names:
+        raise WorkbenchError(f"name the built-ins to fetch, or --all. Built-ins: {', '.join(known)}.")
+    unknown = [n for n in a.names if n not in known]
+    if unknown:  # before fetching anything: a typo should not cost a 90 MB download first
+        raise WorkbenchError(f"no built-in model or data set called {', '.join(map(repr, unknown))}. "
+                             f"Built-ins: {', '.join(known)}.")
+    names = known if a.all else list(dict.fromkeys(a.names))
+    _quiet_libraries()
+    print(f"fetching {len(names)} built-in(s) into {assets_dir()}")
+    failed, total = [], 0
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name}: ", end="", flush=True)
+        try:
+            f = download(name)
+        except WorkbenchError as e:
+            print("failed")
+            failed.append(f"{name}: {e}")
+            continue
+        if f.already_cached:
+            print(f"skipped, already cached ({f.kind}, {format_bytes(f.size)})")
+            continue
+        got = ", ".join(f"{arch} ({format_bytes(n)})" for arch, n in f.archives) or "package already downloaded"
+        total += sum(n for _, n in f.archives)
+        print(f"done: {got} -> {f.kind} {format_bytes(f.size)} at {f.path}")
+    print(f"downloaded {format_bytes(total)}; {len(names) - len(failed)} of {len(names)} ready offline")
+    if failed:
+        raise WorkbenchError("could not fetch " + "\n".join(failed))
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
     from .config import DataConfig, RunConfig
-    from .data import format_report, prepare_data
-    from .models import load_tokenizer, resolve_model_path
+    from .data import format_report
+    from .models import load_model_config, load_tokenizer, resolve_model_path
+    from .tasks import get_task
+    from .tasks.classification import model_max_tokens
     _quiet_libraries()
     if a.source.endswith((".yaml", ".yml")):
         cfg = RunConfig.from_yaml(a.source)
@@ -297,7 +376,8 @@ def cmd_report(a: argparse.Namespace) -> int:
         if a.model:
             cfg.model.name_or_path = a.model
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
-    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False)
+    prep = get_task(cfg.task).prepare(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False,
+                                      max_positions=model_max_tokens(load_model_config(cfg.model), tok))
     print(format_report(prep.report))
     return 0 if prep.report.ok else 2
 
@@ -305,7 +385,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_config(a: argparse.Namespace) -> int:
     from .config import RunConfig, field_help, load_config
     if a.validate:
-        load_config(a.validate)
+        load_config(a.validate, _parse_sets(a.set))
         print(f"{a.validate}: valid")
         return 0
     if a.explain:
@@ -317,7 +397,12 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 
 def cmd_app(a: argparse.Namespace) -> int:
-    import subprocess
+    import importlib.util
+    if importlib.util.find_spec("streamlit") is None:
+        # The main install leaves the dashboard out (it is an extra): say which one, not "No module named".
+        raise WorkbenchError('the dashboard needs Streamlit, which the main install leaves out. Fix: install the '
+                             'app extra, `pip install -e ".[app]"` in a checkout of the repository (or '
+                             '`pip install "workbench[app]"`), then run `workbench app` again.')
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.exists():
         raise WorkbenchError(f"app.py not found next to the package ({app}); run `streamlit run app.py` from a "
@@ -325,8 +410,51 @@ def cmd_app(a: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", a.address,
            "--server.port", str(a.port), "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false",
            "--client.showErrorDetails", "none"]
-    # From the repository root, so .streamlit/config.toml (upload limit, defaults) applies.
-    return subprocess.call(cmd, cwd=app.parent)
+    # The dashboard runs from the repository root (so .streamlit/config.toml applies), not from here: it is
+    # handed the runs folder resolved here, the one `workbench runs` lists from this directory.
+    from .paths import home, runs_root
+    runs = runs_root().resolve()
+    env = {**os.environ, "WORKBENCH_RUNS": str(runs), "WORKBENCH_HOME": str(home().resolve())}
+    print(f"dashboard reads runs from {runs}", flush=True)
+    return _run_child(cmd, cwd=app.parent, env=env)
+
+
+def _run_child(cmd: list[str], cwd: Path, env: dict[str, str], grace: float = 10.0) -> int:
+    """Run `cmd` until it exits; a SIGTERM/SIGINT to this process is passed on to it, and if it has not
+    exited `grace` seconds later it is killed, so stopping `workbench app` never leaves a server behind."""
+    import signal
+    import subprocess
+    import threading
+    procs: list[subprocess.Popen] = []
+    asked: list[tuple[float, int]] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        asked.append((time.monotonic(), signum))
+        if procs and procs[0].poll() is None:
+            procs[0].send_signal(signum)
+
+    # Handlers first, so a signal that arrives while the child starts is forwarded too (not only after).
+    main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env)
+        procs.append(proc)
+        if asked:
+            proc.send_signal(asked[0][1])
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0][0] > grace:
+                    proc.kill()
+                    code = proc.wait()
+                    break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    # Stopped on request: the exit status of a process ended by that signal (130 for Ctrl+C, 143 for SIGTERM).
+    return 128 + asked[0][1] if asked else code
 
 
 def _clip(text: Any, width: int = 90) -> str:
@@ -387,7 +515,8 @@ def cmd_attention(a: argparse.Namespace) -> int:
     from .figures import attention as figs
     _quiet_libraries()
     # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
-    res = att.attention_maps(*att.load_for_attention(a.run, base=a.base), a.text, a.pair, max_tokens=a.max_tokens)
+    res = att.attention_maps(*att.load_for_attention(a.run, base=a.base, **_grants(a)), a.text, a.pair,
+                             max_tokens=a.max_tokens)
     print(f"{'base model (untrained head)' if a.base else 'model'} predicts: {res.predicted}  ("
           + "  ".join(f"{lab}={p:.3f}" for lab, p in zip(res.labels, res.probs)) + ")")
     if res.truncated:
@@ -406,7 +535,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
          att.select(att.readout_attention(res), a.layer, a.head))
     show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
     if a.diff:
-        other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base), a.text, a.pair,
+        other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text, a.pair,
                                    max_tokens=a.max_tokens)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
@@ -414,7 +543,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
         show("readout attention most increased by fine-tuning:", diff[r], "+.3f")
     if a.saliency:
         from .saliency import token_saliency
-        sal = token_saliency(*att.load_for_attention(a.run), a.text, a.pair, method=a.saliency,
+        sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
                              max_tokens=a.max_tokens)
         out.append(figs.saliency_figure(sal))
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
@@ -436,33 +565,48 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
+    def grant_flags(p: argparse.ArgumentParser) -> None:
+        # A run directory may come from anyone: its files cannot turn these on, only this command line.
+        p.add_argument("--trust-remote-code", action="store_true", help="run Python code that comes with the "
+                       "run's model; only for a run and model you trust")
+        p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based weights of the run's base "
+                       "model (pickle can run code); only for a run and model you trust")
+
     p = add("demo", cmd_demo, "Fine-tune MiniLM on Rotten Tomatoes offline and show before/after accuracy.")
     p.add_argument("--quick", action="store_true", help="a smaller subset (seconds, for smoke tests)")
-    p.add_argument("--output-dir", help="folder for run directories (default ./runs)")
+    p.add_argument("--output-dir", help="folder for run directories (default $WORKBENCH_RUNS, else ./runs)")
     p = add("train", cmd_train, "Train from a YAML config file.")
     p.add_argument("config")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. training.learning_rate=2e-5")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. training.learning_rate=2e-5")
     p.add_argument("--name", help="run name")
     p.add_argument("--output-dir", help="folder for run directories")
     p.add_argument("--detach", action="store_true", help="start in the background and return")
     p = add("resume", cmd_resume, "Continue a stopped or failed run from its last checkpoint.")
     p.add_argument("run")
     p.add_argument("--detach", action="store_true")
+    grant_flags(p)
     p = add("stop", cmd_stop, "Ask a running run to checkpoint and stop.")
     p.add_argument("run")
     p.add_argument("--no-wait", action="store_true")
     p = add("status", cmd_status, "Show a run's state, step and ETA.")
     p.add_argument("run")
     p = add("runs", cmd_runs, "List runs with their state and test accuracy.")
-    p.add_argument("--dir", help="folder of run directories (default ./runs)")
+    p.add_argument("--dir", help="folder of run directories (default $WORKBENCH_RUNS, else ./runs)")
     p = add("eval", cmd_eval, "Show a run's test metrics before and after, or score another labelled file.")
     p.add_argument("run")
     p.add_argument("--data", help="a labelled file to score instead of the stored test split")
+    grant_flags(p)
     p = add("predict", cmd_predict, "Classify texts with a run's fine-tuned model ('-' reads lines from stdin).")
     p.add_argument("run")
     p.add_argument("text", nargs="+")
+    grant_flags(p)
     add("datasets", cmd_datasets, "List built-in data sets.")
     add("models", cmd_models, "List built-in models.")
+    p = add("download", cmd_download, "Fetch built-in models and data sets now, so later runs work offline.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="built-in models or data sets (see `workbench models`, "
+                   "`workbench datasets`)")
+    p.add_argument("--all", action="store_true", help="every built-in model and data set")
     p = add("report", cmd_report, "Show the data report for a file or a config, without training.")
     p.add_argument("source", help="a data file, a built-in data set, or a YAML config")
     p.add_argument("--text-column")
@@ -471,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("config", cmd_config, "Print the default config, explain every field, or validate a file.")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--validate", metavar="FILE")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --validate: override a field first")
     p = add("app", cmd_app, "Start the dashboard (binds to 127.0.0.1).")
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
@@ -500,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "prediction: integrated gradients or gradient x input")
     p.add_argument("--max-tokens", type=int, default=128, help="cut longer texts to this many tokens (default 128)")
     p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
+    grant_flags(p)
     return ap
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,25 @@ import yaml
 
 from .errors import ConfigError
 
-TASKS = ("text-classification",)
+TASKS = ("text-classification",)  # the built-in tasks; the registry (`workbench.tasks.TASKS`) may hold more
+INT_MAX = 2**31 - 1  # counts above this overflow the int32 the trainer's tensors and tokenizers use
+SEED_MAX = 2**32 - 1  # numpy's seed range
+NAME_MAX = 100  # run names name folders; keep paths well below OS limits
+# The `transformers.training_args.OptimizerNames` that run with torch alone (tests check they are real);
+# the rest need bitsandbytes, apex, torchao, galore, an XLA or NPU device, ...
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop")
+_NAME_FORBIDDEN = set('/\\:*?"<>|')  # path separators and what Windows refuses in a folder name
+_RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+# The CPU training speed-ups in workbench/speed.py, by the names `training.cpu_speedups` lists.
+CPU_SPEEDUPS = ("dropout", "attention")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with its help text (mutable defaults go through default_factory)."""
+    """A dataclass field with its help text (mutable defaults go through default_factory).
+
+    Numeric fields carry their range in the metadata (`lo`/`gt` lower bound inclusive/exclusive,
+    `hi`/`lt` upper bound inclusive/exclusive, `hint` for the message); `validate` checks every one.
+    """
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -40,7 +55,7 @@ class ModelConfig:
                             "loading: only enable this for files you trust. Safetensors are always preferred.")
     trust_remote_code: bool = _f(False, "Run Python code shipped with a hub model. Off unless you trust that model.")
     dropout: float | None = _f(None, "Override the model's dropout probabilities (hidden, attention, classifier). "
-                               "Empty keeps the pretrained values.")
+                               "Empty keeps the pretrained values.", lo=0, lt=1)
 
 
 @dataclass
@@ -53,50 +68,76 @@ class DataConfig:
     test_source: str | None = _f(None, "Optional separate test file; otherwise split from `source`.")
     text_column: str | None = _f(None, "Column with the text. Empty: guessed from common names (text, sentence, ...).")
     text_pair_column: str | None = _f(None, "Optional second text column for pair tasks (e.g. premise/hypothesis).")
-    label_column: str | None = _f(None, "Column with the label (strings or integers). Empty: guessed (label, class, ...).")
+    label_column: str | None = _f(None, "Column with the label (strings or integers). Empty: guessed (label, class, "
+                                  "...).")
     split_column: str | None = _f(None, "Optional column whose values (train/validation/test) assign each row a split.")
-    validation_size: float = _f(0.1, "Share of rows held out for validation when no validation split is given.")
-    test_size: float = _f(0.2, "Share of rows held out for testing when no test split is given.")
-    max_train_samples: int | None = _f(None, "Use at most this many training rows (a seeded, stratified subset).")
-    max_eval_samples: int | None = _f(None, "Use at most this many validation and test rows each.")
-    max_length: int = _f(256, "Truncate texts to this many tokens. Batches are padded dynamically, never to this.")
+    validation_size: float = _f(0.1, "Share of rows held out for validation when no validation split is given.",
+                                lo=0, lt=1, hint="a fraction, e.g. 0.1")
+    test_size: float = _f(0.2, "Share of rows held out for testing when no test split is given.",
+                          lo=0, lt=1, hint="a fraction, e.g. 0.2")
+    max_train_samples: int | None = _f(None, "Use at most this many training rows (a seeded, stratified subset).",
+                                       lo=1, hi=INT_MAX, hint="or empty for all rows")
+    max_eval_samples: int | None = _f(None, "Use at most this many validation and test rows each.",
+                                      lo=1, hi=INT_MAX, hint="or empty for all rows")
+    max_length: int = _f(256, "Truncate texts to this many tokens. Batches are padded dynamically, never to this. "
+                         "Values above the model's own limit (e.g. 512 positions for MiniLM) are lowered to it, "
+                         "with a warning in the data report.", lo=8, hi=2**20, hint="typical: 128-512")
     delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
-    encoding: str | None = _f(None, "Force the file encoding. Empty: UTF-8 (with or without BOM), then cp1252 with a warning.")
+    encoding: str | None = _f(None, "Force the file encoding. Empty: the byte-order mark's (UTF-8/16/32), else UTF-8, "
+                              "then cp1252 with a warning.")
 
 
 @dataclass
 class TrainingConfig:
     """Optimisation settings; names follow `transformers.TrainingArguments`."""
 
-    learning_rate: float = _f(5e-5, "Peak learning rate of AdamW.")
-    num_train_epochs: float = _f(3.0, "Passes over the training data.")
-    max_steps: int = _f(-1, "If > 0, stop after this many optimizer steps (overrides epochs).")
-    per_device_train_batch_size: int = _f(16, "Examples per training batch on each device.")
-    per_device_eval_batch_size: int = _f(64, "Examples per evaluation batch on each device.")
-    gradient_accumulation_steps: int = _f(1, "Batches whose gradients add up before one optimizer step.")
-    warmup_steps: float = _f(0.1, "Learning-rate warmup: a number of steps, or a fraction of all steps if < 1.")
+    learning_rate: float = _f(5e-5, "Peak learning rate of AdamW.", gt=0, hi=1,
+                              hint="typical: 2e-5 to 5e-5 full, 1e-4 to 1e-3 LoRA")
+    num_train_epochs: float = _f(3.0, "Passes over the training data.", lo=0, hi=1e6)
+    max_steps: int = _f(-1, "If > 0, stop after this many optimizer steps (overrides epochs).", lo=-1, hi=INT_MAX,
+                        hint="-1 trains for num_train_epochs")
+    per_device_train_batch_size: int = _f(16, "Examples per training batch on each device.", lo=1, hi=INT_MAX)
+    per_device_eval_batch_size: int = _f(64, "Examples per evaluation batch on each device.", lo=1, hi=INT_MAX)
+    gradient_accumulation_steps: int = _f(1, "Batches whose gradients add up before one optimizer step.",
+                                          lo=1, hi=INT_MAX)
+    warmup_steps: float = _f(0.1, "Learning-rate warmup: a number of steps, or a fraction of all steps if < 1.",
+                             lo=0, hi=INT_MAX, hint="a step count, or a fraction < 1")
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
         "linear", "How the learning rate decays after warmup.")
-    weight_decay: float = _f(0.01, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "Clip gradients to this norm.")
-    optim: str = _f("adamw_torch_fused", "Optimizer name as in TrainingArguments (`adamw_torch_fused`, `adamw_torch`).")
-    seed: int = _f(42, "Seed for initialisation, data order and splits: the same seed gives the same run on CPU.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.", lo=0, hi=1, hint="typical: 0 to 0.1")
+    max_grad_norm: float = _f(1.0, "Clip gradients to this norm; 0 turns clipping off.", lo=0, hi=1e6,
+                              hint="0 turns clipping off")
+    optim: str = _f("adamw_torch_fused", "Optimizer name as in TrainingArguments: " + ", ".join(
+        f"`{o}`" for o in OPTIMIZERS) + " (the others need extra packages or hardware).")
+    seed: int = _f(42, "Seed for initialisation, data order and splits: the same seed gives the same run on CPU.",
+                   lo=0, hi=SEED_MAX)
     bf16: bool | Literal["auto"] = _f("auto", "bfloat16 mixed precision. `auto`: on where the hardware runs it fast "
                                       "(recent GPUs; CPUs with native bf16).")
     fp16: bool = _f(False, "float16 mixed precision (GPUs without bf16).")
     eval_strategy: Literal["no", "steps", "epoch"] = _f("epoch", "When to score the validation split.")
-    eval_steps: int | None = _f(None, "With `eval_strategy: steps`, evaluate every this many steps.")
+    eval_steps: int | None = _f(None, "With `eval_strategy: steps`, evaluate every this many steps.",
+                                lo=1, hi=INT_MAX)
     save_strategy: Literal["no", "steps", "epoch"] = _f("epoch", "When to write a checkpoint.")
-    save_steps: int | None = _f(None, "With `save_strategy: steps`, checkpoint every this many steps.")
+    save_steps: int | None = _f(None, "With `save_strategy: steps`, checkpoint every this many steps.",
+                                lo=1, hi=INT_MAX)
     save_total_limit: int | None = _f(2, "Keep at most this many checkpoints (the best one is kept when "
-                                      "`load_best_model_at_end` is on).")
-    logging_steps: int = _f(10, "Write train loss and learning rate to metrics.jsonl every this many steps.")
+                                      "`load_best_model_at_end` is on).", lo=1, hi=INT_MAX,
+                                      hint="or empty for no limit")
+    logging_steps: int = _f(10, "Write train loss and learning rate to metrics.jsonl every this many steps.",
+                            lo=1, hi=INT_MAX)
     load_best_model_at_end: bool = _f(False, "At the end, reload the checkpoint with the best validation metric.")
     metric_for_best_model: str = _f("accuracy", "Validation metric for early stopping and best model "
                                     "(accuracy, f1_macro, loss, ...).")
-    early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement. Empty: off.")
+    early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement. Empty: off.",
+                                             lo=1, hi=INT_MAX, hint="or empty to turn early stopping off")
     use_cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
     torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long GPU runs).")
+    cpu_speedups: bool | list[str] = _f(True, "Speed-ups for training on a CPU that keep the maths the same "
+                                        "(workbench/speed.py): `dropout` (FastDropout: four dropout masks per "
+                                        "64-bit random draw) and `attention` (attention written out instead of "
+                                        "SDPA's slower CPU paths). `true`: both; `false`: neither (the stock "
+                                        "PyTorch and transformers modules); or a list of the ones to use, e.g. "
+                                        "[dropout]. GPUs always use the stock modules.")
 
 
 @dataclass
@@ -111,19 +152,22 @@ class PeftConfig:
                                  "costs time (about an eighth of a CPU step) and optimizer memory, for no "
                                  "accuracy gain we measured on classification. `false`: train them too (needed "
                                  "for a model whose embeddings are not pretrained).")
-    r: int = _f(8, "LoRA rank: size of the adapter matrices.")
-    lora_alpha: int = _f(16, "LoRA scaling: updates are scaled by lora_alpha / r.")
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA path.")
+    r: int = _f(8, "LoRA rank: size of the adapter matrices.", lo=1, hi=INT_MAX, hint="typical: 4-64")
+    lora_alpha: int = _f(16, "LoRA scaling: updates are scaled by lora_alpha / r.", gt=0, hi=INT_MAX,
+                         hint="typical: 2 x r")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA path.", lo=0, lt=1)
     target_modules: list[str] | None = _f(None, "Module names that get adapters. Empty: chosen per architecture "
                                           "(Llama: q/k/v/o_proj; BERT: query/key/value).")
-    merge_adapter: bool = _f(False, "Also save a merged full model (adapter folded into the weights) in `model/merged`.")
+    merge_adapter: bool = _f(False, "Also save a merged full model (adapter folded into the weights) in "
+                             "`model/merged`.")
 
 
 @dataclass
 class RunConfig:
     """One fine-tuning run: task, model, data, training and PEFT settings."""
 
-    task: Literal["text-classification"] = _f("text-classification", "What the model learns to do.")
+    task: str = _f("text-classification", "What the model learns to do: a registered task "
+                   "(`workbench.tasks.TASKS`). Built in: text-classification.")
     name: str | None = _f(None, "Run name, also the run directory's name. Empty: made from model, data and time.")
     output_dir: str | None = _f(None, "Folder that holds run directories. Empty: `$WORKBENCH_RUNS` or `./runs`.")
     evaluate_before: bool = _f(True, "Score the test split with the model before fine-tuning, for before/after.")
@@ -187,50 +231,47 @@ class RunConfig:
         """Every problem with this config, each naming the field and the fix. Empty list: valid."""
         p: list[str] = []
         t, d, pe = self.training, self.data, self.peft
-        if self.task not in TASKS:
-            p.append(f"task: {self.task!r} is not supported; use one of {', '.join(TASKS)}.")
+        from .tasks import TASKS as registered
+        from .tasks import greater_is_better
+
+        task = registered.get(self.task)
+        if task is None:
+            p.append(f"task: {self.task!r} is not a registered task; use one of {', '.join(registered)}.")
+        elif t.eval_strategy != "no":
+            try:
+                greater_is_better(task, t.metric_for_best_model)
+            except KeyError:
+                p.append(f"training.metric_for_best_model={t.metric_for_best_model!r} is not a metric of {self.task}; "
+                         f"use one of {', '.join(task.directions)}.")
         if not self.model.name_or_path:
-            p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a hub id.")
-        if self.model.dropout is not None and not 0 <= self.model.dropout < 1:
-            p.append(f"model.dropout={self.model.dropout}: must be in [0, 1).")
+            p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a "
+                     "hub id.")
+        p += _range_problems(self)
         if not d.source:
             p.append("data.source is empty: give a built-in data set (see `workbench datasets`) or a file path.")
-        for name in ("validation_size", "test_size"):
-            v = getattr(d, name)
-            if not 0 <= v < 1:
-                p.append(f"data.{name}={v}: must be a fraction in [0, 1), e.g. 0.1.")
-        if d.validation_size + d.test_size >= 1:
+        if _finite(d.validation_size, d.test_size) and d.validation_size + d.test_size >= 1:
             p.append(f"data.validation_size + data.test_size = {d.validation_size + d.test_size:g} leaves nothing "
                      f"to train on: keep their sum below 1 (e.g. 0.1 and 0.2).")
-        for name in ("max_train_samples", "max_eval_samples"):
-            v = getattr(d, name)
-            if v is not None and v < 1:
-                p.append(f"data.{name}={v}: must be at least 1, or empty for all rows.")
-        if d.max_length < 8:
-            p.append(f"data.max_length={d.max_length}: must be at least 8 tokens (typical: 128-512).")
         if d.text_column and d.label_column and d.text_column == d.label_column:
             p.append(f"data.text_column and data.label_column are both {d.text_column!r}: they must differ.")
-        if not t.learning_rate > 0:
-            p.append(f"training.learning_rate={t.learning_rate}: must be > 0 (typical: 2e-5 to 5e-5 full, 1e-4 to 1e-3 LoRA).")
-        elif t.learning_rate > 1:
-            p.append(f"training.learning_rate={t.learning_rate}: far too large; typical values are 2e-5 to 1e-3.")
-        if t.max_steps <= 0 and not t.num_train_epochs > 0:
+        if isinstance(t.max_steps, int) and t.max_steps <= 0 and _finite(t.num_train_epochs) and \
+                not t.num_train_epochs > 0:
             p.append("training.num_train_epochs must be > 0 (or set training.max_steps > 0).")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps"):
-            if getattr(t, name) < 1:
-                p.append(f"training.{name}={getattr(t, name)}: must be at least 1.")
-        if t.warmup_steps < 0:
-            p.append(f"training.warmup_steps={t.warmup_steps}: must be >= 0 (a step count, or a fraction < 1).")
-        if t.weight_decay < 0:
-            p.append(f"training.weight_decay={t.weight_decay}: must be >= 0.")
+        if t.optim not in OPTIMIZERS:
+            p.append(f"training.optim={str(t.optim)[:60]!r} is not an optimizer the workbench can run: use one of "
+                     f"{', '.join(OPTIMIZERS)} (names as in transformers' TrainingArguments).")
         if t.bf16 is True and t.fp16:
             p.append("training.bf16 and training.fp16 are both on: choose one.")
         for kind in ("eval", "save"):
-            if getattr(t, f"{kind}_strategy") == "steps" and not getattr(t, f"{kind}_steps"):
+            if getattr(t, f"{kind}_strategy") == "steps" and getattr(t, f"{kind}_steps") is None:
                 p.append(f"training.{kind}_strategy is 'steps' but training.{kind}_steps is empty: set it (e.g. 50).")
-        if t.save_total_limit is not None and t.save_total_limit < 1:
-            p.append(f"training.save_total_limit={t.save_total_limit}: must be at least 1, or empty for no limit.")
+        if isinstance(t.cpu_speedups, list):
+            for name in t.cpu_speedups:
+                if name not in CPU_SPEEDUPS:
+                    close = difflib.get_close_matches(name, CPU_SPEEDUPS, n=1)
+                    p.append(f"training.cpu_speedups: {name!r} is not a CPU speed-up"
+                             f"{f'; did you mean {close[0]!r}?' if close else '.'} Use true, false, or a list of "
+                             f"{', '.join(CPU_SPEEDUPS)}.")
         if (t.early_stopping_patience is not None or t.load_best_model_at_end) and t.eval_strategy == "no":
             p.append("training.early_stopping_patience / load_best_model_at_end need validation scores: "
                      "set training.eval_strategy to 'epoch' or 'steps'.")
@@ -238,20 +279,13 @@ class RunConfig:
             p.append(f"training.load_best_model_at_end needs save_strategy == eval_strategy (now "
                      f"{t.save_strategy!r} vs {t.eval_strategy!r}): set both to the same value.")
         if pe.method == "lora":
-            if pe.r < 1:
-                p.append(f"peft.r={pe.r}: LoRA rank must be at least 1 (typical: 4-64).")
-            if pe.lora_alpha <= 0:
-                p.append(f"peft.lora_alpha={pe.lora_alpha}: must be > 0 (typical: 2 x r).")
-            if not 0 <= pe.lora_dropout < 1:
-                p.append(f"peft.lora_dropout={pe.lora_dropout}: must be in [0, 1).")
             if pe.target_modules is not None and not pe.target_modules:
                 p.append("peft.target_modules is an empty list: list module names, or leave it empty (null) "
                          "for the per-architecture default.")
         elif pe.merge_adapter:
             p.append("peft.merge_adapter only applies to peft.method: lora.")
-        if self.name is not None and (not self.name.strip() or any(c in self.name for c in "/\\\0") or
-                                      self.name in (".", "..")):
-            p.append(f"name={self.name!r}: a run name cannot be empty or contain / or \\ (it names a folder).")
+        if self.name is not None:
+            p += _name_problems(self.name)
         return p
 
     def check(self) -> "RunConfig":
@@ -263,6 +297,63 @@ class RunConfig:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def _bounds_text(m: dict[str, Any]) -> str:
+    lo = f">= {_num(m['lo'])}" if "lo" in m else f"> {_num(m['gt'])}" if "gt" in m else ""
+    hi = f"<= {_num(m['hi'])}" if "hi" in m else f"< {_num(m['lt'])}" if "lt" in m else ""
+    return " and ".join(x for x in (lo, hi) if x)
+
+
+def _range_problems(cfg: Any, prefix: str = "") -> list[str]:
+    """Finiteness and range of every numeric field, from the bounds in its metadata."""
+    out: list[str] = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out += _range_problems(v, f"{prefix}{f.name}.")
+            continue
+        m = f.metadata
+        if not any(k in m for k in ("lo", "gt", "hi", "lt")) or v is None:
+            continue
+        where = f"{prefix}{f.name}={v!r}" if not isinstance(v, (int, float)) or isinstance(v, bool) else \
+            f"{prefix}{f.name}={v:g}" if isinstance(v, float) else f"{prefix}{f.name}={v}"
+        hint = f" ({m['hint']})" if "hint" in m else ""
+        if not _finite(v):
+            what = "a number" if not isinstance(v, (int, float)) or isinstance(v, bool) else "a finite number"
+            out.append(f"{where}: must be {what}, {_bounds_text(m)}{hint}.")
+        elif ("lo" in m and v < m["lo"]) or ("gt" in m and v <= m["gt"]) or ("hi" in m and v > m["hi"]) or \
+                ("lt" in m and v >= m["lt"]):
+            out.append(f"{where}: must be {_bounds_text(m)}{hint}.")
+    return out
+
+
+def _name_problems(name: Any) -> list[str]:
+    if not isinstance(name, str):
+        return [f"name={name!r}: must be text (it names the run's folder)."]
+    shown = repr(name if len(name) <= 60 else name[:60] + "...")
+    bad = sorted({c for c in name if c in _NAME_FORBIDDEN or not c.isprintable()})
+    out = []
+    if not name.strip() or name.strip() in (".", ".."):
+        out.append(f"name={shown}: a run name cannot be empty, '.' or '..' (it names a folder).")
+    if len(name) > NAME_MAX:
+        out.append(f"name={shown} is {len(name)} characters long: keep it to {NAME_MAX} or fewer (it names a folder).")
+    if bad:
+        out.append(f"name={shown} contains {' '.join(repr(c) for c in bad)}: a run name cannot hold path separators, "
+                   f"control characters or any of {''.join(sorted(_NAME_FORBIDDEN))} (it names a folder).")
+    if name.strip() and (name != name.strip() or name.endswith(".")):
+        out.append(f"name={shown}: remove the leading/trailing spaces and trailing dots.")
+    if name.split(".")[0].strip().lower() in _RESERVED_NAMES:
+        out.append(f"name={shown}: {name.split('.')[0]!r} is a reserved device name on Windows; choose another.")
+    return out
+
+
 def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
     """Check (and gently coerce) a YAML value against a field's type hint."""
     origin = typing.get_origin(hint)
@@ -348,6 +439,8 @@ def field_help(section: str | None = None) -> dict[str, str]:
                 out[f"{f.name}.{g.name}"] = g.metadata.get("help", "")
         else:
             out[f.name] = f.metadata.get("help", "")
+    from .tasks import TASKS as registered
+    out["task"] = out["task"].split(" Built in:")[0] + " Registered: " + ", ".join(registered) + "."
     if section:
         out = {k: v for k, v in out.items() if k.startswith(section + ".")}
     return out

@@ -71,30 +71,37 @@ def load_model_config(name_or_path: str) -> Any | None:
 
     folder = local_model_dir(name_or_path)
     try:
+        # Explicitly no remote code: the default (None) would prompt on stdin for a config with an auto_map.
         if folder is not None:
-            return AutoConfig.from_pretrained(folder)
-        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+            return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=True, trust_remote_code=False)
     except Exception:  # not cached, not a model: the caller says "unknown" rather than failing
         return None
 
 
-def count_parameters(config: Any, num_labels: int, peft: Any = None) -> tuple[int, int]:
-    """(total, trainable) parameters of the classifier built from `config`, with LoRA if `peft.method == "lora"`.
+def count_parameters(config: Any, num_labels: int, peft: Any = None, task: Any = None) -> tuple[int, int]:
+    """(total, trainable) parameters of `task`'s model (default: text classification) built from `config`,
+    with LoRA if `peft.method == "lora"`.
 
     The model is built on the `meta` device, so this is exact and takes no memory.
     """
     import copy
 
     import torch
-    from transformers import AutoModelForSequenceClassification
+    import transformers
 
+    from .models import tied_output_embeddings
+    from .tasks import get_task
+
+    task = task if task is not None else get_task("text-classification")
     config = copy.deepcopy(config)
     config.num_labels = max(2, num_labels)
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = getattr(transformers, task.auto_model).from_config(config)
     total = sum(p.numel() for p in model.parameters())
     if peft is None or peft.method != "lora":
-        frozen = model.get_input_embeddings().weight.numel() if getattr(peft, "freeze_embeddings", False) else 0
+        freeze = getattr(peft, "freeze_embeddings", False) and task.freeze_embeddings_ok
+        frozen = model.get_input_embeddings().weight.numel() if freeze and not tied_output_embeddings(model) else 0
         return total, total - frozen
     from .models import lora_targets
 
@@ -165,11 +172,13 @@ def estimate_run(cfg: RunConfig, train_rows: int, *, num_labels: int = 2, mean_t
     `mean_tokens`/`max_tokens` come from the data report (token lengths); without them the estimate
     assumes half of `data.max_length` on average and all of it for the longest batch.
     """
+    from .tasks import get_task
+
     t = cfg.training
     conf = model_config if model_config is not None else load_model_config(cfg.model.name_or_path)
     est = Estimate(None, None)
     if conf is not None:
-        est.total_params, est.trainable_params = count_parameters(conf, num_labels, cfg.peft)
+        est.total_params, est.trainable_params = count_parameters(conf, num_labels, cfg.peft, get_task(cfg.task))
     elif cfg.model.name_or_path in KNOWN_PARAMS:
         est.total_params = KNOWN_PARAMS[cfg.model.name_or_path]
         est.notes.append("The built-in model is not downloaded yet: its parameter count comes from a table; "

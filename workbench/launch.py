@@ -73,8 +73,10 @@ class RunHandle:
         return self.wait(timeout) if wait else self.status()
 
 
-def _spawn(run: RunDir, resume: bool) -> RunHandle:
-    cmd = [sys.executable, "-m", "workbench.worker", str(run.path)] + (["--resume"] if resume else [])
+def _spawn(run: RunDir, resume: bool, trust_remote_code: bool, allow_pickle: bool) -> RunHandle:
+    # The grants travel on the command line, from the caller: the worker never takes them from the run's files.
+    cmd = ([sys.executable, "-m", "workbench.worker", str(run.path)] + (["--resume"] if resume else [])
+           + (["--trust-remote-code"] if trust_remote_code else []) + (["--allow-pickle"] if allow_pickle else []))
     log = open(run.log_file, "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     # start_new_session: the run survives its parent (a Streamlit server, a kernel) and Ctrl+C there.
@@ -88,20 +90,27 @@ def _spawn(run: RunDir, resume: bool) -> RunHandle:
 def launch(config: RunConfig) -> RunHandle:
     """Validate `config`, create its run directory and start training in a separate process."""
     config.check()
-    return _spawn(new_run_dir(config), resume=False)
+    # The caller's own config: its model settings are the user's choice, so they are the grants.
+    return _spawn(new_run_dir(config), resume=False, trust_remote_code=config.model.trust_remote_code,
+                  allow_pickle=config.model.allow_pickle)
 
 
-def resume(run: str | Path | RunDir) -> RunHandle:
-    """Continue a stopped or failed run from its last complete checkpoint, in a separate process."""
+def resume(run: str | Path | RunDir, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> RunHandle:
+    """Continue a stopped or failed run from its last complete checkpoint, in a separate process.
+
+    The run's config.yaml cannot turn on remote code or pickle loading; `trust_remote_code` /
+    `allow_pickle` can. A config that asks for more is refused here, before any process starts.
+    """
     r = run if isinstance(run, RunDir) else RunDir(run)
     r.require()
+    r.config(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     st = r.require_idle("stop it before resuming.")
     if st.get("state") == "completed":
         raise RunError(f"run {r.name} has already completed; start a new run to train further.")
     if r.stop_file.exists():
         r.stop_file.unlink()
     r.update_status(state="queued", error=None)
-    return _spawn(r, resume=True)
+    return _spawn(r, resume=True, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 def attach(run: str | Path) -> RunHandle:

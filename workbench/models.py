@@ -7,7 +7,6 @@ to fix it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,12 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def check_model_dir(path: str | Path, allow_pickle: bool = False) -> None:
-    """Refuse folders that cannot be loaded safely, naming what is there and the fix."""
+def check_model_dir(path: str | Path, allow_pickle: bool = False, *, pickle_fix: str | None = None) -> None:
+    """Refuse folders that cannot be loaded safely, naming what is there and the fix.
+
+    `pickle_fix` replaces the advice given when only pickle weights are found (a run's own model
+    folder is never granted pickle: the workbench writes it as safetensors).
+    """
     p = Path(path)
     if not p.is_dir():
         return  # a hub id: checked by the download itself (use_safetensors)
@@ -54,16 +57,26 @@ def check_model_dir(path: str | Path, allow_pickle: bool = False) -> None:
     if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         raise ModelError(f"{p} is not a model folder: no config.json. Found: {files[:12]}. Fix: point at the "
                          f"folder written by `save_pretrained` (it holds config.json and model.safetensors).")
-    has_st = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files)
-    pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    adapter = (p / "adapter_config.json").exists()
+    if adapter:
+        # peft reads adapter_model.safetensors, and falls back to unpickling adapter_model.bin without it:
+        # any other safetensors file in the folder must not let that fallback through.
+        has_st = (p / "adapter_model.safetensors").is_file()
+        pickled = [f for f in files if f.startswith("adapter_model") and f.endswith(PICKLE_SUFFIXES)]
+    else:
+        has_st = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files)
+        pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if not has_st:
         if pickled and not allow_pickle:
-            raise ModelError(
-                f"{p} holds only pickle-based weights ({', '.join(pickled[:3])}), which can run code when loaded. "
-                f"Fix: convert them to safetensors (load once in a trusted session and `save_pretrained(..., "
-                f"safe_serialization=True)`), or set model.allow_pickle: true if you trust this file.")
+            fix = pickle_fix or ("convert them to safetensors (load once in a trusted session and "
+                                 "`save_pretrained(..., safe_serialization=True)`), or set model.allow_pickle: true "
+                                 "if you trust this file.")
+            raise ModelError(f"{p} holds only pickle-based weights ({', '.join(pickled[:3])}), which can run code when "
+                             f"loaded; loading {pickled[0]} was refused. Fix: {fix}")
         if not pickled:
-            raise ModelError(f"{p} has config.json but no weights (model.safetensors). Found: {files[:12]}.")
+            wanted = "adapter_model.safetensors" if adapter else "model.safetensors"
+            raise ModelError(f"{p} has {'adapter_config.json' if adapter else 'config.json'} but no weights "
+                             f"({wanted}). Found: {files[:12]}.")
 
 
 def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
@@ -72,7 +85,13 @@ def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
         tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise _load_error(path, cfg, e, "tokenizer") from None
-    if tok.pad_token is None:  # Llama-family tokenizers ship without one; batching needs it
+    return with_pad_token(tok)
+
+
+def with_pad_token(tok: Any) -> Any:
+    """`tok`, given a pad token if it has none (eos, else unk): Llama-family tokenizers ship without one,
+    and batching needs it."""
+    if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
 
@@ -80,8 +99,9 @@ def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
 def _load_error(path: str, cfg: ModelConfig, e: Exception, what: str) -> ModelError:
     msg = str(e)
     if "trust_remote_code" in msg:
-        return ModelError(f"{cfg.name_or_path} ships its own Python code, which the workbench does not run by "
-                          f"default. Fix: set model.trust_remote_code: true only if you trust this model's code.")
+        return ModelError(f"{cfg.name_or_path} ships its own Python code, which the workbench does not run unless "
+                          f"you allow it. Fix: only if you trust this model's code, set model.trust_remote_code: true "
+                          f"in your config (for a run's model: pass --trust-remote-code).")
     if isinstance(e, ModelError):
         return e
     if "offline" in msg.lower() or "connect" in msg.lower() or "resolve" in msg.lower() or "not a local folder" in msg:
@@ -98,17 +118,31 @@ def _hf_kwargs(cfg: ModelConfig, path: str) -> dict[str, Any]:
     return kw
 
 
-def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation: str | None = None,
-                    dtype: torch.dtype = torch.float32, tokenizer: Any = None) -> Any:
-    """A sequence-classification model with `len(labels)` outputs and the label names as id2label."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def load_model_config(cfg: ModelConfig) -> Any:
+    """The model's `PretrainedConfig` (architecture, sizes, position limit), after the folder's safety check."""
+    from transformers import AutoConfig
 
     path = resolve_model_path(cfg.name_or_path)
     check_model_dir(path, cfg.allow_pickle)
     try:
-        mconf = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        return AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise _load_error(path, cfg, e, "config") from None
+
+
+def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation: str | None = None,
+                    dtype: torch.dtype = torch.float32, tokenizer: Any = None,
+                    auto_model: str = "AutoModelForSequenceClassification") -> Any:
+    """A model with a `len(labels)`-way head (sequence classification unless `auto_model` names another
+    transformers Auto class, e.g. token classification) and the label names as id2label.
+
+    A head saved with another number of labels is replaced by a fresh one; any other weight whose shape
+    differs from the model's config is an error that names it.
+    """
+    import transformers
+
+    path = resolve_model_path(cfg.name_or_path)
+    mconf = load_model_config(cfg)
     mconf.num_labels = len(labels)
     mconf.id2label = dict(enumerate(labels))
     mconf.label2id = {name: i for i, name in enumerate(labels)}
@@ -122,11 +156,32 @@ def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation:
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, **kw)
+        model, info = getattr(transformers, auto_model).from_pretrained(
+            path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True, **kw)
     except Exception as e:
         raise _load_error(path, cfg, e, "model") from None
+    _check_mismatches(model, info.get("mismatched_keys") or (), len(labels), cfg)
     return model
+
+
+def _check_mismatches(model: Any, mismatched: Any, num_labels: int, cfg: ModelConfig) -> None:
+    """Allow only the task head to be swapped, and only because the label count differs.
+
+    `ignore_mismatched_sizes` would silently re-initialise *any* weight whose shape disagrees (a
+    position table, a vocabulary, a layer width); that is a wrong model or config, never a head swap.
+    """
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    bad = []
+    for key, ckpt_shape, model_shape in sorted(mismatched, key=lambda m: m[0]):
+        head = prefix == "." or not key.startswith(prefix)
+        if head and len(model_shape) and model_shape[0] == num_labels and ckpt_shape[0] != num_labels:
+            continue
+        bad.append(f"{key}: {tuple(ckpt_shape)} in the checkpoint, {tuple(model_shape)} in the model")
+    if bad:
+        raise ModelError(f"{cfg.name_or_path}: weights whose shape differs from the model's config.json, which "
+                         f"would be silently re-initialised: {'; '.join(bad[:5])}. Only the task head may differ "
+                         f"(when the number of labels changes). Fix: check that config.json belongs to these "
+                         f"weights, or that the folder holds one model.")
 
 
 def architecture(model: Any) -> str:
@@ -148,24 +203,33 @@ def lora_targets(model: Any, peft_cfg: PeftConfig) -> list[str]:
                      f"to some of its linear layers: {linear[:12]}.")
 
 
-def apply_lora(model: Any, peft_cfg: PeftConfig) -> Any:
-    """Wrap with LoRA adapters; the classification head stays fully trainable (PEFT's SEQ_CLS does that)."""
+def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> Any:
+    """Wrap with LoRA adapters; the task head stays fully trainable (PEFT's SEQ_CLS/TOKEN_CLS do that).
+
+    `task_type` is the task's `peft.TaskType` name (`Task.peft_task_type`)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = lora_targets(model, peft_cfg)
     present = {n.split(".")[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
     if missing:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
-                         f"Linear modules it has: {sorted({n.split('.')[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})[:12]}.")
-    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
+                         f"Linear modules it has: {linear[:12]}.")
+    lcfg = LoraConfig(task_type=TaskType[task_type], r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
                       lora_dropout=peft_cfg.lora_dropout, target_modules=targets)
     return get_peft_model(model, lcfg)
 
 
 def freeze_input_embeddings(model: Any) -> int:
-    """Stop training the input token embeddings (`peft.freeze_embeddings`); returns the parameters frozen."""
+    """Stop training the input token embeddings (`peft.freeze_embeddings`); returns the parameters frozen.
+
+    Nothing is frozen when an output layer shares its weight with them (`tie_word_embeddings`, as in
+    Llama/SmolLM2 causal LMs): freezing the input table would freeze the output layer too.
+    """
     emb = model.get_input_embeddings()
+    if tied_output_embeddings(model):
+        return 0
     frozen = 0
     for p in emb.parameters():
         if p.requires_grad:
@@ -174,33 +238,67 @@ def freeze_input_embeddings(model: Any) -> int:
     return frozen
 
 
+def tied_output_embeddings(model: Any) -> bool:
+    """Whether the model's output layer shares a weight with its input embeddings."""
+    try:
+        out = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return False
+    emb = model.get_input_embeddings()
+    if out is None or emb is None:
+        return False
+    ids = {id(p) for p in emb.parameters()}
+    return any(id(p) in ids for p in out.parameters())
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
 
 
+RUN_PICKLE_FIX = ("the workbench writes a run's model as safetensors, so this file was put there by someone "
+                  "else: get the run's model folder again from its source, or retrain the run.")
+
+
 def load_trained(model_dir: str | Path, *, attn_implementation: str | None = None,
-                 dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Load a run's final model (full weights, or a LoRA adapter on its base) and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+                 dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                 allow_pickle: bool = False) -> tuple[Any, Any]:
+    """Load a run's final model (full weights, or a LoRA adapter on its base) and its tokenizer.
+
+    The run directory is untrusted (`workbench.untrusted`): remote code and pickled base weights are
+    used only when the caller grants them here, whatever the run's files say. The run's own weights
+    are always safetensors. The task named in workbench_model.json is looked up in the registry only.
+    """
+    import transformers
+    from transformers import AutoTokenizer
+
+    from .tasks import get_task
+
+    from .untrusted import read_run_model
 
     d = Path(model_dir)
     kw: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
-    check_model_dir(d, allow_pickle=False)  # before anything is loaded: a run's own files are never pickles
+    check_model_dir(d, allow_pickle=False, pickle_fix=RUN_PICKLE_FIX)  # before anything is loaded
+    recorded = read_run_model(d, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    trust = recorded.base.trust_remote_code if recorded else False
+    task = get_task(recorded.task if recorded else "text-classification")
     if (d / "adapter_config.json").exists():
         from peft import PeftModel
-        meta = json.loads((d / "workbench_model.json").read_text())
-        base_cfg = ModelConfig(**meta["model"])
-        model = load_classifier(base_cfg, meta["labels"], attn_implementation=attn_implementation, dtype=dtype)
+        if recorded is None:
+            raise ModelError(f"{d} holds a LoRA adapter but no workbench_model.json naming its base model and labels. "
+                             f"Fix: give the whole run's model folder as written by the workbench.")
+        model = task.load_model(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype)
         model = PeftModel.from_pretrained(model, d)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True, **kw)
-    tok = AutoTokenizer.from_pretrained(d)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
+        try:
+            model = getattr(transformers, task.auto_model).from_pretrained(d, use_safetensors=True,
+                                                                          trust_remote_code=trust, **kw)
+        except Exception as e:
+            raise _load_error(str(d), ModelConfig(name_or_path=str(d)), e, "model") from None
+    tok = with_pad_token(AutoTokenizer.from_pretrained(d, trust_remote_code=trust))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()

@@ -8,7 +8,8 @@ torch.profiler; see benchmarks/bench.py). `FastDropout` draws 64 random bits and
 time per dropout forward + backward.
 
 On a GPU the built-in dropout is already fused and fast, so `speed_up_dropout` is used for CPU training
-only, as is `cpu_training_attention` (below).
+only, as is `cpu_training_attention` (below). `apply_cpu_speedups` applies the ones config
+`training.cpu_speedups` names (default: all).
 """
 
 from __future__ import annotations
@@ -81,17 +82,19 @@ def cpu_training_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
     Used while training on a CPU only. There, PyTorch's scaled_dot_product_attention either takes its
     math path with the slow dropout (models with attention dropout, like BERT) or its CPU flash kernel,
     whose backward pass is slow for short sequences (models without, like Llama: with its attention
-    dropout set to 0, a MiniLM step's backward pass took 1.8x as long on the flash kernel). Anything else (evaluation, GPUs, attention weights
-    requested) goes to transformers' own SDPA function.
+    dropout set to 0, a MiniLM step's backward pass took 1.8x as long on the flash kernel). Anything
+    else (evaluation, GPUs, attention weights requested) goes to transformers' own SDPA function.
     """
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    # transformers' documented way to wrap SDPA (docs: "Attention Interface"); its module is not public API,
+    # so pyproject pins transformers to the tested minor and tests/test_untrusted.py checks this signature.
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not module.training or query.device.type != "cpu" or kwargs.get("output_attentions"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)  # KV heads
     q_len, k_len = query.shape[2], key.shape[2]
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -110,6 +113,7 @@ def cpu_training_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
 def use_cpu_training_attention(model: Any) -> bool:
     """Switch a transformers model that uses SDPA to `cpu_training_attention`; False if it cannot."""
     from transformers import AttentionInterface
+    # The mask registry is the documented companion of AttentionInterface; masking_utils itself is internal.
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
@@ -121,6 +125,20 @@ def use_cpu_training_attention(model: Any) -> bool:
     except (ValueError, NotImplementedError):
         return False
     return model.config._attn_implementation == ATTENTION
+
+
+def apply_cpu_speedups(model: Any, which: bool | list[str]) -> list[str]:
+    """Apply the speed-ups `training.cpu_speedups` names (`True`: all, `False`: none) to `model` in place;
+    returns the names of those that took effect (attention needs a model that uses SDPA)."""
+    from .config import CPU_SPEEDUPS
+
+    names = list(CPU_SPEEDUPS) if which is True else list(which or [])
+    applied = []
+    if "dropout" in names and speed_up_dropout(model):
+        applied.append("dropout")
+    if "attention" in names and use_cpu_training_attention(model):
+        applied.append("attention")
+    return applied
 
 
 def restore_attention(model: Any) -> None:

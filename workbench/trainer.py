@@ -69,13 +69,19 @@ class WorkbenchTrainer(Trainer):
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if finite.item() < 1:
             step = self.state.global_step + 1
-            raise TrainingHalted.at_step(step, f"the training loss became {loss.item()} at step {step}; training halted. "
-                                 f"The last good checkpoint is kept. Fix: lower training.learning_rate, or turn off "
-                                 f"fp16 (try bf16 or fp32).")
+            raise TrainingHalted.at_step(step, f"the training loss became {loss.item()} at step {step}; training "
+                                 f"halted. The last good checkpoint is kept. Fix: lower training.learning_rate, or "
+                                 f"turn off fp16 (try bf16 or fp32).")
         return loss
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """Write the checkpoint into `.staging/`, fsync it, rename it into place, then rotate."""
+        """Write the checkpoint into `.staging/`, fsync it, rename it into place, then rotate.
+
+        A private method on purpose: there is no public hook *before* a checkpoint is written
+        (`TrainerCallback.on_save` runs after the trainer has written it in place, too late to make the
+        write atomic). pyproject pins transformers to the tested minor release, and
+        tests/test_untrusted.py::test_i12_12_private_apis_present checks this signature and its caller.
+        """
         root = Path(self.args.output_dir)
         staging = root / ".staging"
         name = f"checkpoint-{self.state.global_step}"
@@ -118,10 +124,10 @@ class WorkbenchTrainer(Trainer):
             except Exception as e:
                 if not is_oom(e) or self.args.per_device_eval_batch_size <= 1:
                     raise
+                # get_eval_dataloader() builds a new loader with this size: the trainer caches eval loaders
+                # only with dataloader_persistent_workers, which the workbench never turns on.
                 self.args.per_device_eval_batch_size //= 2
                 self.eval_batch_changes.append(self.args.per_device_eval_batch_size)
-                if hasattr(self, "_eval_dataloaders"):
-                    self._eval_dataloaders = {}
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 
@@ -175,7 +181,8 @@ class RunDirCallback(TrainerCallback):
             row["kind"] = "train"
             now = time.time()
             tokens = trainer.real_tokens if trainer else 0
-            row["tokens_per_second"] = (tokens - self._last_tokens) * args.world_size / max(now - self._last_log_t, 1e-9)
+            elapsed = max(now - self._last_log_t, 1e-9)
+            row["tokens_per_second"] = (tokens - self._last_tokens) * args.world_size / elapsed
             self._last_tokens, self._last_log_t = tokens, now
         elif any(k.startswith("eval_") for k in logs):
             row["kind"] = "eval"

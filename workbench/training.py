@@ -10,38 +10,66 @@ before/after scoring of the test split.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import functools
 import math
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from transformers import TrainingArguments, set_seed
 
+from .checkpoints import intact_checkpoint, pickled_files, set_aside
 from .config import RunConfig
 from .errors import RunError, TrainingHalted, WorkbenchError
-from .evaluate import metrics_from_predictions, trainer_metrics
-from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_classifier, load_tokenizer,
+from .evaluate import score_frame
+from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_model_config, load_tokenizer,
                      resolve_model_path)
 from .rundir import RunDir, write_json_atomic
-from .speed import restore_attention, speed_up_dropout, use_cpu_training_attention
-from .tasks.classification import PaddingCollator, predict_proba, predictions_frame, tokenize_frame
+from .speed import apply_cpu_speedups, restore_attention
+from .tasks import get_task, greater_is_better
+from .tasks.classification import model_max_tokens
 from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
 from .trainer import SIGNALLED as _SIGNALLED
 
 
+def training_device(cfg: RunConfig) -> tuple[str, str | None]:
+    """Where training runs (`cuda`, `mps` on Apple silicon, or `cpu`) and, when an Apple GPU is present but
+    cannot be used, a note saying why the run falls back to the CPU."""
+    if cfg.training.use_cpu:
+        return "cpu", None
+    if torch.cuda.is_available():
+        return "cuda", None
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_built():  # a build without Apple's Metal backend (Linux, Windows)
+        return "cpu", None
+    if not mps.is_available():
+        return "cpu", ("this PyTorch has Apple's MPS backend but this Mac cannot use it (MPS needs macOS 12.3 or "
+                       "later on Apple silicon or an AMD GPU): training on the CPU, which is slower.")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "cpu", "MPS runs a single process; this multi-process (torchrun) job trains on the CPU instead."
+    return "mps", None
+
+
 def precision(cfg: RunConfig) -> dict[str, bool]:
     """Resolve `bf16: auto`: bf16 where the hardware runs it natively, else fp32 (or fp16 if asked)."""
     t = cfg.training
-    cuda = torch.cuda.is_available() and not t.use_cpu
+    device, _ = training_device(cfg)
     if t.bf16 == "auto":
-        if cuda:
+        if device == "cuda":
             bf16 = torch.cuda.is_bf16_supported()
+        elif device == "mps":
+            # M1/M2 emulate bf16 in fp32 (slower, no memory saved), and we cannot tell those chips apart
+            # from here: fp32 unless the user asks for bf16.
+            bf16 = False
         else:
             try:  # CPUs with avx512_bf16/AMX: autocast is ~1.4x faster here at the same accuracy
                 bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -50,7 +78,9 @@ def precision(cfg: RunConfig) -> dict[str, bool]:
         bf16 = bf16 and not t.fp16
     else:
         bf16 = bool(t.bf16)
-    return {"bf16": bf16, "fp16": bool(t.fp16) and cuda, "use_cpu": not cuda}
+        if bf16 and device == "mps":  # bf16 on MPS needs macOS 14 (transformers refuses it before)
+            bf16 = bool(getattr(torch.backends.mps, "is_macos_or_newer", lambda *v: False)(14, 0))
+    return {"bf16": bf16, "fp16": bool(t.fp16) and device == "cuda", "use_cpu": device == "cpu"}
 
 
 def process_state(cfg: RunConfig) -> Any:
@@ -81,8 +111,7 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
         logging_nan_inf_filter=False,  # a NaN must show, not be replaced by the previous loss
         load_best_model_at_end=t.load_best_model_at_end and eval_strategy != "no",
         metric_for_best_model=t.metric_for_best_model if eval_strategy != "no" else None,
-        greater_is_better=None if t.metric_for_best_model in ("accuracy", "f1_macro", "precision_macro",
-                                                             "recall_macro") else False,
+        greater_is_better=_direction(cfg) if eval_strategy != "no" else None,
         train_sampling_strategy="group_by_length",  # batches of similar length: little padding
         remove_unused_columns=False,  # keep `length` for the sampler; the collator drops it
         dataloader_pin_memory=not prec["use_cpu"], torch_compile=t.torch_compile,
@@ -90,8 +119,17 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
     )
 
 
+def _direction(cfg: RunConfig) -> bool:
+    """Whether a higher `metric_for_best_model` is better, as the task declares (`RunConfig.validate`
+    has already refused a metric the task does not know)."""
+    try:
+        return greater_is_better(get_task(cfg.task), cfg.training.metric_for_best_model)
+    except KeyError:
+        return False
+
+
 def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: Any, val_ds: Any, progress: bool,
-                  main: bool) -> tuple[WorkbenchTrainer, RunDirCallback]:
+                  main: bool, labels: list[str]) -> tuple[WorkbenchTrainer, RunDirCallback]:
     args = training_arguments(cfg, run, val_ds is not None, progress)
     ref: dict[str, Any] = {}
     cb = RunDirCallback(run, ref, main)
@@ -99,9 +137,11 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
     if cfg.training.early_stopping_patience and val_ds is not None:
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    task = get_task(cfg.task)
     trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                               processing_class=tok, data_collator=PaddingCollator(tok),
-                               compute_metrics=trainer_metrics, callbacks=callbacks)
+                               processing_class=tok, data_collator=task.collator(tok),
+                               compute_metrics=functools.partial(task.compute_metrics, labels=labels),
+                               callbacks=callbacks)
     ref["trainer"] = trainer
     if not progress:  # the run directory is the progress report; no dict lines on stdout
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -110,24 +150,22 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
     return trainer, cb
 
 
-def _score(model: Any, tok: Any, frame: Any, labels: list[str], cfg: RunConfig, bf16: bool) -> Any:
-    batch = cfg.training.per_device_eval_batch_size
-    while True:  # out of memory while scoring: smaller batches, never a smaller training batch
-        try:
-            probs = predict_proba(model, tok, frame["text"].tolist(),
-                                  frame["text_pair"].tolist() if "text_pair" in frame else None,
-                                  max_length=cfg.data.max_length, batch_size=batch, bf16=bf16)
-            return predictions_frame(frame, probs, labels)
-        except Exception as e:
-            if not is_oom(e) or batch <= 1:
-                raise
-            batch //= 2
-
-
 def _write_predictions(path: Any, pred: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pred.to_json(tmp, orient="records", lines=True, force_ascii=False)
     os.replace(tmp, path)
+
+
+def _score_test_split(run: RunDir, stage: Literal["before", "after"], model: Any, tok: Any, prep: Any,
+                      cfg: RunConfig, bf16: bool, evaluation: dict[str, Any]) -> None:
+    """Score the test split as `stage` ("before"/"after" fine-tuning): its predictions file, then its
+    metrics into eval.json."""
+    task = get_task(cfg.task)
+    pred = score_frame(task, model, tok, prep.test, prep.labels, max_length=cfg.data.max_length,
+                       batch_size=cfg.training.per_device_eval_batch_size, bf16=bf16)
+    _write_predictions(run.predictions_before_file if stage == "before" else run.predictions_file, pred)
+    evaluation[stage] = task.score(pred, prep.labels)
+    write_json_atomic(run.eval_file, evaluation)
 
 
 def run_training(cfg: RunConfig, run: RunDir, *, resume: bool = False, progress: bool = True) -> RunDir:
@@ -157,54 +195,59 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     if main:
         if resume and run.stop_file.exists():
             run.stop_file.unlink()
+        _, device_note = training_device(cfg)
+        if device_note:  # in the run's log and status, where the CLI and the dashboard show it
+            print(f"note: {device_note}", file=sys.stderr, flush=True)
         run.update_status(state="running", phase="loading the model and data", pid=os.getpid(), error=None,
-                          started=time.time(),
-                          world_size=state.num_processes, device=str(state.device))
+                          started=time.time(), world_size=state.num_processes, device=str(state.device),
+                          **({"note": device_note} if device_note else {}))
     set_seed(cfg.training.seed)
     with state.main_process_first():  # the first process fetches/converts a built-in model
         path = resolve_model_path(cfg.model.name_or_path)
     tok = load_tokenizer(path, cfg.model)
-    from .data import prepare_data
-
-    prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok)
+    task = get_task(cfg.task)
+    prep = task.prepare(cfg.data, cfg.training.seed, tokenizer=tok,
+                        max_positions=model_max_tokens(load_model_config(cfg.model), tok))
+    if prep.max_length != cfg.data.max_length:  # above the model's limit: the report says so
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=prep.max_length))
     if prep.report.token_lengths:
         prep.report.token_lengths["tokenizer"] = cfg.model.name_or_path
     if main:
         write_json_atomic(run.labels_file, prep.labels)
         write_json_atomic(run.report_file, prep.report.to_dict())
-    model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
+    model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
     prec = precision(cfg)
     evaluation = run.evaluation() if resume else {}
     if main and cfg.evaluate_before and "before" not in evaluation and len(prep.test):
         run.update_status(phase="scoring the test split before fine-tuning")
-        before = _score(model, tok, prep.test, prep.labels, cfg, prec["bf16"])
-        _write_predictions(run.predictions_before_file, before)
-        evaluation["before"] = metrics_from_predictions(before, prep.labels)
-        write_json_atomic(run.eval_file, evaluation)
+        _score_test_split(run, "before", model, tok, prep, cfg, prec["bf16"], evaluation)
     state.wait_for_everyone()
 
-    train_ds = tokenize_frame(prep.train, tok, cfg.data.max_length)
-    val_ds = tokenize_frame(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
+    train_ds = task.encode(prep.train, tok, cfg.data.max_length)
+    val_ds = task.encode(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
     # A batch size shrunk by an earlier out-of-memory error is reused on resume.
     batch = (run.status().get("batch_override") if resume else None) or {}
-    ckpt = run.latest_checkpoint() if resume else None
+    ckpt = _resume_point(run, main) if resume else None
     if resume and ckpt is None and main:
         run.update_status(note="no complete checkpoint was found; training restarted from step 0")
+    retry = resume
     while True:
         if model is None:  # rebuilt after an OOM: the old one may hold half-applied updates
-            model = load_classifier(cfg.model, prep.labels, tokenizer=tok)
+            model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
         if cfg.peft.method == "lora" and not hasattr(model, "peft_config"):
-            model = apply_lora(model, cfg.peft)
-        if cfg.peft.method == "full" and cfg.peft.freeze_embeddings:
+            model = apply_lora(model, cfg.peft, task_type=task.peft_task_type)
+        if cfg.peft.method == "full" and cfg.peft.freeze_embeddings and task.freeze_embeddings_ok:
             freeze_input_embeddings(model)
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
-            speed_up_dropout(model)
-            use_cpu_training_attention(model)
+            apply_cpu_speedups(model, cfg.training.cpu_speedups)
         eff = cfg.override({f"training.{k}": v for k, v in batch.items()}) if batch else cfg
-        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main)
+        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels)
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
                               precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32")
+        if main and retry:  # rows logged after the checkpoint are logged again by the rerun: one row per step
+            run.drop_metrics_after(int(ckpt.name.split("-")[1]) if ckpt else 0)
+        retry = True
         try:
             trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
             break
@@ -261,13 +304,36 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
             final = merged
         run.update_status(phase="scoring the test split after fine-tuning")
         if len(prep.test):
-            after = _score(final, tok, prep.test, prep.labels, cfg, prec["bf16"])
-            _write_predictions(run.predictions_file, after)
-            evaluation["after"] = metrics_from_predictions(after, prep.labels)
-            write_json_atomic(run.eval_file, evaluation)
+            _score_test_split(run, "after", final, tok, prep, cfg, prec["bf16"], evaluation)
         run.update_status(state="completed", phase=None, finished=time.time(), step=trainer.state.global_step)
     state.wait_for_everyone()
     return run
+
+
+def _resume_point(run: RunDir, main: bool) -> Path | None:
+    """The newest intact checkpoint; damaged newer ones are set aside and the fallback said out loud, and a
+    run whose checkpoints are all damaged is refused (a silent restart would throw its progress away)."""
+    ckpt, damaged = intact_checkpoint(run.checkpoints())
+    if not damaged:
+        return ckpt
+    for name in damaged:
+        if pickles := pickled_files(run.checkpoints_dir / name):
+            raise RunError(f"checkpoint {run.checkpoints_dir / name} holds a file that is not plain tensors "
+                           f"({', '.join(pickles)}); loading it was refused, since unpickling it could run code. "
+                           f"Fix: delete that checkpoint folder to resume from an earlier one, or start a new run.")
+    what = "; ".join(f"{name}: {', '.join(p)}" for name, p in damaged.items())
+    if ckpt is None:
+        raise RunError(f"no intact checkpoint to resume run {run.name} from ({what}). Fix: start a new run, or "
+                       f"delete {run.checkpoints_dir} and resume to train this run again from step 0.")
+    if main:
+        moved = [set_aside(run.checkpoints_dir / name).name for name in damaged]
+        msg = (f"damaged checkpoint {what}; resumed from {ckpt.name} instead (kept for inspection as "
+               f"{', '.join(f'{run.checkpoints_dir.name}/{m}' for m in moved)})")
+        print(f"note: {msg}", file=sys.stderr, flush=True)
+        run.update_status(note=msg)
+        run.append_metrics({"kind": "event", "event": "checkpoint_fallback", "step": int(ckpt.name.split("-")[1]),
+                            "time": time.time(), "skipped": list(damaged)})
+    return ckpt
 
 
 def new_run_dir_all_ranks(cfg: RunConfig) -> RunDir:

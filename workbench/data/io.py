@@ -7,9 +7,13 @@ Row numbers are kept in the DataFrame's index so later stages can say *which* ro
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import io
 import json
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,14 +39,54 @@ class Table:
     splits: dict[str, pd.DataFrame] | None = None  # hub data sets arrive already split
 
 
+# Byte-order marks of the Unicode encodings that have one; UTF-32 first (its LE mark starts like UTF-16's).
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16")]
+# File signatures of binary formats people save or rename as .csv, to say what the file really is.
+_MAGIC = [(b"PK\x03\x04", "a ZIP archive or an Excel/OpenDocument workbook (.xlsx, .ods)"),
+          (b"\xd0\xcf\x11\xe0", "an old Excel/Word file (.xls, .doc)"), (b"PAR1", "a Parquet file"),
+          (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"), (b"\x89PNG", "a PNG image"),
+          (b"\xff\xd8\xff", "a JPEG image"), (b"SQLite format 3", "an SQLite database"), (b"BZh", "a bzip2 archive"),
+          (b"\x80\x04", "a Python pickle"), (b"\x80\x03", "a Python pickle"), (b"\x7fELF", "a program")]
+
+
+def check_text(raw: bytes, name: str) -> None:
+    """Refuse binary content (NUL bytes or mostly control characters): it is not a text table.
+
+    Without this a spreadsheet or an archive renamed to .csv decodes as cp1252 and becomes a table
+    with kilobytes of garbage column names.
+    """
+    head = raw[:8192]
+    what = next((desc for magic, desc in _MAGIC if head.startswith(magic)), None)
+    nul = head.find(b"\x00")
+    # Control bytes other than tab/newline/carriage return/form feed; in a text table they are rare.
+    control = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13) or b == 127)
+    if what is None and nul < 0 and control <= max(2, len(head) // 20):
+        return
+    detail = f"it looks like {what}" if what else (f"it holds a NUL byte at byte {nul}" if nul >= 0 else
+                                                     f"{control} of its first {len(head)} bytes are control characters")
+    fix = ("give it a .parquet extension" if what == "a Parquet file" else
+           "open it in the program that made it and export the table as CSV (UTF-8)")
+    raise DataError(f"{name} is not a text table: {detail}. Fix: {fix}.")
+
+
 def decode(raw: bytes, name: str, encoding: str | None = None) -> tuple[str, list[str]]:
-    """Bytes to text: UTF-8 (BOM stripped), else cp1252 then latin-1 with a warning naming the line."""
+    """Bytes to text: a BOM's encoding (UTF-8/16/32), else UTF-8, else cp1252 then latin-1 with a warning
+    naming the line. Binary content is refused (`check_text`)."""
     if encoding:
         try:
             return raw.decode(encoding), []
         except (UnicodeDecodeError, LookupError) as e:
             raise DataError(f"{name}: cannot decode as {encoding!r} ({e}). Fix: set data.encoding to the file's "
                             f"real encoding, or leave it empty to detect.") from None
+    for bom, enc in _BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw.decode(enc), []  # "utf-16"/"utf-32" read the BOM's byte order and drop it
+            except UnicodeDecodeError as e:
+                raise DataError(f"{name} starts with a {enc.upper()} byte-order mark but is not valid {enc.upper()} "
+                                f"(byte {e.start}). Fix: save it again as UTF-8, or set data.encoding.") from None
+    check_text(raw, name)
     try:
         return raw.decode("utf-8-sig"), []
     except UnicodeDecodeError as e:
@@ -55,6 +99,24 @@ def decode(raw: bytes, name: str, encoding: str | None = None) -> tuple[str, lis
             return text, [f"{name} is not valid UTF-8 (first bad byte 0x{raw[e.start]:02x} on line {line}); "
                           f"decoded it as {enc}. If accents look wrong, save the file as UTF-8 or set data.encoding."]
     raise AssertionError("latin-1 decodes any bytes")
+
+
+@contextlib.contextmanager
+def _any_field_size() -> Iterator[None]:
+    """Let one CSV cell be as large as the file: the csv module refuses cells over 128 KB by default,
+    which long documents legitimately exceed. (The limit is process-wide; it is restored after.)"""
+    old = csv.field_size_limit()
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            break
+        except OverflowError:  # a C long is 32 bits on some platforms
+            limit //= 2
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
 
 
 def sniff_delimiter(text: str, default: str = ",") -> str:
@@ -206,8 +268,9 @@ def read_table(source: str | Path | pd.DataFrame | bytes, *, name: str | None = 
         return Table(_parse_json(text, name), name, fmt, "row", warnings)
     if fmt == "jsonl":
         return Table(_parse_jsonl(text, name), name, fmt, "line", warnings)
-    delim = delimiter or ("\t" if fmt == "tsv" else sniff_delimiter(text))
-    df, more = _parse_delimited(text, name, delim)
+    with _any_field_size():
+        delim = delimiter or ("\t" if fmt == "tsv" else sniff_delimiter(text))
+        df, more = _parse_delimited(text, name, delim)
     if delim != "," and not delimiter:
         more.insert(0, f"{name}: detected {_DELIM_NAMES.get(delim, repr(delim))}-separated columns.")
     return Table(df, name, fmt, "line", warnings + more)

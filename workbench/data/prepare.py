@@ -6,6 +6,7 @@ user's other columns (for error-analysis slices); the index keeps the source row
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import math
@@ -30,6 +31,11 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validatio
                  "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "validation"}
 _INT = re.compile(r"[+-]?\d+(\.0*)?")
 RESERVED = ("text", "text_pair", "label", "label_name")
+# What pandas' `read_csv` reads as "no value" by default (its `na_values`): the spellings spreadsheets,
+# R and database exports write for a missing cell. A label spelled like this is missing, not a class.
+MISSING_LABELS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                            "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+_MISSING_LOWER = {m.lower() for m in MISSING_LABELS} | {"nil"}
 
 
 @dataclass
@@ -42,14 +48,7 @@ class PreparedData:
     labels: list[str]
     report: DataReport
     extra_columns: list[str] = field(default_factory=list)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.labels))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.labels)}
+    max_length: int | None = None  # tokens per text actually used: data.max_length, capped at the model's limit
 
 
 # --- columns -------------------------------------------------------------------------------------
@@ -77,7 +76,11 @@ def guess_columns(df: pd.DataFrame) -> dict[str, str | None]:
 
 
 def normalize_label(v: Any) -> str | None:
-    """One spelling per label: 1, 1.0 and "1" are the same class; surrounding spaces are ignored."""
+    """One spelling per label: 1, 1.0 and "1" are the same class; surrounding spaces are ignored.
+
+    Missing (None): empty cells, NaN, and the usual written spellings of a missing value (`MISSING_LABELS`:
+    "NaN", "NA", "N/A", "null", "None", ...).
+    """
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
         return None
     if isinstance(v, (bool, np.bool_)):
@@ -89,6 +92,8 @@ def normalize_label(v: Any) -> str | None:
     if isinstance(v, (list, dict, tuple, np.ndarray)):
         raise TypeError(type(v).__name__)
     s = str(v).strip()
+    if s in MISSING_LABELS:
+        return None
     if _INT.fullmatch(s):
         return str(int(float(s)))
     return s or None
@@ -105,15 +110,27 @@ def order_labels(names: set[str] | list[str]) -> list[str]:
 
 # --- the whole preparation -----------------------------------------------------------------------
 def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
-                 table: Table | pd.DataFrame | None = None, raise_on_problems: bool = True) -> PreparedData:
+                 table: Table | pd.DataFrame | None = None, raise_on_problems: bool = True,
+                 max_positions: int | None = None) -> PreparedData:
     """Load, clean, map labels, split and report. With `raise_on_problems`, fatal problems raise
-    `DataError` (all of them in one message); otherwise they are left in `report.problems`."""
+    `DataError` (all of them in one message); otherwise they are left in `report.problems`.
+
+    `max_positions` is the longest input the model takes (`tasks.classification.model_max_tokens`): a
+    larger `data.max_length` is lowered to it, with a warning (`PreparedData.max_length` is the result).
+    """
+    capped = None
+    if max_positions is not None and cfg.max_length > max_positions:
+        capped = (f"data.max_length={cfg.max_length} is more than this model takes ({max_positions} tokens): "
+                  f"texts are cut at {max_positions} tokens instead. Fix: set data.max_length to {max_positions} "
+                  f"or less.")
+        cfg = dataclasses.replace(cfg, max_length=max_positions)
     if table is None:
         table = read_table(cfg.source, delimiter=cfg.delimiter, encoding=cfg.encoding)
     elif isinstance(table, pd.DataFrame):
         table = read_table(table)
     rep = DataReport(source=table.source, format=table.format, columns_found=[str(c) for c in table.df.columns],
-                     rows_read=len(table.df), row_kind=table.row_kind, warnings=list(table.warnings))
+                     rows_read=len(table.df), row_kind=table.row_kind,
+                     warnings=list(table.warnings) + ([capped] if capped else []))
     empty = PreparedData(*(pd.DataFrame(),) * 3, labels=[], report=rep)
 
     given_splits: dict[str, pd.DataFrame] = dict(table.splits or {})
@@ -150,7 +167,8 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
         train_all = frames.pop("train")
         sc = train_all.pop(cfg.split_column) if cfg.split_column in train_all else None
         if sc is None:
-            rep.problems.append(f"data.split_column {cfg.split_column!r} not found; columns found: {rep.columns_found}.")
+            rep.problems.append(f"data.split_column {cfg.split_column!r} not found; columns found: "
+                                f"{rep.columns_found}.")
             return _finish(empty, raise_on_problems)
         mapped = sc.astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
         bad = sorted(set(sc[mapped.isna()].astype(str)))
@@ -170,6 +188,10 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
 
     train = frames["train"]
     counts = train["label_name"].value_counts()
+    regression = _looks_like_regression(counts, cols["label"])
+    if regression:
+        rep.problems.append(regression)
+        return _finish(empty, raise_on_problems)
     if len(counts) < 2:
         only = counts.index[0] if len(counts) else "none"
         rep.problems.append(f"only one class ({only!r}) in column {cols['label']!r}: a classifier needs at least two. "
@@ -183,7 +205,8 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
         if len(small):
             rep.problems.append(
                 "class(es) too small to split into train/" + ("validation/" if need_val else "") + "test: " +
-                ", ".join(f"{k!r} has {v} row(s)" for k, v in small.items()) +
+                ", ".join(f"{k!r} has {v} row(s)" for k, v in small.head(10).items()) +
+                (f" and {len(small) - 10} more" if len(small) > 10 else "") +
                 f". Fix: give each class at least {n_splits + 1} rows (better 20+), or remove it.")
             return _finish(empty, raise_on_problems)
         try:
@@ -222,8 +245,8 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
         frames[s] = f
     _describe(rep, frames, labels, cfg, tokenizer)
     extras = [c for c in frames["train"].columns if c not in RESERVED]
-    return _finish(PreparedData(frames["train"], frames["validation"], frames["test"], labels, rep, extras),
-                   raise_on_problems)
+    return _finish(PreparedData(frames["train"], frames["validation"], frames["test"], labels, rep, extras,
+                                cfg.max_length), raise_on_problems)
 
 
 def _finish(prep: PreparedData, raise_on_problems: bool) -> PreparedData:
@@ -252,8 +275,9 @@ def _resolve_columns(cfg: DataConfig, df: pd.DataFrame, rep: DataReport) -> dict
             if guess[role] is not None:
                 rep.guessed.append(role)
             elif role != "text_pair":
+                common = ", ".join((TEXT_NAMES if role == "text" else LABEL_NAMES)[:5])
                 rep.problems.append(f"no {role} column found among {found}. Fix: set data.{role}_column "
-                                    f"(common names: {', '.join((TEXT_NAMES if role == 'text' else LABEL_NAMES)[:5])}).")
+                                    f"(common names: {common}).")
     if cols.get("text") and cols.get("text") == cols.get("label"):
         rep.problems.append(f"text and label would both be column {cols['text']!r}; set data.text_column and "
                             f"data.label_column explicitly.")
@@ -282,6 +306,18 @@ def _clean(raw: pd.DataFrame, cols: dict[str, str | None], split: str, rep: Data
         rep.dropped.setdefault(f"empty or missing text{where}", []).extend(int(i) for i in raw.index[empty_text])
     if no_label.any():
         rep.dropped.setdefault(f"missing label{where}", []).extend(int(i) for i in raw.index[no_label])
+        spelled = raw[lcol].map(lambda v: isinstance(v, str) and v.strip() in MISSING_LABELS and bool(v.strip()))
+        spelled &= no_label
+        if spelled.any():
+            kinds = ", ".join(repr(k) for k in sorted(set(raw.loc[spelled, lcol].str.strip()))[:6])
+            rows = [int(i) for i in raw.index[spelled]]
+            rep.warnings.append(f"{len(rows)} label(s){where} written as a missing value ({kinds}) were read as "
+                                f"missing and their rows dropped: {rep.row_kind}s {_first(rows)}. Fix: label "
+                                f"them, or leave them out on purpose.")
+    lookalike = sorted({n for n in names.dropna().unique() if n.lower() in _MISSING_LOWER})
+    if lookalike:
+        rep.warnings.append(f"label(s) {lookalike}{where} look like a missing value but are kept as a class. "
+                            f"If they mean 'no label', remove those rows or leave their label cell empty.")
     if pcol:
         pair = raw[pcol].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
     keep = ~(empty_text | no_label)
@@ -294,6 +330,30 @@ def _clean(raw: pd.DataFrame, cols: dict[str, str | None], split: str, rep: Data
             continue
         out[f"{c}_original" if c in RESERVED else c] = raw.loc[keep, c]
     return out
+
+
+def _looks_like_regression(counts: pd.Series, column: Any) -> str | None:
+    """A problem message when the labels are many distinct numbers (a score to predict, not classes)."""
+    try:
+        values = np.array([float(k) for k in counts.index])
+    except ValueError:
+        return None
+    if not np.isfinite(values).all():
+        return None
+    fractional = not all(v.is_integer() for v in values)
+    # Star ratings (1-5) or class ids are few integers; a score has many values, often fractional,
+    # and most of them occur once.
+    if len(values) < 20 or not (fractional or len(values) > 0.5 * counts.sum()):
+        return None
+    shown = ", ".join(f"{v:g}" for v in np.sort(values)[np.linspace(0, len(values) - 1, 6).astype(int)])
+    return (f"label column {column!r} looks like a regression target, not classes: {len(values)} distinct numeric "
+            f"values from {values.min():g} to {values.max():g} (e.g. {shown}). The workbench trains classifiers. "
+            f"Fix: choose the column that holds class names, or bin the numbers into a few classes (say low / "
+            f"medium / high) in a new column.")
+
+
+def _first(rows: list[int], n: int = 8) -> str:
+    return ", ".join(map(str, rows[:n])) + (f" and {len(rows) - n} more" if len(rows) > n else "")
 
 
 def _split(df: pd.DataFrame, size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -345,4 +405,5 @@ def _describe(rep: DataReport, frames: dict[str, pd.DataFrame], labels: list[str
         rep.token_lengths = token_length_stats(lengths, cfg.max_length, getattr(tokenizer, "name_or_path", ""))
         if rep.token_lengths["truncated_share"] > 0.05:
             rep.warnings.append(f"{rep.token_lengths['truncated_share']:.0%} of training texts are longer than "
-                                f"data.max_length={cfg.max_length} tokens and will be cut; raise it if the end matters.")
+                                f"data.max_length={cfg.max_length} tokens and will be cut; raise it if the end "
+                                f"matters.")

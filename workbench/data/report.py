@@ -52,11 +52,11 @@ def token_length_stats(lengths: list[int] | np.ndarray, max_length: int, tokeniz
     if arr.size == 0:
         return {}
     pct = {f"p{q}": int(np.percentile(arr, q)) for q in (50, 90, 95, 99)}
+    counts, edges = np.histogram(arr, bins=min(30, max(5, int(arr.max() - arr.min() + 1))))
     return {"tokenizer": tokenizer_name, "n": int(arr.size), "mean": round(float(arr.mean()), 1), **pct,
             "max": int(arr.max()), "max_length": max_length,
             "truncated": int((arr > max_length).sum()), "truncated_share": round(float((arr > max_length).mean()), 4),
-            "histogram": np.histogram(arr, bins=min(30, max(5, int(arr.max() - arr.min() + 1))))[0].tolist(),
-            "histogram_edges": np.histogram_bin_edges(arr, bins=min(30, max(5, int(arr.max() - arr.min() + 1)))).tolist()}
+            "histogram": counts.tolist(), "histogram_edges": edges.tolist()}
 
 
 def format_report(r: DataReport, verbose: bool = False) -> str:

@@ -7,15 +7,10 @@ from typing import Any, Mapping
 
 import plotly.graph_objects as go
 
+from .message import message_figure
+
+
 SPLIT_ORDER = ("train", "validation", "test")
-
-
-def _message_figure(text: str, title: str | None = None) -> go.Figure:
-    """An empty chart that says why it is empty, instead of a blank square."""
-    fig = go.Figure()
-    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False)
-    return fig
 
 
 def _as_dict(report: Mapping[str, Any] | Any) -> Mapping[str, Any]:
@@ -32,7 +27,7 @@ def class_balance_figure(report: Mapping[str, Any] | Any, share: bool = False,
     rep = _as_dict(report)
     balance: Mapping[str, Mapping[str, int]] = rep.get("class_balance") or {}
     if not balance:
-        return _message_figure("no class balance in the report", title)
+        return message_figure("no class balance in the report", title)
     splits = [s for s in SPLIT_ORDER if s in balance] + [s for s in balance if s not in SPLIT_ORDER]
     labels = list(rep.get("labels") or [])
     labels += [lab for s in splits for lab in balance[s] if lab not in labels]
@@ -61,7 +56,7 @@ def token_length_figure(report: Mapping[str, Any] | Any, max_length: int | None 
     t = _as_dict(report).get("token_lengths") or {}
     counts, edges = t.get("histogram") or [], t.get("histogram_edges") or []
     if not counts or len(edges) != len(counts) + 1:
-        return _message_figure("no token lengths in the report (made without a tokenizer?)", title)
+        return message_figure("no token lengths in the report (made without a tokenizer?)", title)
     centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
     widths = [b - a for a, b in zip(edges, edges[1:])]
     fig = go.Figure(go.Bar(x=centres, y=counts, width=widths, name="examples", marker_color="#1f77b4",

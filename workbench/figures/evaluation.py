@@ -12,16 +12,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .message import message_figure
+
+
 METRIC_NAMES = {"accuracy": "accuracy", "f1_macro": "macro F1", "precision_macro": "macro precision",
                 "recall_macro": "macro recall", "f1_weighted": "weighted F1", "f1_micro": "micro F1"}
-
-
-def _message_figure(text: str, title: str | None = None) -> go.Figure:
-    """An empty chart that says why it is empty, instead of a blank square."""
-    fig = go.Figure()
-    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False)
-    return fig
 
 
 def confusion_matrix_figure(metrics: Mapping[str, Any], normalize: bool = False,
@@ -34,7 +29,7 @@ def confusion_matrix_figure(metrics: Mapping[str, Any], normalize: bool = False,
     labels = list(metrics.get("labels") or [])
     cm = np.asarray(metrics.get("confusion_matrix") or [], dtype=float)
     if not labels or cm.size == 0:
-        return _message_figure("no confusion matrix yet", title)
+        return message_figure("no confusion matrix yet", title)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     z = share if normalize else cm
@@ -56,7 +51,7 @@ def per_class_figure(metrics: Mapping[str, Any], title: str = "Per-class scores"
     per = metrics.get("per_class") or {}
     labels = [lab for lab in (metrics.get("labels") or list(per)) if lab in per]
     if not labels:
-        return _message_figure("no per-class metrics yet", title)
+        return message_figure("no per-class metrics yet", title)
     support = [per[lab].get("support") for lab in labels]
     fig = go.Figure()
     for key in ("precision", "recall", "f1"):
@@ -73,7 +68,7 @@ def before_after_figure(evaluation: Mapping[str, Mapping[str, Any]],
     """One bar group per metric, one bar per stage present in eval.json ("before", "after")."""
     stages = [s for s in ("before", "after") if evaluation.get(s)]
     if not stages:
-        return _message_figure("no test evaluation yet", title)
+        return message_figure("no test evaluation yet", title)
     names = [METRIC_NAMES.get(k, k) for k in keys]
     fig = go.Figure()
     for stage, colour in zip(stages, ("#9aa5b1", "#1f77b4") if len(stages) == 2 else ("#1f77b4",)):
@@ -91,7 +86,7 @@ def slice_figure(slices: pd.DataFrame, top: int = 15, title: str = "Worst slices
     together; the dotted line is the whole test set's accuracy, so "how much worse" is visible.
     """
     if slices is None or not len(slices):
-        return _message_figure("no slices (all smaller than min_size?)", title)
+        return message_figure("no slices (all smaller than min_size?)", title)
     s = slices.sort_values(["accuracy", "n"], ascending=[True, False], kind="stable").head(top)
     s = s.assign(name=[f"{f}: {v} (n={n})" for f, v, n in zip(s["feature"], s["slice"], s["n"])])
     fig = go.Figure()
@@ -120,7 +115,7 @@ def confidence_figure(pred: pd.DataFrame, bins: int = 20, title: str = "Confiden
     means confident mistakes worth reading (`analysis.confident_mistakes`).
     """
     if pred is None or not len(pred):
-        return _message_figure("no predictions yet", title)
+        return message_figure("no predictions yet", title)
     correct = pred["correct"].astype(bool) if "correct" in pred else pred["gold"] == pred["predicted"]
     fig = go.Figure()
     for name, mask, colour in (("correct", correct, "#2ca02c"), ("wrong", ~correct, "#d62728")):

@@ -14,19 +14,12 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from ..rundir import RunDir
+from .message import message_figure
 
 RunMetrics = Union[pd.DataFrame, RunDir, str, Path]
 RunsInput = Union[RunMetrics, Mapping[str, RunMetrics], Sequence[RunMetrics]]
 COLOURS = qualitative.Plotly
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
-
-
-def _message_figure(text: str, title: str | None = None) -> go.Figure:
-    """An empty chart that says why it is empty (no metrics logged yet) instead of a blank square."""
-    fig = go.Figure()
-    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False)
-    return fig
 
 
 def _frame(item: RunMetrics) -> tuple[str | None, pd.DataFrame]:
@@ -86,7 +79,7 @@ def loss_figure(runs: RunsInput, x: Literal["step", "epoch"] = "step", title: st
                                      marker={"symbol": "x", "size": 12, "color": "crimson"}, text=["loss NaN/inf"],
                                      textposition="top center", name="halted: NaN loss", legendgroup=name))
     if not fig.data:
-        return _message_figure("no loss logged yet", title)
+        return message_figure("no loss logged yet", title)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title="loss", hovermode="x unified",
                       legend_groupclick="toggleitem")
     return fig
@@ -112,7 +105,7 @@ def metric_figure(runs: RunsInput, keys: Sequence[str] = ("eval_accuracy", "eval
                                      line={"color": COLOURS[i % len(COLOURS)], "dash": DASHES[j % len(DASHES)]},
                                      hovertemplate=f"{name}<br>{label}: %{{y:.4g}}<br>{x} %{{x}}<extra></extra>"))
     if not fig.data:
-        return _message_figure(f"no {', '.join(keys)} logged yet", title)
+        return message_figure(f"no {', '.join(keys)} logged yet", title)
     fig.update_layout(title=title, xaxis_title=x, hovermode="x unified", legend_groupclick="toggleitem")
     if all(k.startswith("eval_") and not k.endswith("loss") for k in keys):
         fig.update_yaxes(title="score")

@@ -1,6 +1,59 @@
-"""One module per task. Each supplies tokenisation, batching and prediction for its task; the
-config, the run directory and the training loop are shared (see `workbench.training`)."""
+"""Tasks: one module per task, found by name through this registry.
 
-from . import classification
+`RunConfig.task` names a registered task; the shared stages (data, training, evaluation, prediction,
+the run summary, the CLI and the dashboard) look it up here with `get_task` and call through it (see
+`workbench.tasks.base.Task`). A new task is one module that builds a task object and calls
+`register_task`; a task defined outside the package (a notebook, a test) registers the same way.
+"""
 
-TASK_MODULES = {"text-classification": classification}
+from __future__ import annotations
+
+from .base import CONTRACT, DataRole, Task, greater_is_better
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task, *, replace: bool = False) -> Task:
+    """Make `task` available as `RunConfig.task == task.name`; returns it (usable as a decorator on instances)."""
+    missing = [m for m in Task.__annotations__ if not hasattr(task, m)]
+    missing += [m for m in ("prepare", "encode", "collator", "load_model", "compute_metrics", "predict", "score",
+                            "frame_from_predictions", "align_labels") if not callable(getattr(task, m, None))]
+    if missing:
+        raise TypeError(f"task {getattr(task, 'name', task)!r} lacks {sorted(set(missing))}: see "
+                        f"workbench.tasks.base.Task.")
+    if task.headline not in task.directions:
+        raise TypeError(f"task {task.name!r}: headline metric {task.headline!r} has no direction in "
+                        f"`directions`.")
+    if task.name in TASKS and TASKS[task.name] is not task and not replace:
+        raise ValueError(f"a task named {task.name!r} is already registered; pass replace=True to override it.")
+    TASKS[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    TASKS.pop(name, None)
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name`, or a `ConfigError` that lists the registered ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        from ..errors import ConfigError
+        raise ConfigError(f"task: {name!r} is not a registered task; use one of {', '.join(TASKS)}.") from None
+
+
+from .classification import TASK as _classification  # noqa: E402 (registers after the registry exists)
+
+register_task(_classification)
+
+__all__ = [
+    "CONTRACT",
+    "TASKS",
+    "DataRole",
+    "Task",
+    "get_task",
+    "greater_is_better",
+    "register_task",
+    "unregister_task",
+]

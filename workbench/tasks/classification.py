@@ -6,16 +6,41 @@ predictions); config, run directory and training loop stay the same for every ta
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from transformers import DataCollatorWithPadding
 
+from .base import DataRole
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+# Models whose position ids start after the padding index (RoBERTa's scheme): that many fewer usable positions.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text", "ibert",
+                     "longformer")
+
+
+def model_max_tokens(model_config: Any, tokenizer: Any = None) -> int | None:
+    """The longest input (in tokens, special tokens included) the model can take, or None if it has no fixed limit.
+
+    Models with learned position embeddings (BERT, MiniLM: 512) fail with an index error on longer inputs;
+    a tokenizer's own `model_max_length` counts when it is set (an unset one is a huge sentinel).
+    """
+    limits = []
+    pos = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if isinstance(pos, int) and pos > 0:
+        if getattr(model_config, "model_type", "") in _OFFSET_POSITIONS:
+            pad = getattr(model_config, "pad_token_id", None)
+            pos -= (1 if pad is None else pad) + 1
+        limits.append(pos)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 10**9:
+        limits.append(tok_max)
+    return min(limits) if limits else None
 
 
 def tokenize_frame(df: pd.DataFrame, tokenizer: Any, max_length: int) -> "datasets.Dataset":  # noqa: F821
@@ -31,23 +56,19 @@ def tokenize_frame(df: pd.DataFrame, tokenizer: Any, max_length: int) -> "datase
 
 
 class PaddingCollator:
-    """Pads each batch to its own longest example and counts the real (non-padding) tokens seen.
+    """Pads each batch to its own longest example.
 
-    The count feeds the tokens/s figure in metrics.jsonl; extra columns (`length`) are dropped here so
-    the trainer can keep them for its length-grouped sampler.
+    Extra columns (`length`) are dropped here so the trainer can keep them for its length-grouped
+    sampler. (The real-token count behind tokens/s in metrics.jsonl is `WorkbenchTrainer.real_tokens`,
+    counted where the batch is trained on.)
     """
 
-    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None):
+    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None, keep: Sequence[str] = MODEL_INPUTS):
         self.inner = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
-        self.tokens = 0
-        self.examples = 0
+        self.keep = tuple(keep)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        feats = [{k: v for k, v in f.items() if k in MODEL_INPUTS} for f in features]
-        batch = self.inner(feats)
-        self.tokens += int(batch["attention_mask"].sum())
-        self.examples += len(feats)
-        return batch
+        return self.inner([{k: v for k, v in f.items() if k in self.keep} for f in features])
 
 
 def autocast_for(device: torch.device, bf16: bool) -> Any:
@@ -71,6 +92,8 @@ def predict_proba(model: Any, tokenizer: Any, texts: Sequence[str], pairs: Seque
     if len(texts) == 0:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     args = [texts] + ([list(map(str, pairs))] if pairs is not None else [])
+    # A run's config may ask for more than the model takes (the data report said so at training time).
+    max_length = min(max_length, model_max_tokens(model.config, tokenizer) or max_length)
     enc = tokenizer(*args, truncation=True, max_length=max_length)
     order = np.argsort([len(x) for x in enc["input_ids"]], kind="stable")[::-1]
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
@@ -117,6 +140,84 @@ def predictions_frame(df: pd.DataFrame, probs: np.ndarray, labels: list[str]) ->
     return out
 
 
-def mean_length(ds: Any) -> float:
-    n = len(ds)
-    return float(sum(ds["length"]) / n) if n else math.nan
+class TextClassification:
+    """Text (or text-pair) classification: one label per example, a sequence-classification head.
+
+    The data stage (`workbench.data.prepare`), the metrics (`workbench.evaluate`) and the model loader
+    (`workbench.models.load_classifier`) were written for this task first and stay where they are; this
+    object is how the shared stages reach them.
+    """
+
+    name = "text-classification"
+    description = "One label per text (or text pair): sentiment, spam, topic, intent, entailment."
+    roles = (
+        DataRole("text", "text_column", True, "the text to classify"),
+        DataRole("text_pair", "text_pair_column", False, "a second text, for pair tasks (premise/hypothesis)"),
+        DataRole("label", "label_column", True, "the class, a string or an integer; at least two classes"),
+    )
+    model_inputs = MODEL_INPUTS
+    auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    directions: ClassVar[dict[str, bool]] = {"accuracy": True, "f1_macro": True, "precision_macro": True,
+                                             "recall_macro": True, "loss": False}
+    headline = "accuracy"
+    freeze_embeddings_ok = True
+
+    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
+                max_positions: int | None = None) -> Any:
+        from ..data.prepare import prepare_data
+        return prepare_data(cfg, seed, tokenizer=tokenizer, raise_on_problems=raise_on_problems,
+                            max_positions=max_positions)
+
+    def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Any:
+        return tokenize_frame(frame, tokenizer, max_length)
+
+    def collator(self, tokenizer: Any) -> PaddingCollator:
+        return PaddingCollator(tokenizer, keep=self.model_inputs)
+
+    def load_model(self, cfg: Any, labels: list[str], *, tokenizer: Any = None, attn_implementation: str | None = None,
+                   dtype: Any = None) -> Any:
+        from ..models import load_classifier
+        return load_classifier(cfg, labels, tokenizer=tokenizer, attn_implementation=attn_implementation,
+                               dtype=dtype if dtype is not None else torch.float32)
+
+    def compute_metrics(self, eval_pred: Any, labels: Sequence[str] = ()) -> dict[str, float]:
+        from ..evaluate import trainer_metrics
+        return trainer_metrics(eval_pred)
+
+    def predict(self, model: Any, tokenizer: Any, frame: pd.DataFrame, labels: list[str], *, max_length: int,
+                batch_size: int = 64, bf16: bool = False) -> pd.DataFrame:
+        probs = predict_proba(model, tokenizer, frame["text"].tolist(),
+                              frame["text_pair"].tolist() if "text_pair" in frame else None,
+                              max_length=max_length, batch_size=batch_size, bf16=bf16)
+        return predictions_frame(frame, probs, labels)
+
+    @staticmethod
+    def predict_proba(model: Any, tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                      **kw: Any) -> np.ndarray:
+        """Class probabilities per text (`Predictor.predict_proba`); not part of the Task protocol."""
+        return predict_proba(model, tokenizer, texts, pairs, **kw)
+
+    def score(self, pred: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
+        from ..evaluate import metrics_from_predictions
+        return metrics_from_predictions(pred, labels)
+
+    def frame_from_predictions(self, pred: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+        l2i = {n: i for i, n in enumerate(labels)}
+        frame = pd.DataFrame({"text": pred["text"], "label": pred["gold"].astype(str).map(l2i)})
+        if "text_pair" in pred:
+            frame["text_pair"] = pred["text_pair"]
+        frame.index = pred["row"]
+        return frame
+
+    def align_labels(self, frame: pd.DataFrame, labels: list[str], source: str) -> pd.DataFrame:
+        l2i = {n: i for i, n in enumerate(labels)}
+        frame = frame.assign(label=frame["label_name"].map(l2i))
+        if frame["label"].isna().any():
+            from ..errors import DataError
+            raise DataError(f"{source} has labels {sorted(set(frame.loc[frame['label'].isna(), 'label_name']))} "
+                            f"that the model was not trained on ({labels}).")
+        return frame
+
+
+TASK = TextClassification()

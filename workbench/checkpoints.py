@@ -1,0 +1,132 @@
+"""Which checkpoint a resume starts from: the newest one whose files are all intact.
+
+Checkpoints are written atomically (trainer.py), yet one can still be damaged afterwards: a disk that
+filled while it was copied, a sync cut short, a file deleted by hand. `transformers.Trainer` then fails
+with a raw traceback on a truncated file, and silently starts a fresh optimizer and learning-rate
+schedule when `optimizer.pt` or `scheduler.pt` is missing. So every file a resume needs is checked here
+first, by its structure only: nothing is loaded, and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+WEIGHTS = ("model.safetensors", "adapter_model.safetensors")
+# file -> what resuming without it would silently do
+REQUIRED = {"optimizer.pt": "start a fresh optimizer", "scheduler.pt": "restart the learning-rate schedule"}
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """What is missing or damaged in the checkpoint folder `ckpt` ([] when it can be resumed from)."""
+    problems = []
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+            problems.append("trainer_state.json has no global_step")
+    except FileNotFoundError:
+        problems.append("trainer_state.json is missing")
+    except (OSError, ValueError):
+        problems.append("trainer_state.json is damaged (not valid JSON)")
+    problems += _weights_problems(ckpt)
+    for name, consequence in REQUIRED.items():
+        if not (ckpt / name).is_file():
+            problems.append(f"{name} is missing (resuming from it would {consequence})")
+        else:
+            problems += _torch_file_problems(ckpt / name)
+    rng = sorted(ckpt.glob("rng_state*.pth"))
+    if not rng:
+        problems.append("rng_state.pth is missing")
+    for f in rng:
+        problems += _torch_file_problems(f)
+    return problems
+
+
+def _weights_problems(ckpt: Path) -> list[str]:
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return [f"{index.name} is damaged"]
+    else:
+        shards = [n for n in WEIGHTS if (ckpt / n).exists()]
+    if not shards:
+        return [f"the model weights ({' or '.join(WEIGHTS)}) are missing"]
+    out = []
+    for name in shards:
+        p = ckpt / Path(name).name
+        if not p.is_file():
+            out.append(f"{p.name} is missing")
+        elif problem := _safetensors_problem(p):
+            out.append(f"{p.name} {problem}")
+    return out
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes; the header's
+    largest end offset says how long the file must be, so a cut-short file is found without loading it."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"is cut short ({size} bytes)"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"is cut short ({size} bytes, its header alone needs {8 + n})"
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "is damaged (its header is not a safetensors header)"
+    if size != 8 + n + end:
+        return f"is cut short ({size} of {8 + n + end} bytes)" if size < 8 + n + end else \
+            f"is damaged ({size - 8 - n - end} unexpected bytes at its end)"
+    return None
+
+
+def _torch_file_problems(path: Path) -> list[str]:
+    """`torch.save` writes a zip archive with a CRC per record: a cut-short or corrupted file fails here."""
+    if _is_bare_pickle(path):
+        return [f"{path.name} is a pickle, not a torch.save archive of tensors"]
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return [f"{path.name} is damaged or cut short (not a complete torch.save archive)"]
+    return [f"{path.name} is damaged (record {bad} fails its checksum)"] if bad else []
+
+
+def _is_bare_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80" and not zipfile.is_zipfile(path)  # pickle protocol 2+ opcode
+
+
+def pickled_files(ckpt: Path) -> list[str]:
+    """Files of `ckpt` that are bare pickles: never loaded (unpickling can run code), and never quietly
+    skipped either, since our own checkpoints never hold one: someone put it there."""
+    return [p.name for p in sorted(ckpt.glob("*.p*")) if p.suffix in (".pt", ".pth", ".pkl", ".bin")
+            and p.is_file() and _is_bare_pickle(p)]
+
+
+def intact_checkpoint(checkpoints: list[Path]) -> tuple[Path | None, dict[str, list[str]]]:
+    """The newest intact checkpoint of `checkpoints` (oldest first), and the problems of the newer damaged ones."""
+    damaged: dict[str, list[str]] = {}
+    for ckpt in reversed(checkpoints):
+        problems = checkpoint_problems(ckpt)
+        if not problems:
+            return ckpt, damaged
+        damaged[ckpt.name] = problems
+    return None, damaged
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename a damaged checkpoint to `damaged-checkpoint-N`: kept for inspection, but out of the trainer's
+    rotation (which would otherwise keep it as the newest and delete intact ones) and never resumed from."""
+    dest, n = ckpt.with_name(f"damaged-{ckpt.name}"), 2
+    while dest.exists():
+        dest, n = ckpt.with_name(f"damaged-{ckpt.name}-{n}"), n + 1
+    ckpt.rename(dest)
+    return dest
