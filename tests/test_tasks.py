@@ -32,7 +32,8 @@ class TextRegression:
     headline = "mae"
     freeze_embeddings_ok = True
 
-    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True) -> Any:
+    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
+                max_positions: int | None = None) -> Any:
         from workbench.data.prepare import PreparedData
         from workbench.data.report import DataReport
 
@@ -64,7 +65,7 @@ class TextRegression:
         model.config.problem_type = "regression"
         return model
 
-    def compute_metrics(self, eval_pred: Any) -> dict[str, float]:
+    def compute_metrics(self, eval_pred: Any, labels: Any = ()) -> dict[str, float]:
         p = np.asarray(eval_pred.predictions).reshape(-1)
         return _scores(p, np.asarray(eval_pred.label_ids).reshape(-1))
 
