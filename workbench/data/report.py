@@ -78,7 +78,8 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
                    f"p95 {w.get('p95')}, max {w.get('max')}; {d.get('entities_per_sentence')} entities per sentence")
     if r.class_balance.get("train"):
         total = sum(r.class_balance["train"].values()) or 1
-        out.append(("  train entities: " if d.get("scheme") else "  train classes: ") + ", ".join(f"{k} {v} ({v / total:.0%})"
+        head = "  train entities: " if d.get("scheme") else "  train classes: "
+        out.append(head + ", ".join(f"{k} {v} ({v / total:.0%})"
                                                    for k, v in r.class_balance["train"].items()))
     if r.duplicates:
         out.append(f"  duplicates in train: {r.duplicates}" +

@@ -52,14 +52,22 @@ def _split(df: pd.DataFrame, size: float, seed: int) -> tuple[pd.DataFrame, pd.D
     return df.drop(test.index), test
 
 
-def prepare_tagged(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_problems: bool = True) -> Any:
+def prepare_tagged(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_problems: bool = True,
+                   max_positions: int | None = None) -> Any:
     """Read, check, split and report tagged sentences (the `Task.prepare` of token classification)."""
+    import dataclasses
+
     from ...data.prepare import PreparedData, _finish
     from ...data.report import DataReport
 
+    capped = []
+    if max_positions is not None and cfg.max_length > max_positions:
+        capped.append(f"data.max_length={cfg.max_length} is more than this model takes ({max_positions} tokens): "
+                      f"sentences are cut at {max_positions} sub-word tokens instead.")
+        cfg = dataclasses.replace(cfg, max_length=max_positions)
     data = load_tagged(cfg.source)
     rep = DataReport(source=str(cfg.source), format=data.format, columns_found=["tokens", "tags"],
-                     rows_read=len(data.frame), row_kind=data.row_kind, warnings=list(data.repairs),
+                     rows_read=len(data.frame), row_kind=data.row_kind, warnings=capped + list(data.repairs),
                      problems=list(data.problems))
     rep.columns = {"tokens": "tokens", "tags": "tags"}
     frames: dict[str, pd.DataFrame] = {}
@@ -114,8 +122,8 @@ def prepare_tagged(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_
     for s, f in frames.items():
         frames[s] = f.assign(label_ids=f["tags"].map(lambda ts: [l2i.get(t, 0) for t in ts]))
     _describe(rep, frames, labels, cfg, tokenizer, data)
-    return _finish(PreparedData(frames["train"], frames["validation"], frames["test"], labels, rep, []),
-                   raise_on_problems)
+    return _finish(PreparedData(frames["train"], frames["validation"], frames["test"], labels, rep, [],
+                                max_length=cfg.max_length), raise_on_problems)
 
 
 def _describe(rep: Any, frames: dict[str, pd.DataFrame], labels: list[str], cfg: Any, tokenizer: Any,
@@ -204,8 +212,9 @@ class TokenClassification:
     freeze_embeddings_ok = True
     file_formats = "CoNLL .txt/.conll (token TAB tag, blank line between sentences), JSON/JSONL"
 
-    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = False) -> Any:
-        return prepare_tagged(cfg, seed, tokenizer, raise_on_problems=raise_on_problems)
+    def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
+                max_positions: int | None = None) -> Any:
+        return prepare_tagged(cfg, seed, tokenizer, raise_on_problems=raise_on_problems, max_positions=max_positions)
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Any:
         import datasets
@@ -247,8 +256,9 @@ class TokenClassification:
         return predictions_table(frame, probs, labels)
 
     def predict_texts(self, model: Any, tokenizer: Any, texts: Sequence[str], labels: list[str], *,
-                      max_length: int = 256, batch_size: int = 64) -> list[list[dict[str, Any]]]:
-        """Entities of raw texts, each `{type, text, start, end, score}` with CHARACTER offsets into its text."""
+                      max_length: int = 256, batch_size: int = 64) -> pd.DataFrame:
+        """Entities of raw texts: a row per text with `predicted` (readable) and `entities`, each
+        `{type, text, start, end, score}` with CHARACTER offsets into the text (end exclusive)."""
         spans = [split_words(t) for t in texts]
         words = [[t[a:b] for a, b in sp] for t, sp in zip(texts, spans)]
         probs = predict_word_probs(model, tokenizer, words, max_length=max_length, batch_size=batch_size)
@@ -260,7 +270,24 @@ class TokenClassification:
                 ents.append({"type": t, "text": text[sp[s][0]:sp[e - 1][1]], "start": sp[s][0], "end": sp[e - 1][1],
                              "score": round(float(pr[s:e].max(-1).mean()), 4)})
             out.append(ents)
-        return out
+        return pd.DataFrame({"text": list(texts),
+                             "predicted": ["; ".join(f"{e['type']}: {e['text']} [{e['start']}:{e['end']}]" for e in x)
+                                           or "(no entities)" for x in out],
+                             "entities": out})
+
+    def error_report(self, pred: pd.DataFrame, n: int = 10) -> dict[str, pd.DataFrame]:
+        """What `workbench errors` prints for a tagger: error counts by type, the worst sentences, the
+        entity errors themselves, and entity-level slices."""
+        errs = entity_error_table(pred)
+        counts = errs["kind"].value_counts().reindex(list(ERROR_TYPES), fill_value=0)
+        worst = pred[~pred["correct"].astype(bool)].sort_values(["n_errors", "loss"], ascending=False).head(n)
+        return {
+            "entity errors by type": counts.rename_axis("error").reset_index(name="count"),
+            f"{len(worst)} sentences with the most entity errors": worst[["row", "n_errors", "gold", "predicted",
+                                                                          "text"]],
+            f"first {min(n * 2, len(errs))} entity errors": errs.head(n * 2)[["row", "kind", "gold", "predicted"]],
+            "slices (recall/precision of entities)": entity_slices(pred),
+        }
 
     def score(self, pred: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
         gold, predicted = pred["gold_tags"].map(list).tolist(), pred["pred_tags"].map(list).tolist()

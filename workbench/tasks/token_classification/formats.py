@@ -97,7 +97,8 @@ def normalise_tags(sentences: list[tuple[int, list[str], list[int]]]) -> tuple[l
             spell[etype] = spell.get(etype, 0) + 1
             row.append((prefix.upper(), etype))
         parsed.append(row)
-    canon = {k: max(v, key=v.get) for k, v in type_spellings.items()}  # most frequent spelling wins
+    # One spelling per type: an upper-case one when the file has it (PER, not per), else the most frequent.
+    canon = {k: k if k in v else max(v, key=v.get) for k, v in type_spellings.items()}
     respelled = sorted({s for k, v in type_spellings.items() for s in v if s != canon[k]})
 
     if "M" in prefixes:
@@ -230,7 +231,7 @@ def _records(text: str, name: str) -> list[tuple[int, dict]]:
     return out
 
 
-def split_words(text: str, cuts: Iterable[int]) -> list[tuple[int, int]]:
+def split_words(text: str, cuts: Iterable[int] = ()) -> list[tuple[int, int]]:
     """Word spans of `text`: runs of letters/digits, each other non-space character alone, each CJK
     character alone — and a cut at every entity edge in `cuts`, so no entity starts or ends inside a word."""
     cuts = set(cuts)
@@ -348,9 +349,9 @@ def _read_spans(records: list[tuple[int, dict]], name: str) -> TaggedData:
     data.format, data.row_kind = "json-spans", "line"
     data.problems = problems[:20] + data.problems
     if cut_words:
-        data.repairs.append(f"{len(cut_words)} record(s) have an entity edge inside a word ({_where(cut_words, 'line')}): "
-                            f"the word was split at the edge so the entity keeps its exact characters. Check the "
-                            f"offsets if that is not what you meant.")
+        data.repairs.append(f"{len(cut_words)} record(s) have an entity edge inside a word "
+                            f"({_where(cut_words, 'line')}): the word was split at the edge so the entity keeps "
+                            f"its exact characters. Check the offsets if that is not what you meant.")
     if overlaps:
         data.repairs.append(f"{len(overlaps)} record(s) have overlapping entities ({_where(overlaps, 'line')}): "
                             f"the first one keeps the overlapping words (flat NER tags one entity per word).")
