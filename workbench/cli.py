@@ -297,6 +297,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
     texts = a.text if a.text != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
     p = Predictor.from_run(a.run, **_grants(a))
     out = p.predict(texts)
+    if "p_" + p.labels[0] not in out:  # a task whose answer is not one class per text (e.g. entities)
+        for _, row in out.iterrows():
+            print(f"{row['predicted']}\t{row['text'][:80]}")
+        return 0
     for _, row in out.iterrows():
         probs = "  ".join(f"{lab}={row[f'p_{lab}']:.3f}" for lab in p.labels)
         print(f"{row['predicted']}\t{probs}\t{row['text'][:80]}")
@@ -467,8 +471,18 @@ def cmd_errors(a: argparse.Namespace) -> int:
 
     from .analysis import confident_mistakes, worst_slices
     from .rundir import RunDir
+    from .tasks import get_task
     run = RunDir(a.run).require()
     pred = run.predictions("before" if a.before else "after")
+    task = get_task(run.config().task)
+    if hasattr(task, "error_report"):  # the task's own error analysis (e.g. entity errors, typed)
+        wrong = int((~pred["correct"].astype(bool)).sum())
+        print(f"{run.name}: {len(pred)} test examples, {wrong} with at least one error")
+        for title, table in task.error_report(pred, a.n).items():
+            print(f"\n== {title} ==")
+            print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}", max_colwidth=60) if len(table)
+                  else "(none)")
+        return 0
     wrong = int((~pred["correct"].astype(bool)).sum())
     print(f"{run.name}: {len(pred)} test examples, {wrong} wrong (accuracy {1 - wrong / max(len(pred), 1):.3f})")
     top = confident_mistakes(pred, a.n)

@@ -30,6 +30,7 @@ class DataReport:
     conflicting_duplicates: int = 0  # repeated texts that carry different labels
     leakage: dict[str, int] = field(default_factory=dict)  # split -> rows whose text is also in train
     token_lengths: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # task-specific findings (e.g. a tagger's scheme)
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -70,9 +71,15 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
         out.append(f"  dropped {len(rows)} row(s), {reason} ({r.row_kind}s {shown})")
     if r.split_sizes:
         out.append("  splits: " + ", ".join(f"{k} {v}" for k, v in r.split_sizes.items()))
+    d = r.details
+    if d.get("scheme"):
+        w = d.get("sentence_words") or {}
+        out.append(f"  tags: {d['scheme']} (read as BIO); sentence length in words: median {w.get('p50')}, "
+                   f"p95 {w.get('p95')}, max {w.get('max')}; {d.get('entities_per_sentence')} entities per sentence")
     if r.class_balance.get("train"):
         total = sum(r.class_balance["train"].values()) or 1
-        out.append("  train classes: " + ", ".join(f"{k} {v} ({v / total:.0%})"
+        head = "  train entities: " if d.get("scheme") else "  train classes: "
+        out.append(head + ", ".join(f"{k} {v} ({v / total:.0%})"
                                                    for k, v in r.class_balance["train"].items()))
     if r.duplicates:
         out.append(f"  duplicates in train: {r.duplicates}" +

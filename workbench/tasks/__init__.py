@@ -45,7 +45,10 @@ def get_task(name: str) -> Task:
 
 from .classification import TASK as _classification  # noqa: E402 (registers after the registry exists)
 
+from .token_classification import TASK as _token_classification  # noqa: E402
+
 register_task(_classification)
+register_task(_token_classification)
 
 __all__ = [
     "CONTRACT",
