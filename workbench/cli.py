@@ -504,12 +504,26 @@ def cmd_attention(a: argparse.Namespace) -> int:
     from .figures import attention as figs
     _quiet_libraries()
     # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
-    res = att.attention_maps(*att.load_for_attention(a.run, base=a.base, **_grants(a)), a.text, a.pair,
-                             max_tokens=a.max_tokens)
-    print(f"{'base model (untrained head)' if a.base else 'model'} predicts: {res.predicted}  ("
-          + "  ".join(f"{lab}={p:.3f}" for lab, p in zip(res.labels, res.probs)) + ")")
+    model, tok = att.load_for_attention(a.run, base=a.base, **_grants(a))
+    windows = att.token_windows(tok, a.text, a.pair, max_tokens=a.max_tokens)
+    window = att.pick_window(windows, a.window)
+    res = att.attention_maps(model, tok, a.text, a.pair, max_tokens=a.max_tokens, window=window)
+    who = "base model (untrained head)" if a.base else "model"
+
+    def probs(labels: list[str], p: Any) -> str:
+        return "  ".join(f"{lab}={v:.3f}" for lab, v in zip(labels, p))
+
+    whole = att.whole_text_prediction(model, tok, a.text, a.pair, max_length=att.prediction_max_length(a.run))
+    if res.truncated or whole.truncated:
+        print(f"{who} {'prediction for this window' if res.truncated else 'prediction for the text as shown'} "
+              f"({res.window_label}): {res.predicted}  ({probs(res.labels, res.probs)})")
+        print(f"{who} {whole.label}: {whole.predicted}  ({probs(whole.labels, whole.probs)})")
+    else:
+        print(f"{who} predicts: {res.predicted}  ({probs(res.labels, res.probs)})")
     if res.truncated:
         print(f"note: {res.notice}")
+        listing = ", ".join(f"{i} = {att.window_label(w, res.n_tokens)}" for i, w in enumerate(windows))
+        print(f"windows (--window N): {listing}")
 
     def show(title: str, weights: Any, fmt: str = ".3f") -> None:
         print(title)
@@ -525,7 +539,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
     if a.diff:
         other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text, a.pair,
-                                   max_tokens=a.max_tokens)
+                                   max_tokens=a.max_tokens, window=window)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
         out.append(figs.attention_difference_heatmap(diff, res.tokens))
@@ -533,7 +547,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
-                             max_tokens=a.max_tokens)
+                             max_tokens=a.max_tokens, window=window)
         out.append(figs.saliency_figure(sal))
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
         print(f"saliency ({a.saliency}) for class {sal.target_label}{gap}:")
@@ -632,7 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diff", action="store_true", help="add the change in attention (fine-tuned minus base)")
     p.add_argument("--saliency", choices=["ig", "grad"], help="add token saliency of the fine-tuned model's "
                    "prediction: integrated gradients or gradient x input")
-    p.add_argument("--max-tokens", type=int, default=128, help="cut longer texts to this many tokens (default 128)")
+    p.add_argument("--max-tokens", type=int, default=128, help="show at most this many tokens at once (default "
+                   "128); a longer text is split into windows of this size")
+    p.add_argument("--window", type=int, default=0, help="which window of a longer text to show, 0-based "
+                   "(default 0: the start; -1: the end); the output lists them")
     p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
     grant_flags(p)
     return ap

@@ -1,0 +1,97 @@
+"""Issue 13, items 7 and 16: attention windows, and the small things a new user trips over."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FILLER, POS
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `dashboard` is a folder next to app.py, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+# 200 words -> 202 tokens with [CLS]/[SEP]: four windows of 64 (62 text tokens each) on the tiny BERT.
+LONG = " ".join((FILLER + POS)[i % len(FILLER + POS)] for i in range(200))
+
+
+# --- item 7: attention windows ---------------------------------------------------------------------
+def test_i13_7_windows_cover_the_whole_input_once(tiny_bert):
+    from workbench.attention import attention_maps, load_for_attention, token_windows
+
+    model, tok = load_for_attention(tiny_bert)
+    windows = token_windows(tok, LONG, max_tokens=64)
+    assert windows == [(0, 63), (63, 125), (125, 187), (187, 202)]
+    seen = []
+    for w in windows:
+        r = attention_maps(model, tok, LONG, max_tokens=64, window=w)
+        assert r.window == w and r.n_tokens == 202 and len(r.tokens) <= 64
+        seen += [t for t, s in zip(r.input_ids, r.special) if not s]
+    full = tok(LONG)["input_ids"]
+    assert seen == full[1:-1]  # every text token exactly once, in order
+    assert token_windows(tok, "a good film", max_tokens=64) == [(0, 5)]
+
+
+def test_i13_7_whole_text_prediction_is_what_predict_sees(tiny_bert):
+    from workbench.attention import load_for_attention, whole_text_prediction
+    from workbench.predict import Predictor
+
+    model, tok = load_for_attention(tiny_bert)
+    whole = whole_text_prediction(model, tok, LONG, max_length=256)
+    # The tiny BERT takes 128 positions: normal prediction cuts there, and the label says so.
+    assert whole.max_length == 128 and whole.n_tokens == 202 and whole.truncated
+    assert "its first 128 of 202 tokens" in whole.label
+    expected = Predictor(model, tok, whole.labels, 256).predict_proba([LONG])[0]
+    assert abs(whole.probs - expected).max() < 1e-5
+
+
+def _attention_page():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_string("from dashboard import attention\nattention.page()", default_timeout=120).run()
+    at.segmented_control(key="att_kind").set_value("A pretrained model").run()
+    at.selectbox(key="att_model").set_value("a local folder...").run()
+    return at
+
+
+def test_i13_7_attention_page_has_a_window_control_and_labels_its_predictions(tiny_bert):
+    at = _attention_page()
+    at.text_input(key="att_folder").input(str(tiny_bert)).run()
+    at.text_area(key="att_text").input("the film was good").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert not [s for s in at.select_slider if s.key == "att_window"], "a text that fits needs no window control"
+    assert any("Prediction for the whole text (6 tokens)" in m.value for m in at.markdown)
+
+    at.text_area(key="att_text").input(LONG).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.select_slider(key="att_window").value == 0
+    md = [m.value for m in at.markdown]
+    assert any("Prediction for this window (tokens 0–62 of 202)" in m for m in md), md
+    assert any("whole text, as normal prediction sees it (its first 128 of 202 tokens)" in m for m in md), md
+
+    at.select_slider(key="att_window").set_value(2).run()
+    assert not at.exception and not at.error
+    assert any("showing positions 125–186" in w.value for w in at.warning)
+    md = [m.value for m in at.markdown]
+    assert any("Prediction for this window (tokens 125–186 of 202)" in m for m in md), md
+
+    at.text_area(key="att_text").input(" ".join(LONG.split()[:100])).run()  # fewer windows: back to a valid one
+    assert not at.exception and not at.error
+    assert at.select_slider(key="att_window").value in (0, 1)
+
+
+def test_i13_7_cli_window_and_out_of_range(tmp_path, tiny_bert, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "att.html"
+    rc = main(["attention", str(tiny_bert), LONG, "--max-tokens", "64", "--window", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0 and out.exists(), printed
+    assert "prediction for this window (tokens 63–124 of 202)" in printed
+    assert "prediction for the whole text, as normal prediction sees it (its first 128 of 202 tokens)" in printed
+    assert "1 = tokens 63–124 of 202" in printed  # the windows are listed with their numbers
+    assert main(["attention", str(tiny_bert), LONG, "--max-tokens", "64", "--window", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "window 4 does not exist" in err and "4 windows" in err and "from 0 to 3" in err
