@@ -95,3 +95,48 @@ def test_i13_7_cli_window_and_out_of_range(tmp_path, tiny_bert, capsys):
     assert main(["attention", str(tiny_bert), LONG, "--max-tokens", "64", "--window", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "window 4 does not exist" in err and "4 windows" in err and "from 0 to 3" in err
+
+
+# --- item 16: small things -------------------------------------------------------------------------
+@pytest.fixture
+def fake_minilm(tmp_path, monkeypatch, tiny_bert):
+    """A WORKBENCH_HOME whose built-in `minilm` is the tiny BERT (already 'downloaded': nothing is fetched)."""
+    import shutil
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "assets" / "models" / "minilm"
+    shutil.copytree(tiny_bert, folder)
+    return folder
+
+
+def test_i13_16_token_length_axis_starts_at_0_and_names_the_model(tmp_path, fake_minilm, capsys):
+    from workbench.cli import main
+    from workbench.data.report import token_length_stats
+    from workbench.figures.data import token_length_figure
+    from conftest import make_sentiment_frame
+
+    # Long texts, as on the data set that showed the axis running to -2000.
+    lengths = [30] * 50 + [800] * 30 + [6000] * 5
+    fig = token_length_figure({"token_lengths": token_length_stats(lengths, 256, "minilm")})
+    assert fig.layout.xaxis.range[0] == 0 and fig.layout.xaxis.range[1] >= 6000
+
+    csv = tmp_path / "d.csv"
+    make_sentiment_frame(60).to_csv(csv, index=False)
+    assert main(["report", str(csv), "--model", "minilm"]) == 0
+    printed = capsys.readouterr().out
+    assert "tokens (minilm):" in printed and str(fake_minilm) not in printed, printed
+
+    from workbench.config import DataConfig
+    from workbench.data import prepare_data
+    from workbench.models import load_tokenizer, resolve_model_path
+    from workbench.config import ModelConfig
+
+    tok = load_tokenizer(resolve_model_path("minilm"), ModelConfig(name_or_path="minilm"))
+    prep = prepare_data(DataConfig(source=str(csv)), tokenizer=tok, raise_on_problems=False)
+    assert token_length_figure(prep.report).layout.title.text == "Token lengths (minilm)"
+    own = tmp_path / "my-model"  # a folder the user gave keeps its path: that is the name they used
+    import shutil
+    shutil.copytree(fake_minilm, own)
+    tok = load_tokenizer(str(own), ModelConfig(name_or_path=str(own)))
+    prep = prepare_data(DataConfig(source=str(csv)), tokenizer=tok, raise_on_problems=False)
+    assert prep.report.token_lengths["tokenizer"] == str(own)
