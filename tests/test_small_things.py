@@ -140,3 +140,22 @@ def test_i13_16_token_length_axis_starts_at_0_and_names_the_model(tmp_path, fake
     tok = load_tokenizer(str(own), ModelConfig(name_or_path=str(own)))
     prep = prepare_data(DataConfig(source=str(csv)), tokenizer=tok, raise_on_problems=False)
     assert prep.report.token_lengths["tokenizer"] == str(own)
+
+
+def test_i13_16_one_validation_point_gets_a_sensible_y_range():
+    import pandas as pd
+
+    from workbench.figures.training import metric_figure, throughput_figure
+
+    one = pd.DataFrame([{"kind": "train", "step": 5, "epoch": 0.5, "loss": 0.7},
+                        {"kind": "eval", "step": 10, "epoch": 1.0, "eval_accuracy": 0.9005, "eval_f1_macro": 0.9009}])
+    lo, hi = metric_figure(one).layout.yaxis.range
+    assert hi - lo >= 0.1 and lo <= 0.9005 and hi >= 0.9009 and lo >= -0.01 and hi <= 1.01
+    perfect = one.assign(eval_accuracy=1.0, eval_f1_macro=1.0)
+    lo, hi = metric_figure(perfect).layout.yaxis.range
+    assert 0.85 <= lo <= 0.9 and 1.0 < hi <= 1.01  # a score of 1 is at the top, not mid-air above it
+    many = pd.concat([one, one.assign(step=20, eval_accuracy=0.6, eval_f1_macro=0.55)])
+    assert metric_figure(many).layout.yaxis.range is None  # a real spread: plotly's own range
+    tps = pd.DataFrame([{"kind": "train", "step": 5, "tokens_per_second": 1000.0}])
+    lo, hi = throughput_figure(tps).layout.yaxis.range
+    assert lo <= 900 and hi >= 1100
