@@ -159,3 +159,23 @@ def test_i13_16_one_validation_point_gets_a_sensible_y_range():
     tps = pd.DataFrame([{"kind": "train", "step": 5, "tokens_per_second": 1000.0}])
     lo, hi = throughput_figure(tps).layout.yaxis.range
     assert lo <= 900 and hi >= 1100
+
+
+def test_i13_16_a_completed_run_shows_a_full_width_full_progress_bar(tmp_path, monkeypatch, tiny_bert):
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.config import RunConfig
+    from workbench.rundir import new_run_dir
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    run = new_run_dir(RunConfig.from_dict({"name": "done", "model": {"name_or_path": str(tiny_bert)}}))
+    # The last step the status recorded is short of total_steps, as when the final step is not logged.
+    run.update_status(state="completed", step=58, total_steps=72)
+    script = ("import sys\nfrom dashboard.monitor import run_monitor\nfrom workbench.rundir import RunDir\n"
+              "run_monitor(RunDir(sys.argv[-1]))")
+    at = AppTest.from_string(script.replace("sys.argv[-1]", repr(str(run.path))), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    [bar] = at.get("progress")
+    assert bar.proto.value == 100, bar.proto.value
+    in_columns = [e for c in at.columns for e in c.get("progress")]
+    assert not in_columns, "a finished run's bar must not share its row with an empty button column"
