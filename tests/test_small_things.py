@@ -179,3 +179,26 @@ def test_i13_16_a_completed_run_shows_a_full_width_full_progress_bar(tmp_path, m
     assert bar.proto.value == 100, bar.proto.value
     in_columns = [e for c in at.columns for e in c.get("progress")]
     assert not in_columns, "a finished run's bar must not share its row with an empty button column"
+
+
+def test_i13_16_the_train_preset_survives_a_reload(tmp_path, monkeypatch, tiny_bert):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    script = "from dashboard import train\ntrain.page()"
+    at = AppTest.from_string(script, default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.segmented_control(key="train_preset").set_value("thorough").run()
+    assert at.query_params.get("preset") in ("thorough", ["thorough"]), at.query_params
+    # A reload: a new session (empty session state) at the same address.
+    again = AppTest.from_string(script, default_timeout=120)
+    again.query_params["preset"] = "thorough"
+    again.run()
+    assert not again.exception, [e.value for e in again.exception]
+    assert again.segmented_control(key="train_preset").value == "thorough"
+    assert again.number_input(key="t.training.num_train_epochs").value == 6.0
+    assert again.number_input(key="t.data.max_length").value == 512
+    bad = AppTest.from_string(script, default_timeout=120)
+    bad.query_params["preset"] = "nonsense"  # a hand-edited address falls back to the default
+    bad.run()
+    assert not bad.exception and bad.segmented_control(key="train_preset").value == "good default"
