@@ -202,3 +202,53 @@ def test_i13_16_the_train_preset_survives_a_reload(tmp_path, monkeypatch, tiny_b
     bad.query_params["preset"] = "nonsense"  # a hand-edited address falls back to the default
     bad.run()
     assert not bad.exception and bad.segmented_control(key="train_preset").value == "good default"
+
+
+def _scored_run(tmp_path, tiny_bert, row_kind: str):
+    """A completed run directory with scores and predictions whose `row`s are file line numbers."""
+    import json
+
+    import pandas as pd
+
+    from workbench.config import RunConfig
+    from workbench.rundir import new_run_dir
+
+    run = new_run_dir(RunConfig.from_dict({"name": "scored", "model": {"name_or_path": str(tiny_bert)}}))
+    labels = ["neg", "pos"]
+    pred = pd.DataFrame({"row": [12956, 40, 7], "text": ["a long\nmulti-line review", "bad", "good"],
+                         "gold": ["pos", "neg", "pos"], "predicted": ["neg", "neg", "pos"],
+                         "confidence": [0.9, 0.8, 0.7], "margin": [0.8, 0.6, 0.4], "loss": [2.3, 0.2, 0.3],
+                         "correct": [False, True, True], "p_neg": [0.9, 0.8, 0.3], "p_pos": [0.1, 0.2, 0.7]})
+    pred.to_json(run.predictions_file, orient="records", lines=True)
+    scores = {"accuracy": 2 / 3, "f1_macro": 0.67, "precision_macro": 0.75, "recall_macro": 0.75, "n": 3,
+              "labels": labels, "confusion_matrix": [[1, 0], [1, 1]],
+              "per_class": {k: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 1} for k in labels}}
+    run.eval_file.write_text(json.dumps({"after": scores}))
+    run.report_file.write_text(json.dumps({"row_kind": row_kind}))
+    run.update_status(state="completed")
+    return run
+
+
+def test_i13_16_error_tables_say_row_is_a_line_in_the_file(tmp_path, monkeypatch, tiny_bert, capsys):
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.cli import main
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    run = _scored_run(tmp_path, tiny_bert, "line")
+    at = AppTest.from_string("from dashboard import evaluate\nevaluate.page()", default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    tables = [d for d in at.dataframe if "row" in d.value.columns]
+    assert len(tables) == 2  # the confusion cell's examples and the error table
+    for d in tables:
+        row = json.loads(d.proto.columns)["row"]
+        assert row["label"] == "line in file" and "line number in the data file" in row["help"], row
+
+    assert main(["errors", str(run.path), "--min-size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "line" in out.split("most confident mistakes ==")[1].splitlines()[1].split()[0]
+    run.report_file.write_text(json.dumps({"row_kind": "row"}))  # a JSON file: record numbers
+    assert main(["errors", str(run.path), "--min-size", "1"]) == 0
+    assert "record" in capsys.readouterr().out

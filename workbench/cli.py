@@ -454,7 +454,7 @@ def _clip(text: Any, width: int = 90) -> str:
 def cmd_errors(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analysis import confident_mistakes, worst_slices
+    from .analysis import confident_mistakes, run_row_kind, worst_slices
     from .rundir import RunDir
     run = RunDir(a.run).require()
     pred = run.predictions("before" if a.before else "after")
@@ -464,7 +464,9 @@ def cmd_errors(a: argparse.Namespace) -> int:
     print(f"\n== {len(top)} most confident mistakes ==")
     if len(top):
         text = [_clip(x) for x in top["text"]]
-        t = pd.DataFrame({"row": top["row"], "gold": top["gold"], "predicted": top["predicted"],
+        # `row` is a place in the data file (for a CSV its line number, which can pass the number of examples).
+        where = {"line": "line", "row": "record"}.get(run_row_kind(run) or "", "line/record")
+        t = pd.DataFrame({where: top["row"], "gold": top["gold"], "predicted": top["predicted"],
                           "confidence": top["confidence"], "text": text})
         left = f"{{:<{max(map(len, text))}}}".format  # pandas right-aligns strings; text reads better left
         print(t.to_string(index=False, float_format=lambda x: f"{x:.3f}", formatters={"text": left}, justify="left"))
