@@ -252,3 +252,26 @@ def test_i13_16_error_tables_say_row_is_a_line_in_the_file(tmp_path, monkeypatch
     run.report_file.write_text(json.dumps({"row_kind": "row"}))  # a JSON file: record numbers
     assert main(["errors", str(run.path), "--min-size", "1"]) == 0
     assert "record" in capsys.readouterr().out
+
+
+def test_i13_16_lora_runs_print_no_transformers_future_warning(tmp_path, tiny_llama):
+    """SmolLM2's recipe is LoRA: peft read transformers' deprecated `is_gradient_checkpointing` on every wrap."""
+    import json
+    import warnings
+
+    from workbench.config import ModelConfig, PeftConfig
+    from workbench.models import apply_lora, load_classifier, load_tokenizer, load_trained
+
+    cfg = ModelConfig(name_or_path=str(tiny_llama))
+    tok = load_tokenizer(str(tiny_llama), cfg)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model = apply_lora(load_classifier(cfg, ["neg", "pos"], tokenizer=tok), PeftConfig(r=4))
+        folder = tmp_path / "model"
+        model.save_pretrained(folder, safe_serialization=True)
+        tok.save_pretrained(folder)
+        (folder / "workbench_model.json").write_text(json.dumps(
+            {"labels": ["neg", "pos"], "task": "text-classification", "method": "lora", "model": cfg.__dict__}))
+        load_trained(folder)
+    future = [str(w.message) for w in seen if issubclass(w.category, FutureWarning)]
+    assert not future, future
