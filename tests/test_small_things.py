@@ -275,3 +275,72 @@ def test_i13_16_lora_runs_print_no_transformers_future_warning(tmp_path, tiny_ll
         load_trained(folder)
     future = [str(w.message) for w in seen if issubclass(w.category, FutureWarning)]
     assert not future, future
+
+
+class _ScriptedRun:
+    """Stands in for a RunDir: each status() read returns the next scripted status (the last one repeats)."""
+
+    def __init__(self, tmp_path, statuses):
+        import pandas as pd
+
+        self.statuses, self.reads = list(statuses), 0
+        self.report_file = tmp_path / "no-report.json"
+        self._metrics = pd.DataFrame([{"kind": "train", "step": 1, "loss": 0.5}])
+
+    def status(self):
+        st = self.statuses[min(self.reads, len(self.statuses) - 1)]
+        self.reads += 1
+        return st
+
+    def metrics(self):
+        return self._metrics
+
+
+# Training reaches its last step, then stays there (saving the model) for many polls before scoring.
+_SCRIPT = ([{"phase": "training", "step": s, "total_steps": 4} for s in (0, 1, 2, 3)]
+           + [{"phase": "training", "step": 4, "total_steps": 4}] * 12
+           + [{"phase": "scoring the test split after fine-tuning", "step": 4, "total_steps": 4}] * 3)
+
+
+def _follow(tmp_path, monkeypatch):
+    import time
+
+    from workbench import cli
+
+    monkeypatch.setattr(cli._ProgressPrinter, "POLL", 0.005)
+    run = _ScriptedRun(tmp_path, _SCRIPT)
+    printer = cli._ProgressPrinter(run)
+    printer.start()
+    while run.reads < len(_SCRIPT) + 2:  # every scripted status has been read
+        time.sleep(0.01)
+    printer.stop()
+
+
+def test_i13_16_progress_into_a_log_file_is_lines_not_a_redrawn_bar(tmp_path, monkeypatch, capsys):
+    from workbench import cli
+
+    monkeypatch.setattr(cli._ProgressPrinter, "LINE_EVERY", 0.0)  # a line per new step, to see them all
+    _follow(tmp_path, monkeypatch)  # under pytest, stdout and stderr are not terminals: a log file
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err, "no redrawing in a file"
+    lines = [line for line in out.splitlines() if line.startswith("training: step")]
+    assert [line.split()[2] for line in lines] == ["0/4", "1/4", "2/4", "3/4", "4/4"], lines
+    assert "training: step 4/4 (100%), loss 0.5000" in out
+    assert out.index("step 4/4") < out.index("... scoring the test split")
+
+
+def test_i13_16_progress_bar_on_a_terminal_is_closed_at_the_last_step(tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    _follow(tmp_path, monkeypatch)
+    drawn = term.getvalue()
+    assert "4/4" in drawn
+    # Reaching the last step closes the bar: the 12 polls while the model is saved draw nothing more.
+    assert drawn.count("4/4") <= 2, drawn.count("4/4")

@@ -91,7 +91,15 @@ def _train_foreground(cfg: Any, run: Any = None, resume: bool = False) -> Any:
 
 
 class _ProgressPrinter:
-    """Follows the run directory from a thread and draws a tqdm bar (the same files the dashboard reads)."""
+    """Follows the run directory from a thread and shows progress (the same files the dashboard reads).
+
+    On a terminal: a tqdm bar, closed as soon as the last step is reached. Into a file or a pipe (stderr
+    not a TTY, e.g. `workbench train c.yaml > log 2>&1`), a redrawing bar would write a new copy every
+    half second, so plain lines are printed instead: one every `LINE_EVERY` seconds and one at the end.
+    """
+
+    POLL = 0.5  # seconds between reads of status.json
+    LINE_EVERY = 30.0  # seconds between progress lines when not on a terminal
 
     def __init__(self, run: Any):
         import threading
@@ -106,35 +114,55 @@ class _ProgressPrinter:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def _loss(self) -> str:
+        m = self.run.metrics()
+        last = m["loss"].dropna() if len(m) and "loss" in m else []
+        return f"{last.iloc[-1]:.4f}" if len(last) else ""
+
     def _loop(self) -> None:
         from tqdm import tqdm
 
         from .data import DataReport, format_report
-        bar, phase = None, None
-        while not self._stop.is_set():
+        from .estimate import format_seconds
+        tty = sys.stderr.isatty()  # where tqdm draws
+        bar, phase, done = None, None, False
+        last_line: tuple[int, float] = (-1, 0.0)  # (step, time) of the last progress line
+        while True:
+            stopping = self._stop.is_set()
             if not self.printed_report and self.run.report_file.exists():
                 print(format_report(DataReport.from_dict(self.run.data_report())), flush=True)
                 self.printed_report = True
             st = self.run.status()
+            total, step = st.get("total_steps"), int(st.get("step") or 0)
             if st.get("phase") != phase and st.get("phase") not in (None, "training"):
+                if bar is not None:  # training is over: close the bar before the next phase is announced
+                    bar.close()
+                    bar, done = None, True
                 tqdm.write(f"... {st['phase']}")
             phase = st.get("phase")
-            total = st.get("total_steps")
-            if total and phase == "training":
-                if bar is None:
-                    bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
-                bar.n = st.get("step") or 0
-                m = self.run.metrics()
-                if len(m) and "loss" in m:
-                    last = m["loss"].dropna()
-                    if len(last):
-                        bar.set_postfix(loss=f"{last.iloc[-1]:.4f}", refresh=False)
-                bar.refresh()
-            self._stop.wait(0.5)
+            if total and phase == "training" and not done:
+                loss = self._loss()
+                if tty:
+                    if bar is None:
+                        bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
+                    bar.n = step
+                    if loss:
+                        bar.set_postfix(loss=loss, refresh=False)
+                    bar.refresh()
+                    if step >= total:
+                        bar.close()
+                        bar, done = None, True
+                elif step != last_line[0] and (last_line[0] < 0 or step >= total or stopping
+                                               or time.monotonic() - last_line[1] >= self.LINE_EVERY):
+                    eta = st.get("eta_seconds")
+                    print(f"training: step {step}/{total} ({step / total:.0%})" + (f", loss {loss}" if loss else "")
+                          + (f", ETA {format_seconds(eta)}" if eta is not None and step < total else ""), flush=True)
+                    last_line = (step, time.monotonic())
+                    done = step >= total
+            if stopping:
+                break
+            self._stop.wait(self.POLL)
         if bar is not None:
-            st = self.run.status()
-            bar.n = st.get("step") or bar.n
-            bar.refresh()
             bar.close()
 
 
