@@ -43,27 +43,27 @@ def page() -> None:
         stamp = 0.0
     text = _choose_text(run)
     max_tokens = st.slider("Max tokens shown", 8, 256, 64, 8, key="att_max_tokens",
-                           help="Longer inputs are cut to this many tokens (special tokens kept).")
+                           help="Longer inputs are split into windows of this many tokens (special tokens kept).")
     if not text.strip():
         st.info("Type a text above.")
         return
     try:
-        result = _attention(source, stamp, False, text, max_tokens)
+        window = _window_control(source, stamp, text, max_tokens)
+        result = _attention(source, stamp, False, text, max_tokens, window)
+        whole = _whole_prediction(source, stamp, text)
     except WorkbenchError as e:
         st.error(str(e), icon=":material/error:")
         return
     if result.notice:
         st.warning(result.notice)
-    if result.predicted is not None:
-        st.markdown(f"Prediction: **{result.predicted}** (p = {float(result.probs.max()):.2f})"
-                    + ("" if run else " — untrained head, ignore it"))
+    _predictions(result, whole, untrained=run is None)
     from workbench.figures.attention import rollout_heatmap
 
     # Only the open tab runs: saliency and the base model cost seconds, and a slider move must not wait on them.
     tabs = st.tabs(TABS, key="att_tab", on_change="rerun")
     if tabs[0].open:
         with tabs[0]:
-            _maps(source, stamp, text, max_tokens)
+            _maps(source, stamp, text, max_tokens, window)
     if tabs[1].open:
         tabs[1].plotly_chart(rollout_heatmap(result), key="att_rollout")
     if tabs[2].open:
@@ -71,10 +71,10 @@ def page() -> None:
             if run is None:
                 st.info("Pick a run's fine-tuned model to compare it with the pretrained model it started from.")
             else:
-                _difference(source, stamp, text, max_tokens, result)
+                _difference(source, stamp, text, max_tokens, window, result)
     if tabs[3].open:
         with tabs[3]:
-            _saliency(source, stamp, text, max_tokens)
+            _saliency(source, stamp, text, max_tokens, window)
 
 
 def _pretrained_source() -> str | None:
@@ -109,11 +109,45 @@ def _choose_text(run: Any) -> str:
     return st.text_area("Text", "a wonderful film with a great cast", key="att_text", height=80)
 
 
+def _window_control(source: str, stamp: float, text: str, max_tokens: int) -> tuple[int, int]:
+    """A slider over the windows of a text longer than `max_tokens` (none for a text that fits)."""
+    windows = _windows(source, stamp, text, max_tokens)
+    if len(windows) == 1:
+        return windows[0]
+    from workbench.attention import window_label
+
+    n = windows[-1][1]
+    if st.session_state.get("att_window") not in range(len(windows)):  # a shorter text, or a new max_tokens
+        st.session_state.pop("att_window", None)
+    i = st.select_slider("Window", list(range(len(windows))), 0, key="att_window",
+                         format_func=lambda i: window_label(windows[i], n).removesuffix(f" of {n}"),
+                         help=f"This text has {n} tokens: more than the {max_tokens} shown at once. Each window "
+                              "is run through the model on its own, with the special tokens kept.")
+    return windows[i]
+
+
+def _predictions(result: Any, whole: Any, untrained: bool) -> None:
+    """Say which prediction is which: the window's (what the maps show) and the whole text's."""
+    def line(label: str, predicted: str, p: float) -> str:
+        return f"{label[0].upper() + label[1:]}: **{predicted}** (p = {p:.2f})"
+
+    note = " — untrained head, ignore it" if untrained else ""
+    if result.predicted is None:
+        return
+    if not result.truncated and not whole.truncated:
+        st.markdown(line(f"prediction for the whole text ({result.n_tokens} tokens)", result.predicted,
+                         float(result.probs.max())) + note)
+        return
+    st.markdown(line(f"prediction for this window ({result.window_label})", result.predicted,
+                     float(result.probs.max())) + note)
+    st.markdown(line(whole.label, whole.predicted, float(whole.probs.max())) + note)
+
+
 @st.fragment
-def _maps(source: str, stamp: float, text: str, max_tokens: int) -> None:
+def _maps(source: str, stamp: float, text: str, max_tokens: int, window: tuple[int, int]) -> None:
     from workbench.figures.attention import attention_heatmap, readout_bar
 
-    result = _attention(source, stamp, False, text, max_tokens)
+    result = _attention(source, stamp, False, text, max_tokens, window)
     a, b = st.columns([3, 1])
     layer = a.slider("Layer", 0, result.n_layers - 1, result.n_layers - 1, key="att_layer")
     head = b.selectbox("Head", [MEAN] + list(range(result.n_heads)), key="att_head")
@@ -123,39 +157,56 @@ def _maps(source: str, stamp: float, text: str, max_tokens: int) -> None:
     right.plotly_chart(readout_bar(result, layer, h), key="att_readout")
 
 
-def _difference(source: str, stamp: float, text: str, max_tokens: int, tuned: Any) -> None:
+def _difference(source: str, stamp: float, text: str, max_tokens: int, window: tuple[int, int], tuned: Any) -> None:
     from workbench.attention import attention_difference
     from workbench.figures.attention import attention_difference_heatmap
 
     layer = st.select_slider("Layer (or all layers)", ["all"] + list(range(tuned.n_layers)), "all",
                              key="att_diff_layer")
     with widgets.shown_errors():
-        base = _attention(source, stamp, True, text, max_tokens)
+        base = _attention(source, stamp, True, text, max_tokens, window)
         diff = attention_difference(base, tuned, None if layer == "all" else int(layer))
         st.plotly_chart(attention_difference_heatmap(diff, tuned.tokens), key="att_diff")
 
 
-def _saliency(source: str, stamp: float, text: str, max_tokens: int) -> None:
+def _saliency(source: str, stamp: float, text: str, max_tokens: int, window: tuple[int, int]) -> None:
     from workbench.figures.attention import saliency_figure
 
     method = st.radio("Method", ["ig", "grad"], horizontal=True, key="att_sal_method",
                       format_func={"ig": "integrated gradients", "grad": "gradient × input"}.get)
     with widgets.shown_errors():
-        st.plotly_chart(saliency_figure(_saliency_result(source, stamp, text, max_tokens, method)), key="att_saliency")
+        sal = _saliency_result(source, stamp, text, max_tokens, window, method)
+        st.plotly_chart(saliency_figure(sal), key="att_saliency")
 
 
 @st.cache_resource(max_entries=16, show_spinner="Running the model...")
-def _attention(source: str, stamp: float, base: bool, text: str, max_tokens: int) -> Any:
+def _attention(source: str, stamp: float, base: bool, text: str, max_tokens: int, window: tuple[int, int]) -> Any:
     from workbench.attention import attention_maps, load_for_attention
 
     model, tok = load_for_attention(source, base=base)
-    return attention_maps(model, tok, text, max_tokens=max_tokens)
+    return attention_maps(model, tok, text, max_tokens=max_tokens, window=window)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _windows(source: str, stamp: float, text: str, max_tokens: int) -> list[tuple[int, int]]:
+    from workbench.attention import load_for_attention, token_windows
+
+    return token_windows(load_for_attention(source)[1], text, max_tokens=max_tokens)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Running the model on the whole text...")
+def _whole_prediction(source: str, stamp: float, text: str) -> Any:
+    from workbench.attention import load_for_attention, prediction_max_length, whole_text_prediction
+
+    model, tok = load_for_attention(source)
+    return whole_text_prediction(model, tok, text, max_length=prediction_max_length(source))
 
 
 @st.cache_resource(max_entries=16, show_spinner="Computing saliency...")
-def _saliency_result(source: str, stamp: float, text: str, max_tokens: int, method: str) -> Any:
+def _saliency_result(source: str, stamp: float, text: str, max_tokens: int, window: tuple[int, int],
+                     method: str) -> Any:
     from workbench.attention import load_for_attention
     from workbench.saliency import token_saliency
 
     model, tok = load_for_attention(source)
-    return token_saliency(model, tok, text, method=method, max_tokens=max_tokens)
+    return token_saliency(model, tok, text, method=method, max_tokens=max_tokens, window=window)

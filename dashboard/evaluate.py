@@ -61,10 +61,12 @@ def page() -> None:
             t.info(str(e))
         pred = None
     if pred is not None:
+        from workbench.analysis import run_row_kind
+
         with tabs[1]:
-            errors_table.confusion_cell(main, pred)
+            errors_table.confusion_cell(main, pred, run_row_kind(run))
         with tabs[2]:
-            errors_table.error_table(pred, main.get("labels", []))
+            errors_table.error_table(pred, main.get("labels", []), run_row_kind(run))
         with tabs[3]:
             _compare(run, runs)
     with tabs[4]:

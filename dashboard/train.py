@@ -92,7 +92,9 @@ def _init_state() -> None:
             st.session_state.setdefault(f"t.{section}.{k}", v)
     st.session_state["t.peft.target_modules"] = ""
     st.session_state["t.training.bf16"] = "auto"
-    st.session_state["train_preset"] = "good default"
+    # A browser reload starts a new session: the chosen preset comes back from the address (?preset=...).
+    url = st.query_params.get("preset")
+    st.session_state["train_preset"] = url if url in PRESETS else "good default"
     _apply_preset()
 
 
@@ -189,8 +191,13 @@ def _method_section() -> None:
 
 def _hyper_section() -> None:
     st.subheader("Hyper-parameters")
-    st.segmented_control("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset,
-                         help="Fills the knobs below; change any of them afterwards.", **PERSIST)
+    preset = st.segmented_control("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset,
+                                  help="Fills the knobs below; change any of them afterwards.", **PERSIST)
+    if st.query_params.get("preset") != preset:  # kept in the address so that a reload keeps it
+        if preset:
+            st.query_params["preset"] = preset
+        else:
+            st.query_params.pop("preset", None)
     cols = st.columns(4)
     for i, (key, fmt) in enumerate(MAIN):
         _knob(cols[i % 4], key, fmt)

@@ -42,6 +42,12 @@ class AttentionResult:
     input_ids: list[int] = field(default_factory=list)
     probs: np.ndarray | None = None  # class probabilities from the same forward pass
     labels: list[str] = field(default_factory=list)
+    n_tokens: int = 0  # length of the whole tokenised input, special tokens included
+
+    @property
+    def window_label(self) -> str:
+        """Which tokens the prediction and the maps are of, e.g. "tokens 0–255 of 804"."""
+        return window_label(self.window, self.n_tokens)
 
     @property
     def n_layers(self) -> int:
@@ -69,6 +75,7 @@ class EncodedText:
     truncated: bool
     notice: str
     window: tuple[int, int]
+    n_tokens: int = 0  # the whole tokenised input
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         out = {"input_ids": torch.tensor([self.input_ids], device=device),
@@ -175,22 +182,67 @@ def readable_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return out
 
 
-def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
-                window: tuple[int, int] | None = None) -> EncodedText:
-    """Tokenise and cut to at most `max_tokens`, keeping the special tokens at both ends.
-
-    `window=(start, end)` picks positions of the full tokenised input; the kept tokens are re-numbered
-    from the start, so the model sees them as a short input of their own (an approximation of how
-    they behave in context, which is what makes long texts inspectable at all).
-    """
-    if max_tokens < 3:
-        raise WorkbenchError(f"max_tokens={max_tokens} is too small to show anything; use at least 3.")
+def _tokenise(tokenizer: Any, text: str, text_pair: str | None) -> tuple[Any, list[int], list[bool], int, int]:
+    """(encoding, ids, special mask, leading specials, trailing specials) of the whole input."""
     enc = tokenizer(text, text_pair, add_special_tokens=True, verbose=False)
     ids = list(enc["input_ids"])
     n = len(ids)
     special = [bool(s) for s in tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)]
     lead = next((i for i, s in enumerate(special) if not s), n)
     trail = next((i for i, s in enumerate(reversed(special)) if not s), 0) if lead < n else 0
+    return enc, ids, special, lead, trail
+
+
+def _check_max_tokens(max_tokens: int) -> None:
+    if max_tokens < 3:
+        raise WorkbenchError(f"max_tokens={max_tokens} is too small to show anything; use at least 3.")
+
+
+def token_windows(tokenizer: Any, text: str, text_pair: str | None = None, *,
+                  max_tokens: int = 128) -> list[tuple[int, int]]:
+    """The consecutive windows of at most `max_tokens` that together show the whole input.
+
+    Each is `(start, end)` in positions of the full tokenised input, ready for `encode_text(window=...)`;
+    the special tokens at both ends are kept in every window, so the first window starts at 0 and
+    the last ends at the input's length. A text that fits gives one window.
+    """
+    _check_max_tokens(max_tokens)
+    _, ids, _, lead, trail = _tokenise(tokenizer, text, text_pair)
+    n = len(ids)
+    budget = max(1, max_tokens - lead - trail)
+    starts = list(range(lead, n - trail, budget)) or [lead]
+    return [(0 if i == 0 else s, n if s + budget >= n - trail else s + budget) for i, s in enumerate(starts)]
+
+
+def window_label(window: tuple[int, int], n_tokens: int) -> str:
+    """"tokens 0–255 of 804": how the dashboard and the CLI name a window."""
+    return f"tokens {window[0]}–{window[1] - 1} of {n_tokens}"
+
+
+def pick_window(windows: list[tuple[int, int]], index: int) -> tuple[int, int]:
+    """Window number `index` (0-based; -1 for the last), or an error that lists the windows there are."""
+    n = len(windows)
+    if not -n <= index < n:
+        listing = ", ".join(f"{i} = {window_label(w, windows[-1][1])}" for i, w in enumerate(windows[:8]))
+        raise WorkbenchError(f"window {index} does not exist: this text has {windows[-1][1]} tokens, shown in "
+                             f"{n} window{'s' if n != 1 else ''} ({listing}{', ...' if n > 8 else ''}). Fix: choose a "
+                             f"window from 0 to {n - 1} (`--window` on the command line), or raise max_tokens to "
+                             f"see more at once.")
+    return windows[index]
+
+
+def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
+                window: tuple[int, int] | None = None) -> EncodedText:
+    """Tokenise and cut to at most `max_tokens`, keeping the special tokens at both ends.
+
+    `window=(start, end)` picks positions of the full tokenised input (`token_windows` lists the ones
+    that cover it); the kept tokens are re-numbered from the start, so the model sees them as a short
+    input of their own (an approximation of how they behave in context, which is what makes long
+    texts inspectable at all).
+    """
+    _check_max_tokens(max_tokens)
+    enc, ids, special, lead, trail = _tokenise(tokenizer, text, text_pair)
+    n = len(ids)
     budget = max_tokens - lead - trail
     start, end = lead, n - trail
     if window is not None:
@@ -216,7 +268,8 @@ def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_
     return EncodedText(input_ids=[ids[i] for i in keep],
                        token_type_ids=[tti[i] for i in keep] if tti is not None else None,
                        tokens=readable_tokens(tokenizer, [ids[i] for i in keep]),
-                       special=[special[i] for i in keep], truncated=truncated, notice=notice, window=shown)
+                       special=[special[i] for i in keep], truncated=truncated, notice=notice, window=shown,
+                       n_tokens=n)
 
 
 def is_decoder(model: Any) -> bool:
@@ -252,7 +305,63 @@ def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     return AttentionResult(
         tokens=enc.tokens, attentions=att, readout_index=len(enc.input_ids) - 1 if is_decoder(model) else 0,
         model_type=getattr(model.config, "model_type", ""), truncated=enc.truncated, notice=enc.notice,
-        window=enc.window, special=enc.special, input_ids=enc.input_ids, probs=probs, labels=class_labels(model))
+        window=enc.window, special=enc.special, input_ids=enc.input_ids, probs=probs, labels=class_labels(model),
+        n_tokens=enc.n_tokens)
+
+
+# --- the prediction for the whole text ------------------------------------------------------------
+@dataclass
+class TextPrediction:
+    """The prediction for a whole text as normal prediction makes it (`workbench predict`, the evaluation):
+    the input cut to `max_length` tokens, not a window of it."""
+
+    probs: np.ndarray
+    labels: list[str]
+    n_tokens: int  # the whole tokenised input
+    max_length: int  # the tokens normal prediction reads (the run's data.max_length, capped at the model's limit)
+
+    @property
+    def predicted(self) -> str:
+        return self.labels[int(np.argmax(self.probs))]
+
+    @property
+    def truncated(self) -> bool:
+        return self.n_tokens > self.max_length
+
+    @property
+    def label(self) -> str:
+        seen = (f"its first {self.max_length} of {self.n_tokens} tokens" if self.truncated
+                else f"all {self.n_tokens} tokens")
+        return f"prediction for the whole text, as normal prediction sees it ({seen})"
+
+
+def prediction_max_length(source: str | Path | Any) -> int:
+    """The tokens normal prediction reads for `source`: a run's `data.max_length` (a run directory, or the
+    `model` folder inside one), else the default `data.max_length`."""
+    from .config import DataConfig, RunConfig
+
+    p = Path(getattr(source, "path", source)).expanduser()
+    for run in (p, p.parent):
+        if (run / "config.yaml").is_file() and not (run / "config.json").exists():
+            try:  # only a number is read from this untrusted file: no grant can come from it
+                return int(RunConfig.from_yaml(run / "config.yaml").data.max_length)
+            except Exception:
+                break  # a damaged config: the run's other pages report it; use the default here
+    return DataConfig().max_length
+
+
+def whole_text_prediction(model: Any, tokenizer: Any, text: str, text_pair: str | None = None, *,
+                          max_length: int) -> TextPrediction:
+    """Class probabilities for the whole text through the same path as `workbench predict`."""
+    from .predict import Predictor
+    from .tasks.classification import model_max_tokens
+
+    labels = class_labels(model)
+    probs = Predictor(model, tokenizer, labels, max_length).predict_proba([text], None if text_pair is None
+                                                                         else [text_pair])[0]
+    n = len(tokenizer(text, text_pair, add_special_tokens=True, verbose=False)["input_ids"])
+    effective = min(max_length, model_max_tokens(model.config, tokenizer) or max_length)
+    return TextPrediction(probs=probs, labels=labels, n_tokens=n, max_length=effective)
 
 
 # --- pure functions on arrays ----------------------------------------------------------------------

@@ -91,7 +91,15 @@ def _train_foreground(cfg: Any, run: Any = None, resume: bool = False) -> Any:
 
 
 class _ProgressPrinter:
-    """Follows the run directory from a thread and draws a tqdm bar (the same files the dashboard reads)."""
+    """Follows the run directory from a thread and shows progress (the same files the dashboard reads).
+
+    On a terminal: a tqdm bar, closed as soon as the last step is reached. Into a file or a pipe (stderr
+    not a TTY, e.g. `workbench train c.yaml > log 2>&1`), a redrawing bar would write a new copy every
+    half second, so plain lines are printed instead: one every `LINE_EVERY` seconds and one at the end.
+    """
+
+    POLL = 0.5  # seconds between reads of status.json
+    LINE_EVERY = 30.0  # seconds between progress lines when not on a terminal
 
     def __init__(self, run: Any):
         import threading
@@ -106,35 +114,55 @@ class _ProgressPrinter:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def _loss(self) -> str:
+        m = self.run.metrics()
+        last = m["loss"].dropna() if len(m) and "loss" in m else []
+        return f"{last.iloc[-1]:.4f}" if len(last) else ""
+
     def _loop(self) -> None:
         from tqdm import tqdm
 
         from .data import DataReport, format_report
-        bar, phase = None, None
-        while not self._stop.is_set():
+        from .estimate import format_seconds
+        tty = sys.stderr.isatty()  # where tqdm draws
+        bar, phase, done = None, None, False
+        last_line: tuple[int, float] = (-1, 0.0)  # (step, time) of the last progress line
+        while True:
+            stopping = self._stop.is_set()
             if not self.printed_report and self.run.report_file.exists():
                 print(format_report(DataReport.from_dict(self.run.data_report())), flush=True)
                 self.printed_report = True
             st = self.run.status()
+            total, step = st.get("total_steps"), int(st.get("step") or 0)
             if st.get("phase") != phase and st.get("phase") not in (None, "training"):
+                if bar is not None:  # training is over: close the bar before the next phase is announced
+                    bar.close()
+                    bar, done = None, True
                 tqdm.write(f"... {st['phase']}")
             phase = st.get("phase")
-            total = st.get("total_steps")
-            if total and phase == "training":
-                if bar is None:
-                    bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
-                bar.n = st.get("step") or 0
-                m = self.run.metrics()
-                if len(m) and "loss" in m:
-                    last = m["loss"].dropna()
-                    if len(last):
-                        bar.set_postfix(loss=f"{last.iloc[-1]:.4f}", refresh=False)
-                bar.refresh()
-            self._stop.wait(0.5)
+            if total and phase == "training" and not done:
+                loss = self._loss()
+                if tty:
+                    if bar is None:
+                        bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
+                    bar.n = step
+                    if loss:
+                        bar.set_postfix(loss=loss, refresh=False)
+                    bar.refresh()
+                    if step >= total:
+                        bar.close()
+                        bar, done = None, True
+                elif step != last_line[0] and (last_line[0] < 0 or step >= total or stopping
+                                               or time.monotonic() - last_line[1] >= self.LINE_EVERY):
+                    eta = st.get("eta_seconds")
+                    print(f"training: step {step}/{total} ({step / total:.0%})" + (f", loss {loss}" if loss else "")
+                          + (f", ETA {format_seconds(eta)}" if eta is not None and step < total else ""), flush=True)
+                    last_line = (step, time.monotonic())
+                    done = step >= total
+            if stopping:
+                break
+            self._stop.wait(self.POLL)
         if bar is not None:
-            st = self.run.status()
-            bar.n = st.get("step") or bar.n
-            bar.refresh()
             bar.close()
 
 
@@ -469,7 +497,7 @@ def _clip(text: Any, width: int = 90) -> str:
 def cmd_errors(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analysis import confident_mistakes, worst_slices
+    from .analysis import confident_mistakes, run_row_kind, worst_slices
     from .rundir import RunDir
     from .tasks import get_task
     run = RunDir(a.run).require()
@@ -489,7 +517,9 @@ def cmd_errors(a: argparse.Namespace) -> int:
     print(f"\n== {len(top)} most confident mistakes ==")
     if len(top):
         text = [_clip(x) for x in top["text"]]
-        t = pd.DataFrame({"row": top["row"], "gold": top["gold"], "predicted": top["predicted"],
+        # `row` is a place in the data file (for a CSV its line number, which can pass the number of examples).
+        where = {"line": "line", "row": "record"}.get(run_row_kind(run) or "", "line/record")
+        t = pd.DataFrame({where: top["row"], "gold": top["gold"], "predicted": top["predicted"],
                           "confidence": top["confidence"], "text": text})
         left = f"{{:<{max(map(len, text))}}}".format  # pandas right-aligns strings; text reads better left
         print(t.to_string(index=False, float_format=lambda x: f"{x:.3f}", formatters={"text": left}, justify="left"))
@@ -529,12 +559,26 @@ def cmd_attention(a: argparse.Namespace) -> int:
     from .figures import attention as figs
     _quiet_libraries()
     # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
-    res = att.attention_maps(*att.load_for_attention(a.run, base=a.base, **_grants(a)), a.text, a.pair,
-                             max_tokens=a.max_tokens)
-    print(f"{'base model (untrained head)' if a.base else 'model'} predicts: {res.predicted}  ("
-          + "  ".join(f"{lab}={p:.3f}" for lab, p in zip(res.labels, res.probs)) + ")")
+    model, tok = att.load_for_attention(a.run, base=a.base, **_grants(a))
+    windows = att.token_windows(tok, a.text, a.pair, max_tokens=a.max_tokens)
+    window = att.pick_window(windows, a.window)
+    res = att.attention_maps(model, tok, a.text, a.pair, max_tokens=a.max_tokens, window=window)
+    who = "base model (untrained head)" if a.base else "model"
+
+    def probs(labels: list[str], p: Any) -> str:
+        return "  ".join(f"{lab}={v:.3f}" for lab, v in zip(labels, p))
+
+    whole = att.whole_text_prediction(model, tok, a.text, a.pair, max_length=att.prediction_max_length(a.run))
+    if res.truncated or whole.truncated:
+        print(f"{who} {'prediction for this window' if res.truncated else 'prediction for the text as shown'} "
+              f"({res.window_label}): {res.predicted}  ({probs(res.labels, res.probs)})")
+        print(f"{who} {whole.label}: {whole.predicted}  ({probs(whole.labels, whole.probs)})")
+    else:
+        print(f"{who} predicts: {res.predicted}  ({probs(res.labels, res.probs)})")
     if res.truncated:
         print(f"note: {res.notice}")
+        listing = ", ".join(f"{i} = {att.window_label(w, res.n_tokens)}" for i, w in enumerate(windows))
+        print(f"windows (--window N): {listing}")
 
     def show(title: str, weights: Any, fmt: str = ".3f") -> None:
         print(title)
@@ -550,7 +594,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
     if a.diff:
         other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text, a.pair,
-                                   max_tokens=a.max_tokens)
+                                   max_tokens=a.max_tokens, window=window)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
         out.append(figs.attention_difference_heatmap(diff, res.tokens))
@@ -558,7 +602,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
-                             max_tokens=a.max_tokens)
+                             max_tokens=a.max_tokens, window=window)
         out.append(figs.saliency_figure(sal))
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
         print(f"saliency ({a.saliency}) for class {sal.target_label}{gap}:")
@@ -657,7 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diff", action="store_true", help="add the change in attention (fine-tuned minus base)")
     p.add_argument("--saliency", choices=["ig", "grad"], help="add token saliency of the fine-tuned model's "
                    "prediction: integrated gradients or gradient x input")
-    p.add_argument("--max-tokens", type=int, default=128, help="cut longer texts to this many tokens (default 128)")
+    p.add_argument("--max-tokens", type=int, default=128, help="show at most this many tokens at once (default "
+                   "128); a longer text is split into windows of this size")
+    p.add_argument("--window", type=int, default=0, help="which window of a longer text to show, 0-based "
+                   "(default 0: the start; -1: the end); the output lists them")
     p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
     grant_flags(p)
     return ap
