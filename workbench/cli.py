@@ -404,7 +404,12 @@ def cmd_report(a: argparse.Namespace) -> int:
     if a.source.endswith((".yaml", ".yml")):
         cfg = RunConfig.from_yaml(a.source)
     else:
-        cfg = RunConfig(data=DataConfig(source=a.source, text_column=a.text_column, label_column=a.label_column))
+        from .assets import BUILTIN_DATASETS
+        task = a.task or (BUILTIN_DATASETS[a.source].task if a.source in BUILTIN_DATASETS else
+                          "token-classification" if a.source.lower().endswith((".conll", ".bio", ".iob", ".bmes"))
+                          else "text-classification")
+        cfg = RunConfig(task=task, data=DataConfig(source=a.source, text_column=a.text_column,
+                                                   label_column=a.label_column))
         if a.model:
             cfg.model.name_or_path = a.model
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
@@ -670,6 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column")
     p.add_argument("--label-column")
     p.add_argument("--model", help="tokenizer to measure token lengths with (default minilm)")
+    p.add_argument("--task", help="the task the data is for (default: the built-in's task; token-classification "
+                   "for .conll/.bio files; else text-classification)")
     p = add("config", cmd_config, "Print the default config, explain every field, or validate a file.")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--validate", metavar="FILE")
