@@ -165,13 +165,12 @@ class _Progress:
                 loss = m["loss"].dropna()
                 if len(loss):
                     self.bar.set_postfix(loss=f"{loss.iloc[-1]:.4f}", refresh=False)
-        if step > self.bar.n:
+        if step > self.bar.n:  # only then: an unchanged bar redrawn every poll would fill a log file
             self.bar.update(step - self.bar.n)  # update(), not n=: tqdm's rate and ETA follow the increments
-        else:
-            self.bar.refresh()
 
     def close(self, st: dict[str, Any] | None = None) -> None:
         if st is not None:
+            self.loss_step = None  # the last loss may have been logged after the last step was seen
             self.show(st)
         if self.bar is not None:
             self.bar.close()
