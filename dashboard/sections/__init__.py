@@ -51,10 +51,13 @@ def task_for_source(source: str) -> str:
 
 
 def data_sources(task: str) -> list[str]:
-    """Uploaded files that hold `task`'s data (newest first), then the task's built-in data sets."""
+    """Uploaded files that hold `task`'s data (newest first), then the task's built-in data sets. A task
+    whose sections claim no files of their own reads tables, so it is offered the table uploads."""
     from workbench.storage import list_uploads
 
-    return ([str(p) for p in list_uploads() if task_for_source(str(p)) == task]
+    own = callable(getattr(SECTIONS.get(task), "claims", None))
+    wanted = task if own else DEFAULT
+    return ([str(p) for p in list_uploads() if task_for_source(str(p)) == wanted]
             + [name for name, b in BUILTIN_DATASETS.items() if b.task == task])
 
 

@@ -98,15 +98,18 @@ def _show_report(r: dict, tokenized: bool, model: str) -> None:
 # --- Train page ------------------------------------------------------------------------------------
 def train_data(task: str) -> dict[str, Any]:
     """The Train page's data section: the table chosen on the Data page, its columns mapped there."""
-    st.subheader("Data")
     from . import data_sources
 
+    st.subheader("Data")
     choice = st.session_state.get("data_choice") or {}
     if choice.get("task", task) != task:  # the Data page last checked another task's data
         choice = {}
     options = data_sources(task)
     if choice.get("source") and choice["source"] not in options:
         options.insert(0, choice["source"])
+    if not options:
+        st.info(f"No data for {task} yet: upload a file on the Data page.", icon=":material/upload_file:")
+        return {"data.source": ""}
     if st.session_state.get("train_source") not in options:
         st.session_state["train_source"] = choice.get("source") or options[0]
     source = st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,

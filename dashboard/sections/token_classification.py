@@ -118,8 +118,12 @@ def train_data(task: str) -> dict[str, Any]:
     options = data_sources(task)
     if choice.get("task") == task and choice.get("source") and choice["source"] not in options:
         options.insert(0, choice["source"])
+    if not options:
+        st.info(f"No data for {task} yet: upload a file on the Data page.", icon=":material/upload_file:")
+        return {"data.source": ""}
     if st.session_state.get("train_source") not in options:
-        st.session_state["train_source"] = choice.get("source") if choice.get("task") == task else options[0]
+        mine = choice.get("task") == task and choice.get("source")
+        st.session_state["train_source"] = choice["source"] if mine else options[0]
     source = st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,
                           help=field_help()["data.source"])
     st.caption(f"Tagged sentences: {FORMATS}. No columns to map; check a file on the Data page first.")
