@@ -273,7 +273,7 @@ def test_train_page_offers_registered_tasks_and_the_data_they_need(toy_task, tin
     at = AppTest.from_string("from dashboard import train\ntrain.page()", default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     box = at.selectbox(key="train_task")
-    assert list(box.options) == ["text-classification", "toy-text-regression"]
+    assert box.options[0] == "text-classification" and "toy-text-regression" in box.options  # + built-in tasks
     assert any("text: the text to classify" in c.value for c in at.caption)  # the roles of the chosen task
     box.set_value("toy-text-regression")
     at.run()

@@ -217,6 +217,7 @@ class TokenClassification:
     headline = "f1"
     freeze_embeddings_ok = True
     file_formats = "CoNLL .txt/.conll (token TAB tag, blank line between sentences), JSON/JSONL"
+    file_extensions = (".txt", ".conll", ".bio", ".iob", ".json", ".jsonl")  # uploads the dashboard accepts
 
     def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
                 max_positions: int | None = None) -> Any:
