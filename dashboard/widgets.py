@@ -111,7 +111,7 @@ def table(source: str, stamp: float) -> Any:
 
 @st.cache_data(max_entries=16, show_spinner="Checking the data...")
 def data_report(source: str, stamp: float, columns: tuple[str | None, str | None, str | None],
-                max_length: int, tokenizer_dir: str | None) -> tuple[dict[str, Any], int]:
+                max_length: int, tokenizer_dir: str | None, model: str | None = None) -> tuple[dict[str, Any], int]:
     """The data report (as a dict) and the number of training rows for these column choices."""
     from workbench.config import DataConfig
     from workbench.data import prepare_data
@@ -120,7 +120,7 @@ def data_report(source: str, stamp: float, columns: tuple[str | None, str | None
     cfg = DataConfig(source=source, text_column=text, label_column=label, text_pair_column=pair,
                      max_length=max_length)
     tok = tokenizer(tokenizer_dir) if tokenizer_dir else None
-    prep = prepare_data(cfg, 42, tok, table=table(source, stamp), raise_on_problems=False)
+    prep = prepare_data(cfg, 42, tok, table=table(source, stamp), raise_on_problems=False, model_name=model)
     return prep.report.to_dict(), len(prep.train)
 
 

@@ -180,16 +180,45 @@ class BuiltinModel:
     description: str
     build: Callable[[Path], None]
     architecture: str
+    languages: tuple[str, ...] = ()  # what its vocabulary covers; () = any script (byte-level BPE)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m for m in [
         BuiltinModel("minilm", "all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters. "
-                     "English. Fast on a CPU.", _minilm, "bert"),
+                     "English. Fast on a CPU.", _minilm, "bert", languages=("en",)),
         BuiltinModel("smollm2-135m", "SmolLM2-135M-Instruct: Llama decoder, 30 layers, 9 query / 3 key-value "
                      "heads, 135M parameters. Multilingual byte-level BPE; chat template.", _smollm2, "llama"),
     ]
 }
+
+
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+
+
+def models_reading(language: str) -> list[str]:
+    """The built-in models whose vocabulary covers `language` (byte-level ones cover every script)."""
+    return [m.name for m in BUILTIN_MODELS.values() if not m.languages or language in m.languages]
+
+
+def reader_hint(name: str) -> str:
+    """`'smollm2-135m' (byte-level BPE: it reads any script)`, for advice that names a built-in."""
+    langs = BUILTIN_MODELS[name].languages
+    return f"{name!r} ({'byte-level BPE: it reads any script' if not langs else 'reads ' + ', '.join(langs)})"
+
+
+def language_advice(model: str, source: str) -> str | None:
+    """A warning when a built-in data set's language is one a built-in model cannot read (known before any
+    tokenising, from the language tags); None when they fit or either is not a built-in."""
+    d, m = BUILTIN_DATASETS.get(source), BUILTIN_MODELS.get(model)
+    if d is None or m is None or not m.languages or d.language in m.languages:
+        return None
+    lang = LANGUAGE_NAMES.get(d.language, d.language)
+    reads = ", ".join(LANGUAGE_NAMES.get(x, x) for x in m.languages)
+    fit = [n for n in models_reading(d.language) if n != model]
+    fix = f"set model.name_or_path to {reader_hint(fit[0])}" if fit else "choose a model trained on this language"
+    return (f"the built-in data set {source!r} is {lang} text and {model!r} reads {reads} only: most of its "
+            f"characters become unknown tokens, so the model cannot read this text. Fix: {fix}.")
 
 
 def builtin_model_path(name: str) -> Path:

@@ -368,7 +368,8 @@ def cmd_report(a: argparse.Namespace) -> int:
             cfg.model.name_or_path = a.model
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
     prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False,
-                        max_positions=model_max_tokens(load_model_config(cfg.model), tok))
+                        max_positions=model_max_tokens(load_model_config(cfg.model), tok),
+                        model_name=cfg.model.name_or_path)
     print(format_report(prep.report))
     return 0 if prep.report.ok else 2
 
@@ -377,7 +378,12 @@ def cmd_config(a: argparse.Namespace) -> int:
     from .config import RunConfig, field_help, load_config
     if a.validate:
         from .models import check_model_source
-        check_model_source(load_config(a.validate, _parse_sets(a.set)).model)
+        from .assets import language_advice
+        cfg = load_config(a.validate, _parse_sets(a.set))
+        check_model_source(cfg.model)
+        advice = language_advice(cfg.model.name_or_path, cfg.data.source)
+        if advice:
+            print(f"warning: {advice}")
         print(f"{a.validate}: valid")
         return 0
     if a.explain:

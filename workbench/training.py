@@ -195,7 +195,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     from .data import prepare_data
 
     prep = prepare_data(cfg.data, cfg.training.seed, tokenizer=tok,
-                        max_positions=model_max_tokens(load_model_config(cfg.model), tok))
+                        max_positions=model_max_tokens(load_model_config(cfg.model), tok),
+                        model_name=cfg.model.name_or_path)
     if prep.max_length != cfg.data.max_length:  # above the model's limit: the report says so
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=prep.max_length))
     if prep.report.token_lengths:
