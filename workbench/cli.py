@@ -312,7 +312,9 @@ def cmd_models(a: argparse.Namespace) -> int:
     for m in BUILTIN_MODELS.values():
         cached = (assets_dir() / "models" / m.name / "config.json").exists()
         print(f"{m.name:14s} {'cached ' if cached else 'fetched on first use'}  {m.description}")
-    print("\nOr give a local folder (config.json + model.safetensors) or a hub id when online.")
+    from .gguf_files import supported_architectures
+    print("\nOr give a local folder (config.json + model.safetensors), a hub id when online, or a .gguf file\n"
+          f"(converted once to safetensors; architectures: {', '.join(supported_architectures())}).")
     print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
     return 0
 
