@@ -146,3 +146,9 @@ def test_a_non_model_file_is_refused(tmp_path):
     f.write_text("a,b\n1,2\n")
     with pytest.raises(ModelError, match="is a file, not a model"):
         resolve_model_path(str(f))
+
+
+def test_estimates_and_the_data_page_find_the_cached_conversion(tiny_gguf):
+    from workbench.estimate import local_model_dir
+    folder = Path(resolve_model_path(str(tiny_gguf)))
+    assert local_model_dir(str(tiny_gguf)) == folder

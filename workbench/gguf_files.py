@@ -177,10 +177,15 @@ def build_once(out: Path, build: Callable[[Path], None]) -> Path:
     return out
 
 
+def converted_dir(src: Path) -> Path:
+    """Where the conversion of `src` is (or will be) cached."""
+    return assets_dir() / "gguf" / f"{src.stem[:60]}-{cache_key(src)}"
+
+
 def gguf_model_path(src: Path) -> Path:
     """The cached safetensors folder converted from the GGUF file `src` (converted on first use)."""
     check_gguf(src)
-    out = assets_dir() / "gguf" / f"{src.stem[:60]}-{cache_key(src)}"
+    out = converted_dir(src)
 
     def build(tmp: Path) -> None:
         convert_gguf(src, tmp)
