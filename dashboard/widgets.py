@@ -111,10 +111,11 @@ def table(source: str, stamp: float) -> Any:
 
 @st.cache_data(max_entries=16, show_spinner="Checking the data...")
 def data_report(source: str, stamp: float, columns: tuple[str | None, str | None, str | None],
-                max_length: int, tokenizer_dir: str | None, task: str = "text-classification"
-                ) -> tuple[dict[str, Any], int]:
+                max_length: int, tokenizer_dir: str | None, task: str = "text-classification",
+                model: str | None = None) -> tuple[dict[str, Any], int]:
     """The data report (as a dict) and the number of training rows for these column choices, made by
-    `task`'s own preparation (a tagger reads its file its own way: no columns)."""
+    `task`'s own preparation (a tagger reads its file its own way: no columns); `model` names the model
+    in the advice when it cannot read the text."""
     from workbench.config import DataConfig
     from workbench.data import prepare_data
     from workbench.tasks import get_task
@@ -131,7 +132,7 @@ def data_report(source: str, stamp: float, columns: tuple[str | None, str | None
 
             return DataReport(source=source, problems=[str(e)]).to_dict(), 0
         return prep.report.to_dict(), len(prep.train)
-    prep = prepare_data(cfg, 42, tok, table=table(source, stamp), raise_on_problems=False)
+    prep = prepare_data(cfg, 42, tok, table=table(source, stamp), raise_on_problems=False, model_name=model)
     return prep.report.to_dict(), len(prep.train)
 
 

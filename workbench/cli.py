@@ -210,6 +210,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.output_dir:
         sets["output_dir"] = a.output_dir
     cfg = load_config(a.config, sets)
+    from .models import check_model_source
+    check_model_source(cfg.model)  # before a run directory exists: no failed run for a wrong path
     if a.detach:
         from .launch import launch
         h = launch(cfg)
@@ -352,7 +354,9 @@ def cmd_models(a: argparse.Namespace) -> int:
     for m in BUILTIN_MODELS.values():
         cached = (assets_dir() / "models" / m.name / "config.json").exists()
         print(f"{m.name:14s} {'cached ' if cached else 'fetched on first use'}  {m.description}")
-    print("\nOr give a local folder (config.json + model.safetensors) or a hub id when online.")
+    from .gguf_files import supported_architectures
+    print("\nOr give a local folder (config.json + model.safetensors), a hub id when online, or a .gguf file\n"
+          f"(converted once to safetensors; architectures: {', '.join(supported_architectures())}).")
     print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
     return 0
 
@@ -422,7 +426,13 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_config(a: argparse.Namespace) -> int:
     from .config import RunConfig, field_help, load_config
     if a.validate:
-        load_config(a.validate, _parse_sets(a.set))
+        from .models import check_model_source
+        from .assets import language_advice
+        cfg = load_config(a.validate, _parse_sets(a.set))
+        check_model_source(cfg.model)
+        advice = language_advice(cfg.model.name_or_path, cfg.data.source)
+        if advice:
+            print(f"warning: {advice}")
         print(f"{a.validate}: valid")
         return 0
     if a.explain:

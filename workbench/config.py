@@ -49,7 +49,8 @@ class ModelConfig:
     """Which pretrained model to start from, and how to load it safely."""
 
     name_or_path: str = _f("minilm", "A built-in name (`workbench models`), a local folder with config.json and "
-                           "weights, or a hub id such as `bert-base-uncased` (needs a network).")
+                           "weights, a GGUF file (or a folder holding one; converted once and cached), or a hub id "
+                           "such as `bert-base-uncased` (needs a network).")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) when `name_or_path` is a hub id.")
     allow_pickle: bool = _f(False, "Allow pickle-based weight files (`.bin`, `.pt`). Pickle can run code while "
                             "loading: only enable this for files you trust. Safetensors are always preferred.")

@@ -62,6 +62,14 @@ def local_model_dir(name_or_path: str) -> Path | None:
         p = assets_dir() / "models" / name_or_path
     else:
         p = Path(name_or_path).expanduser()
+        if p.is_file() or (p.is_dir() and not (p / "config.json").exists()):  # a GGUF file: its cached conversion
+            from .errors import ModelError
+            from .gguf_files import converted_dir, find_gguf
+            try:
+                gguf = find_gguf(p)
+            except ModelError:
+                gguf = None
+            p = converted_dir(gguf) if gguf is not None else p
     return p if (p / "config.json").is_file() else None
 
 

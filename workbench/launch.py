@@ -231,7 +231,9 @@ def launch(config: RunConfig) -> RunHandle:
 
     Warns when a run started earlier from this process (e.g. by the same notebook cell) is still running.
     """
+    from .models import check_model_source
     config.check()
+    check_model_source(config.model)  # a wrong model path is an error here, not a failed run
     # The caller's own config: its model settings are the user's choice, so they are the grants.
     return _started(_spawn(new_run_dir(config), resume=False, trust_remote_code=config.model.trust_remote_code,
                            allow_pickle=config.model.allow_pickle))

@@ -8,6 +8,7 @@ to fix it.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch
 
 from .assets import BUILTIN_MODELS, builtin_model_path
 from .config import ModelConfig, PeftConfig
-from .errors import ModelError
+from .errors import ConfigError, ModelError
+from .gguf_files import check_gguf, find_gguf, gguf_model_path
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout",
@@ -34,16 +36,64 @@ LORA_TARGETS = {
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A built-in name becomes its cached folder; a folder is returned as is; anything else is a hub id."""
+    """A built-in name becomes its cached folder; a GGUF file (or a folder holding only one) becomes its cached
+    safetensors conversion (`workbench.gguf_files`); a folder is returned as is; anything else is a hub id."""
     if name_or_path in BUILTIN_MODELS:
         return str(builtin_model_path(name_or_path))
     p = Path(name_or_path).expanduser()
     if p.exists():
-        return str(p)
-    if name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1):
+        gguf = find_gguf(p)
+        return str(gguf_model_path(gguf)) if gguf is not None else str(p)
+    if _looks_like_path(name_or_path):
         raise ModelError(f"Model folder {name_or_path!r} does not exist. Fix: give an existing folder with "
-                         f"config.json and model.safetensors, a built-in ({', '.join(BUILTIN_MODELS)}), or a hub id.")
+                         f"config.json and model.safetensors, a .gguf file, a built-in ({', '.join(BUILTIN_MODELS)}), "
+                         f"or a hub id.")
     return name_or_path
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    """Not a hub id (`name` or `org/name`): a relative or absolute path, or a file name."""
+    return (name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path or name_or_path.lower().endswith(".gguf")
+            or os.sep in name_or_path.strip("/").replace("/", "", 1))
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def model_source_problems(cfg: ModelConfig) -> list[str]:
+    """What is wrong with `model.name_or_path`, checked without loading any weights (`config --validate`,
+    before a run directory is created): a built-in, an existing model folder (config.json + safetensors),
+    a GGUF file of a supported architecture (or a folder holding one), or something shaped like a hub id."""
+    name = cfg.name_or_path
+    if not name or name in BUILTIN_MODELS:
+        return []
+    p = Path(name).expanduser()
+    try:
+        if p.exists():
+            gguf = find_gguf(p)
+            if gguf is not None:
+                check_gguf(gguf)
+            else:
+                check_model_dir(p, cfg.allow_pickle)
+            return []
+    except ModelError as e:
+        return [f"model.name_or_path: {e}"]
+    if _looks_like_path(name):
+        return [f"model.name_or_path: {name!r} does not exist (looked for {p.resolve()}). Fix: give an existing "
+                f"folder with config.json and model.safetensors, a .gguf file, a built-in "
+                f"({', '.join(BUILTIN_MODELS)}), or a hub id such as `org/model`."]
+    if not _HUB_ID.fullmatch(name):
+        return [f"model.name_or_path: {name!r} is not a built-in ({', '.join(BUILTIN_MODELS)}), an existing folder "
+                f"or file, or a hub id (`name` or `org/name`: letters, digits, `-`, `_`, `.`)."]
+    return []
+
+
+def check_model_source(cfg: ModelConfig) -> None:
+    """Raise `ConfigError` with `model_source_problems`: called before a run directory is made, so a wrong
+    model path never leaves a failed run behind."""
+    problems = model_source_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
 
 
 def check_model_dir(path: str | Path, allow_pickle: bool = False, *, pickle_fix: str | None = None) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from .config import ModelConfig, RunConfig
 from .errors import ConfigError, ModelError
+from .gguf_files import is_gguf
 
 # What each grant lets a model do, and the flag that grants it.
 GRANTS = {
@@ -59,10 +60,10 @@ def model_config_from_run(raw: Any, where: str | Path, *, trust_remote_code: boo
                          f"this run and that model, grant it yourself with {flags} on the command line ({args} in "
                          f"Python); otherwise set it to false in that file.")
     p = Path(cfg.name_or_path).expanduser()
-    if p.exists() and not p.is_dir():
+    if p.exists() and not p.is_dir() and not (p.suffix.lower() == ".gguf" and is_gguf(p)):
         raise ModelError(f"{where} names {cfg.name_or_path!r} as its model, which is not a model folder (a file or a "
                          f"device). Fix: set model.name_or_path there to a built-in name, a hub id or a folder with "
-                         f"config.json and model.safetensors.")
+                         f"config.json and model.safetensors, or a .gguf file.")
     return cfg
 
 

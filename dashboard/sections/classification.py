@@ -52,7 +52,7 @@ def data_view(source: str) -> None:
     model = st.session_state.get("train_model") or "minilm"
     tok_dir = local_model_dir(model)
     report, _ = widgets.data_report(source, widgets.file_stamp(source), (text, label, None if pair == NONE else pair),
-                                    int(max_length), str(tok_dir) if tok_dir else None)
+                                    int(max_length), str(tok_dir) if tok_dir else None, model=model)
     _show_report(report, tok_dir is not None, model)
     if not report["problems"]:
         st.session_state["data_choice"] = {"source": source, "text_column": text, "label_column": label,
@@ -79,6 +79,10 @@ def _show_report(r: dict, tokenized: bool, model: str) -> None:
     m[2].metric("Classes", len(r["labels"]) or "-")
     m[3].metric("Duplicates in train", r["duplicates"])
     m[4].metric("Leaked into test", r.get("leakage", {}).get("test", 0))
+    u = r.get("unknown_tokens") or {}
+    if u.get("unknown"):
+        lost = f", {u['chars_lost_share']:.0%} of the characters lost" if u.get("chars_lost_share") is not None else ""
+        st.caption(f"Unknown tokens for {model}: {u['share']:.1%} of the tokens are {u['token']}{lost}.")
     if r["split_sizes"]:
         st.caption("Splits: " + ", ".join(f"{k} {v:,}" for k, v in r["split_sizes"].items()))
     for reason, rows in r["dropped"].items():

@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 from ..config import DataConfig
 from ..errors import DataError
 from .io import Table, read_table
-from .report import DataReport, format_report, token_length_stats
+from .report import UNKNOWN_WARN, DataReport, format_report, token_length_stats, unknown_token_stats
 
 TEXT_NAMES = ["text", "sentence", "review", "content", "body", "message", "sms", "document", "tweet", "comment",
               "utterance", "question", "sentence1", "premise", "excerpt", "description", "title"]
@@ -111,12 +111,13 @@ def order_labels(names: set[str] | list[str]) -> list[str]:
 # --- the whole preparation -----------------------------------------------------------------------
 def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
                  table: Table | pd.DataFrame | None = None, raise_on_problems: bool = True,
-                 max_positions: int | None = None) -> PreparedData:
+                 max_positions: int | None = None, model_name: str | None = None) -> PreparedData:
     """Load, clean, map labels, split and report. With `raise_on_problems`, fatal problems raise
     `DataError` (all of them in one message); otherwise they are left in `report.problems`.
 
     `max_positions` is the longest input the model takes (`tasks.classification.model_max_tokens`): a
     larger `data.max_length` is lowered to it, with a warning (`PreparedData.max_length` is the result).
+    `model_name` (`model.name_or_path`) names the model in the advice when it cannot read the text.
     """
     capped = None
     if max_positions is not None and cfg.max_length > max_positions:
@@ -244,6 +245,7 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
         f.insert(0, "label", f["label_name"].map(l2i).astype("int64"))
         frames[s] = f
     _describe(rep, frames, labels, cfg, tokenizer)
+    _check_readable(rep, frames["train"], cfg, tokenizer, model_name)
     extras = [c for c in frames["train"].columns if c not in RESERVED]
     return _finish(PreparedData(frames["train"], frames["validation"], frames["test"], labels, rep, extras,
                                 cfg.max_length), raise_on_problems)
@@ -409,3 +411,35 @@ def _describe(rep: DataReport, frames: dict[str, pd.DataFrame], labels: list[str
             rep.warnings.append(f"{rep.token_lengths['truncated_share']:.0%} of training texts are longer than "
                                 f"data.max_length={cfg.max_length} tokens and will be cut; raise it if the end "
                                 f"matters.")
+
+
+def _check_readable(rep: DataReport, train: pd.DataFrame, cfg: DataConfig, tokenizer: Any,
+                    model_name: str | None) -> None:
+    """Warn when the model cannot read the text: measured (unknown-token share) with a tokenizer, else from
+    the built-in data set's language tag and the built-in model's languages."""
+    from ..assets import language_advice, models_reading, reader_hint
+
+    name = model_name or _tokenizer_name(tokenizer)
+    if tokenizer is not None and len(train):
+        texts = train["text"].sample(n=min(len(train), 2000), random_state=0).astype(str).tolist()
+        rep.unknown_tokens = unknown_token_stats(tokenizer, texts)
+    u = rep.unknown_tokens
+    if u and u["share"] > UNKNOWN_WARN:
+        lost = f"; {u['chars_lost_share']:.0%} of the characters are lost" if u["chars_lost_share"] is not None \
+            else ""
+        seen = f" (most often {' '.join(u['examples'][:8])})" if u["examples"] else ""
+        fit = [m for m in models_reading("any") if m != name]
+        fix = f"use a model whose vocabulary covers this text, e.g. the built-in {reader_hint(fit[0])}" if fit else \
+            "use a model whose vocabulary covers this text"
+        rep.warnings.append(f"{u['share']:.0%} of the tokens are {u['token']} for {name or 'this tokenizer'}{lost}"
+                            f"{seen}: this model cannot read this text and would learn from what is left. Fix: {fix}.")
+    elif not u and model_name:
+        advice = language_advice(model_name, cfg.source)
+        if advice:
+            rep.warnings.append(advice[0].upper() + advice[1:])
+
+
+def _tokenizer_name(tokenizer: Any) -> str:
+    """A built-in's name for a tokenizer loaded from its cache folder, else the folder's or hub id's name."""
+    raw = str(getattr(tokenizer, "name_or_path", "") or "")
+    return raw.rstrip("/").rsplit("/", 1)[-1] if raw else ""

@@ -6,6 +6,7 @@ Returned as data (`DataReport`, JSON-serialisable via `to_dict`), printed by the
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class DataReport:
     leakage: dict[str, int] = field(default_factory=dict)  # split -> rows whose text is also in train
     token_lengths: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # task-specific findings (e.g. a tagger's scheme)
+    unknown_tokens: dict[str, Any] = field(default_factory=dict)  # `unknown_token_stats` for the chosen tokenizer
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -57,6 +59,37 @@ def token_length_stats(lengths: list[int] | np.ndarray, max_length: int, tokeniz
             "max": int(arr.max()), "max_length": max_length,
             "truncated": int((arr > max_length).sum()), "truncated_share": round(float((arr > max_length).mean()), 4),
             "histogram": counts.tolist(), "histogram_edges": edges.tolist()}
+
+
+UNKNOWN_WARN = 0.05  # above this share of unknown tokens a model is not reading the text
+
+
+def unknown_token_stats(tokenizer: Any, texts: list[str]) -> dict[str, Any]:
+    """How much of `texts` the tokenizer cannot represent: the share of tokens that are its unknown token, the
+    share of characters they replace (from offsets, fast tokenizers only) and the characters lost most often.
+    Empty for a tokenizer without an unknown token. Byte-level BPE (SmolLM2, GPT-2) never produces one."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not texts:
+        return {}
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    enc = tokenizer(texts, add_special_tokens=False, truncation=False, return_offsets_mapping=fast)
+    n_tokens = n_unknown = lost = 0
+    chars: Counter[str] = Counter()
+    for i, ids in enumerate(enc["input_ids"]):
+        n_tokens += len(ids)
+        for j, t in enumerate(ids):
+            if t != unk:
+                continue
+            n_unknown += 1
+            if fast:
+                start, end = enc["offset_mapping"][i][j]
+                lost += end - start
+                chars.update(c for c in texts[i][start:end] if not c.isspace())
+    n_chars = sum(len(t) for t in texts)
+    return {"token": str(tokenizer.unk_token), "texts": len(texts), "tokens": n_tokens, "unknown": n_unknown,
+            "share": round(n_unknown / max(n_tokens, 1), 4),
+            "chars_lost_share": round(lost / max(n_chars, 1), 4) if fast else None,
+            "examples": [c for c, _ in chars.most_common(10)]}
 
 
 def format_report(r: DataReport, verbose: bool = False) -> str:
@@ -91,6 +124,10 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
     if t:
         out.append(f"  tokens ({t.get('tokenizer', '')}): median {t['p50']}, p95 {t['p95']}, max {t['max']}; "
                    f"{t['truncated']} text(s) longer than max_length={t['max_length']} get truncated")
+    u = r.unknown_tokens
+    if u and u.get("unknown"):
+        lost = f", {u['chars_lost_share']:.0%} of the characters lost" if u.get("chars_lost_share") is not None else ""
+        out.append(f"  unknown tokens: {u['share']:.1%} of the tokens are {u['token']}{lost}")
     for w in r.warnings:
         out.append(f"  warning: {w}")
     for p in r.problems:
