@@ -81,7 +81,7 @@ def _imports(source: str) -> set[str]:
 # --- fast ------------------------------------------------------------------------------------------
 def test_the_course_is_there():
     numbers = [p.name[:2] for p in LESSONS]
-    assert numbers == [f"{i:02d}" for i in range(1, 8)], f"expected notebooks 01..07, found {numbers}"
+    assert numbers == [f"{i:02d}" for i in range(1, 9)], f"expected notebooks 01..08, found {numbers}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
