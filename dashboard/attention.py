@@ -1,14 +1,18 @@
 """Attention page: one text through a model; heatmaps per layer/head, rollout, base vs tuned, saliency.
 
 The forward pass runs once per (model, text) and is cached; the layer and head controls live in a
-fragment, so moving them only re-slices cached arrays and redraws one chart. The attention modules
+fragment, so moving them only re-slices cached arrays and redraws one chart. A token-classification
+(NER) model predicts at every word: the page shows every word's tag and a word picker, and the maps
+and saliency are read out at the chosen word (`workbench.attention.with_readout`, no new forward pass). The attention modules
 bring torch with them, so they are imported where used: the rest of the dashboard paints without it.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from workbench.assets import BUILTIN_MODELS
@@ -54,7 +58,13 @@ def page() -> None:
         return
     if result.notice:
         st.warning(result.notice)
-    if result.predicted is not None:
+    word = None
+    if result.readout == "word":
+        word = _pick_word(result)
+        result = _attention(source, stamp, False, text, max_tokens, word)
+        st.markdown(f"Word {word} **{_md(result.words[word])}** is tagged **{result.predicted}** "
+                    f"(p = {float(result.probs.max()):.2f})" + ("" if run else " — untrained head, ignore it"))
+    elif result.predicted is not None:
         st.markdown(f"Prediction: **{result.predicted}** (p = {float(result.probs.max()):.2f})"
                     + ("" if run else " — untrained head, ignore it"))
     from workbench.figures.attention import rollout_heatmap
@@ -63,7 +73,7 @@ def page() -> None:
     tabs = st.tabs(TABS, key="att_tab", on_change="rerun")
     if tabs[0].open:
         with tabs[0]:
-            _maps(source, stamp, text, max_tokens)
+            _maps(source, stamp, text, max_tokens, word)
     if tabs[1].open:
         tabs[1].plotly_chart(rollout_heatmap(result), key="att_rollout")
     if tabs[2].open:
@@ -71,10 +81,10 @@ def page() -> None:
             if run is None:
                 st.info("Pick a run's fine-tuned model to compare it with the pretrained model it started from.")
             else:
-                _difference(source, stamp, text, max_tokens, result)
+                _difference(source, stamp, text, max_tokens, result, word)
     if tabs[3].open:
         with tabs[3]:
-            _saliency(source, stamp, text, max_tokens)
+            _saliency(source, stamp, text, max_tokens, word)
 
 
 def _pretrained_source() -> str | None:
@@ -97,7 +107,8 @@ def _choose_text(run: Any) -> str:
 
         pred = run.predictions("after")
         pool = analysis.confident_mistakes(pred, 30)
-        pool = pool if len(pool) else analysis.uncertain_examples(pred, 30)
+        if not len(pool):  # no mistakes: the least sure examples (a tagger's table has no class margin)
+            pool = analysis.uncertain_examples(pred, 30) if "margin" in pred else pred.nsmallest(30, "confidence")
         if len(pool):
             labels = {int(i): f"gold {r.gold} → {r.predicted} ({r.confidence:.2f}): {str(r.text)[:90]}"
                       for i, r in pool.iterrows()}
@@ -109,11 +120,34 @@ def _choose_text(run: Any) -> str:
     return st.text_area("Text", "a wonderful film with a great cast", key="att_text", height=80)
 
 
+def _pick_word(result: Any) -> int:
+    """Every word's predicted tag, and a picker of the word to explain (default: the first entity word)."""
+    tags = result.word_tags
+    shown = [i for i, p in enumerate(result.word_positions) if p is not None]
+    conf = [None if p is None else float(result.token_probs[p].max()) for p in result.word_positions]
+    st.dataframe(pd.DataFrame([result.words, [t or "(cut off)" for t in tags],
+                               ["" if c is None else f"{c:.2f}" for c in conf]],
+                              index=["word", "predicted tag", "p"], columns=[str(i) for i in range(len(tags))]),
+                 key="att_tags")
+    # The text is part of the key: a new text is a new set of words, and the default word moves with it.
+    digest = zlib.crc32("\x1f".join(result.words).encode())
+    picked = st.pills("Word to explain", shown, default=result.readout_word, key=f"att_word_{digest}",
+                      format_func=lambda i: result.words[i] + ("" if tags[i] in (None, "O") else f" · {tags[i]}"),
+                      help="The attention from this word's first sub-word, and the saliency of its tag, are shown "
+                           "below. Entity words carry their predicted tag.")
+    return result.readout_word if picked is None else int(picked)
+
+
+def _md(s: str) -> str:
+    """A word shown in markdown as itself (no emphasis, links or code from its characters)."""
+    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!|<>~$:" else c for c in s)
+
+
 @st.fragment
-def _maps(source: str, stamp: float, text: str, max_tokens: int) -> None:
+def _maps(source: str, stamp: float, text: str, max_tokens: int, word: int | None = None) -> None:
     from workbench.figures.attention import attention_heatmap, readout_bar
 
-    result = _attention(source, stamp, False, text, max_tokens)
+    result = _attention(source, stamp, False, text, max_tokens, word)
     a, b = st.columns([3, 1])
     layer = a.slider("Layer", 0, result.n_layers - 1, result.n_layers - 1, key="att_layer")
     head = b.selectbox("Head", [MEAN] + list(range(result.n_heads)), key="att_head")
@@ -123,29 +157,40 @@ def _maps(source: str, stamp: float, text: str, max_tokens: int) -> None:
     right.plotly_chart(readout_bar(result, layer, h), key="att_readout")
 
 
-def _difference(source: str, stamp: float, text: str, max_tokens: int, tuned: Any) -> None:
+def _difference(source: str, stamp: float, text: str, max_tokens: int, tuned: Any, word: int | None = None) -> None:
     from workbench.attention import attention_difference
     from workbench.figures.attention import attention_difference_heatmap
 
     layer = st.select_slider("Layer (or all layers)", ["all"] + list(range(tuned.n_layers)), "all",
                              key="att_diff_layer")
     with widgets.shown_errors():
-        base = _attention(source, stamp, True, text, max_tokens)
+        base = _attention(source, stamp, True, text, max_tokens, word)
         diff = attention_difference(base, tuned, None if layer == "all" else int(layer))
         st.plotly_chart(attention_difference_heatmap(diff, tuned.tokens), key="att_diff")
 
 
-def _saliency(source: str, stamp: float, text: str, max_tokens: int) -> None:
+def _saliency(source: str, stamp: float, text: str, max_tokens: int, word: int | None = None) -> None:
     from workbench.figures.attention import saliency_figure
 
     method = st.radio("Method", ["ig", "grad"], horizontal=True, key="att_sal_method",
                       format_func={"ig": "integrated gradients", "grad": "gradient × input"}.get)
     with widgets.shown_errors():
-        st.plotly_chart(saliency_figure(_saliency_result(source, stamp, text, max_tokens, method)), key="att_saliency")
+        sal = _saliency_result(source, stamp, text, max_tokens, method, word)
+        if sal.readout_word is not None:
+            st.caption(f"Which tokens made the model tag word {sal.readout_word} "
+                       f"({sal.words[sal.readout_word]!r}) as {sal.target_label}.")
+        st.plotly_chart(saliency_figure(sal), key="att_saliency")
+
+
+def _attention(source: str, stamp: float, base: bool, text: str, max_tokens: int, word: int | None = None) -> Any:
+    """The cached forward pass, read out at `word` for a token classifier (pure numpy, no second pass)."""
+    from workbench.attention import with_readout
+
+    return with_readout(_forward(source, stamp, base, text, max_tokens), word)
 
 
 @st.cache_resource(max_entries=16, show_spinner="Running the model...")
-def _attention(source: str, stamp: float, base: bool, text: str, max_tokens: int) -> Any:
+def _forward(source: str, stamp: float, base: bool, text: str, max_tokens: int) -> Any:
     from workbench.attention import attention_maps, load_for_attention
 
     model, tok = load_for_attention(source, base=base)
@@ -153,9 +198,10 @@ def _attention(source: str, stamp: float, base: bool, text: str, max_tokens: int
 
 
 @st.cache_resource(max_entries=16, show_spinner="Computing saliency...")
-def _saliency_result(source: str, stamp: float, text: str, max_tokens: int, method: str) -> Any:
+def _saliency_result(source: str, stamp: float, text: str, max_tokens: int, method: str,
+                     word: int | None = None) -> Any:
     from workbench.attention import load_for_attention
     from workbench.saliency import token_saliency
 
     model, tok = load_for_attention(source)
-    return token_saliency(model, tok, text, method=method, max_tokens=max_tokens)
+    return token_saliency(model, tok, text, method=method, max_tokens=max_tokens, word=word)

@@ -3,10 +3,16 @@
 Models for inspection are loaded with eager attention (`load_for_attention`): the default `sdpa`
 kernel is faster but returns no weights. Training never uses this loader. Everything after the
 forward pass is numpy, so the figures, the dashboard and notebooks share one tested path.
+
+Where the prediction is read (the "readout token") is the task's business (`Task.readout`): a text
+classifier reads one token per text ([CLS], or the last token of a decoder); a token classifier
+predicts at every word, so the readout is a chosen word's first sub-word and `with_readout` moves it
+without another forward pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,6 +26,8 @@ from .errors import ModelError, RunError, WorkbenchError
 
 # Shown instead of tokens that are only whitespace, so an axis label is never blank.
 _WHITESPACE = {"\n": "⏎", "\t": "⇥", " ": "␣", "\r": "⏎"}
+# The BIO "no entity" tag: the default readout word of a tagger is its first word tagged otherwise.
+OUTSIDE = "O"
 
 
 @dataclass
@@ -33,15 +41,30 @@ class AttentionResult:
 
     tokens: list[str]
     attentions: np.ndarray  # (layers, heads, seq, seq) float32
-    readout_index: int  # the token the classifier reads: [CLS] (0) for encoders, last token for decoders
+    # The token whose prediction is shown: [CLS] (0) for encoders, the last token for decoders; for a
+    # token classifier, the chosen word's first sub-word.
+    readout_index: int
     model_type: str
     truncated: bool = False
     notice: str = ""  # visible message when the input was cut; "" otherwise
     window: tuple[int, int] = (0, 0)  # positions [start, end) of the full tokenised input that are shown
     special: list[bool] = field(default_factory=list)  # True for [CLS]/[SEP]/<s>-style tokens
     input_ids: list[int] = field(default_factory=list)
-    probs: np.ndarray | None = None  # class probabilities from the same forward pass
+    probs: np.ndarray | None = None  # class probabilities at the readout token, from the same forward pass
     labels: list[str] = field(default_factory=list)
+    readout: str = "sequence"  # "sequence": one prediction per text; "word": one per word (token classification)
+    words: list[str] = field(default_factory=list)  # "word": the words of the text, as the task splits them
+    word_ids: list[int | None] = field(default_factory=list)  # "word": each shown token's word (None: special)
+    word_positions: list[int | None] = field(default_factory=list)  # "word": each word's first sub-word, or None
+    token_probs: np.ndarray | None = None  # "word": (seq, classes) probabilities at every shown token
+    readout_word: int | None = None  # "word": the word read out (None for a special token)
+
+    @property
+    def word_tags(self) -> list[str | None]:
+        """The predicted tag of every word ("word" readout; None where the word is not shown)."""
+        if self.token_probs is None:
+            return []
+        return _tags(self.token_probs, self.word_positions, self.labels)
 
     @property
     def n_layers(self) -> int:
@@ -69,6 +92,9 @@ class EncodedText:
     truncated: bool
     notice: str
     window: tuple[int, int]
+    words: list[str] = field(default_factory=list)  # a "word" task's words, else []
+    word_ids: list[int | None] = field(default_factory=list)  # per kept token: its word (None: special)
+    word_positions: list[int | None] = field(default_factory=list)  # per word: its first sub-word, if kept
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         out = {"input_ids": torch.tensor([self.input_ids], device=device),
@@ -176,16 +202,29 @@ def readable_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
-                window: tuple[int, int] | None = None) -> EncodedText:
+                window: tuple[int, int] | None = None, task: Any = None) -> EncodedText:
     """Tokenise and cut to at most `max_tokens`, keeping the special tokens at both ends.
 
     `window=(start, end)` picks positions of the full tokenised input; the kept tokens are re-numbered
     from the start, so the model sees them as a short input of their own (an approximation of how
-    they behave in context, which is what makes long texts inspectable at all).
+    they behave in context, which is what makes long texts inspectable at all). For a task with a
+    "word" readout (`model_task`), the text is split into words and tokenised the way that task
+    predicts, and the result maps tokens to words.
     """
     if max_tokens < 3:
         raise WorkbenchError(f"max_tokens={max_tokens} is too small to show anything; use at least 3.")
-    enc = tokenizer(text, text_pair, add_special_tokens=True, verbose=False)
+    words: list[str] = []
+    word_ids: list[int | None] | None = None
+    if readout_kind(task) == "word":
+        if text_pair is not None:
+            raise WorkbenchError("A token-classification model tags a single text; leave out the second text "
+                                 "(text_pair / --pair).")
+        if not text.strip():
+            raise WorkbenchError("The text has no words to tag; give a text with at least one word.")
+        words, enc = task.tokenize_words(tokenizer, text)
+        word_ids = list(enc.word_ids())
+    else:
+        enc = tokenizer(text, text_pair, add_special_tokens=True, verbose=False)
     ids = list(enc["input_ids"])
     n = len(ids)
     special = [bool(s) for s in tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)]
@@ -213,10 +252,22 @@ def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_
         notice = (f"Input is {n} tokens; showing positions {shown[0]}–{shown[1] - 1} (max_tokens={max_tokens}"
                   f"{', special tokens kept' if lead + trail else ''}). Choose another window to see the rest.")
     tti = enc.get("token_type_ids")
+    kept_words: list[int | None] = []
+    positions: list[int | None] = []
+    if word_ids is not None:
+        kept_words = [word_ids[i] for i in keep]
+        # A word's prediction is read at its FIRST sub-word: a word whose first piece was cut has none here.
+        first = {}
+        for i, w in enumerate(word_ids):
+            if w is not None:
+                first.setdefault(w, i)
+        where = {full: k for k, full in enumerate(keep)}
+        positions = [where.get(first[w]) if w in first else None for w in range(len(words))]
     return EncodedText(input_ids=[ids[i] for i in keep],
                        token_type_ids=[tti[i] for i in keep] if tti is not None else None,
                        tokens=readable_tokens(tokenizer, [ids[i] for i in keep]),
-                       special=[special[i] for i in keep], truncated=truncated, notice=notice, window=shown)
+                       special=[special[i] for i in keep], truncated=truncated, notice=notice, window=shown,
+                       words=list(words), word_ids=kept_words, word_positions=positions)
 
 
 def is_decoder(model: Any) -> bool:
@@ -233,15 +284,96 @@ def class_labels(model: Any) -> list[str]:
     return [str(id2label.get(i, i)) for i in range(int(getattr(model.config, "num_labels", len(id2label))))]
 
 
+# --- where the prediction is read ------------------------------------------------------------------
+def model_task(model: Any) -> Any:
+    """The registered task whose head `model` carries, from its class (`BertForTokenClassification` -> the
+    task whose `auto_model` is `AutoModelForTokenClassification`); text classification when none matches."""
+    from .tasks import TASKS, get_task
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a PEFT wrapper
+    name = type(inner).__name__
+    for task in TASKS.values():
+        head = str(getattr(task, "auto_model", "")).removeprefix("AutoModel")
+        if head and name.endswith(head):
+            return task
+    return get_task("text-classification")
+
+
+def readout_kind(task: Any) -> str:
+    """"sequence" (one prediction per text) unless the task says "word" (`Task.readout`)."""
+    return "sequence" if task is None else str(getattr(task, "readout", "sequence"))
+
+
+def choose_readout(words: list[str], word_positions: list[int | None], word_ids: list[int | None],
+                   word_tags: list[str | None], *, word: int | None = None,
+                   position: int | None = None) -> tuple[int, int | None]:
+    """(token position, word) to read a token classifier's prediction at.
+
+    `word` (0-based) gives that word's first sub-word; `position` a token position directly; with
+    neither, the first word predicted as an entity (a tag other than `O`), else the first word shown.
+    """
+    if word is not None and position is not None:
+        raise WorkbenchError("Choose a word or a token position, not both.")
+    if position is not None:
+        p = int(position)
+        if not 0 <= p < len(word_ids):
+            raise WorkbenchError(f"token position {p} does not exist: {len(word_ids)} tokens are shown "
+                                 f"(0..{len(word_ids) - 1}).")
+        return p, word_ids[p]
+    if word is not None:
+        w = int(word)
+        if not 0 <= w < len(words):
+            listed = " ".join(f"{i}:{t}" for i, t in enumerate(words[:12])) + (" ..." if len(words) > 12 else "")
+            raise WorkbenchError(f"word {w} does not exist: the text has {len(words)} words, 0..{len(words) - 1} "
+                                 f"({listed}). Fix: give a word index in that range.")
+        if word_positions[w] is None:
+            raise WorkbenchError(f"word {w} ({words[w]!r}) is not among the tokens shown: max_tokens or the window "
+                                 f"cut it off. Fix: raise max_tokens, or choose a window that includes it.")
+        return int(word_positions[w]), w
+    shown = [i for i, p in enumerate(word_positions) if p is not None]
+    if not shown:
+        raise WorkbenchError("No word of this text is among the tokens shown; raise max_tokens or widen the window.")
+    w = next((i for i in shown if word_tags[i] not in (None, OUTSIDE)), shown[0])
+    return int(word_positions[w]), w
+
+
+def with_readout(result: AttentionResult, word: int | None = None, position: int | None = None) -> AttentionResult:
+    """The same attention read out at another token (a token classifier's word or token position); the
+    maps are unchanged, so no forward pass is needed. For a text classifier, only the default is valid."""
+    if result.readout != "word" or result.token_probs is None:
+        if word is not None or position is not None:
+            raise WorkbenchError(_ONE_PER_TEXT)
+        return result
+    pos, w = choose_readout(result.words, result.word_positions, result.word_ids, result.word_tags, word=word,
+                            position=position)
+    return dataclasses.replace(result, readout_index=pos, readout_word=w, probs=result.token_probs[pos])
+
+
+_ONE_PER_TEXT = ("This model predicts one class per text, read at a fixed token; there is no token to choose. "
+                 "Choosing a token (--token) applies to token-classification (NER) models.")
+
+
+def _tags(token_probs: np.ndarray, positions: list[int | None], labels: list[str]) -> list[str | None]:
+    return [None if p is None else labels[int(np.argmax(token_probs[p]))] for p in positions]
+
+
 # --- the forward pass ------------------------------------------------------------------------------
 def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
-                   window: tuple[int, int] | None = None) -> AttentionResult:
-    """Attention of every layer and head for one input (one forward pass, no gradients)."""
+                   window: tuple[int, int] | None = None, word: int | None = None,
+                   position: int | None = None) -> AttentionResult:
+    """Attention of every layer and head for one input (one forward pass, no gradients).
+
+    For a token classifier, `word` / `position` choose the readout token (see `choose_readout`); the
+    default is the first word predicted as an entity. A text classifier takes neither.
+    """
     impl = getattr(model.config, "_attn_implementation", None)
     if impl != "eager":
         raise ModelError(f"This model uses {impl!r} attention, which returns no attention weights. Fix: load it "
                          f"with `workbench.attention.load_for_attention(...)` or attn_implementation='eager'.")
-    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window)
+    task = model_task(model)
+    if readout_kind(task) != "word" and (word is not None or position is not None):
+        raise WorkbenchError(_ONE_PER_TEXT)
+    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task)
     device = next(model.parameters()).device
     with torch.inference_mode():
         out = model(**enc.tensors(device), output_attentions=True)
@@ -249,6 +381,13 @@ def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None 
         raise ModelError(f"{type(model).__name__} returned no attention weights; eager attention is required.")
     att = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
     probs = torch.softmax(out.logits[0].float(), -1).cpu().numpy()
+    if readout_kind(task) == "word":  # probs is (seq, classes): a prediction at every token
+        result = AttentionResult(
+            tokens=enc.tokens, attentions=att, readout_index=0, model_type=getattr(model.config, "model_type", ""),
+            truncated=enc.truncated, notice=enc.notice, window=enc.window, special=enc.special,
+            input_ids=enc.input_ids, labels=class_labels(model), readout="word", words=enc.words,
+            word_ids=enc.word_ids, word_positions=enc.word_positions, token_probs=probs)
+        return with_readout(result, word, position)
     return AttentionResult(
         tokens=enc.tokens, attentions=att, readout_index=len(enc.input_ids) - 1 if is_decoder(model) else 0,
         model_type=getattr(model.config, "model_type", ""), truncated=enc.truncated, notice=enc.notice,
@@ -280,7 +419,7 @@ def attention_rollout(att: np.ndarray, add_residual: bool = True) -> np.ndarray:
 
 
 def readout_attention(result: AttentionResult) -> np.ndarray:
-    """(layers, heads, seq): attention from the token the classifier reads ([CLS] or the last token)."""
+    """(layers, heads, seq): attention from the readout token ([CLS], the last token, or a tagger's chosen word)."""
     return result.attentions[:, :, result.readout_index, :]
 
 

@@ -530,9 +530,17 @@ def cmd_attention(a: argparse.Namespace) -> int:
     _quiet_libraries()
     # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
     res = att.attention_maps(*att.load_for_attention(a.run, base=a.base, **_grants(a)), a.text, a.pair,
-                             max_tokens=a.max_tokens)
-    print(f"{'base model (untrained head)' if a.base else 'model'} predicts: {res.predicted}  ("
-          + "  ".join(f"{lab}={p:.3f}" for lab, p in zip(res.labels, res.probs)) + ")")
+                             max_tokens=a.max_tokens, word=a.token)
+    who = "base model (untrained head)" if a.base else "model"
+    probs = "  ".join(f"{lab}={p:.3f}" for lab, p in zip(res.labels, res.probs))
+    w = res.readout_word  # a token classifier's explained word; None for a text classifier
+    if w is None:
+        print(f"{who} predicts: {res.predicted}  ({probs})")
+    else:
+        print(f"explaining word {w} {res.words[w]!r} (token position {res.readout_index}): {who} tags it "
+              f"{res.predicted}  ({probs})")
+        print("tags: " + "  ".join(f"{i}:{word}/{tag or '(cut)'}" for i, (word, tag) in
+                                   enumerate(zip(res.words, res.word_tags))))
     if res.truncated:
         print(f"note: {res.notice}")
 
@@ -550,7 +558,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
     if a.diff:
         other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text, a.pair,
-                                   max_tokens=a.max_tokens)
+                                   max_tokens=a.max_tokens, word=w)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
         out.append(figs.attention_difference_heatmap(diff, res.tokens))
@@ -558,10 +566,11 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
-                             max_tokens=a.max_tokens)
+                             max_tokens=a.max_tokens, word=w)
         out.append(figs.saliency_figure(sal))
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
-        print(f"saliency ({a.saliency}) for class {sal.target_label}{gap}:")
+        what = f"class {sal.target_label}" if w is None else f"tag {sal.target_label} of word {w} {res.words[w]!r}"
+        print(f"saliency ({a.saliency}) for {what}{gap}:")
         for i, t, _ in att.top_tokens(abs(sal.scores), sal.tokens, a.top, sal.special):
             print(f"  {i:4d}  {t:20s} {float(sal.scores[i]):+.3f}")
     path = figs.write_figures_html(out, a.out, title=f"Attention: {Path(str(a.run)).name}")
@@ -659,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "prediction: integrated gradients or gradient x input")
     p.add_argument("--max-tokens", type=int, default=128, help="cut longer texts to this many tokens (default 128)")
     p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
+    p.add_argument("--token", type=int, metavar="N", help="token-classification (NER) models: the word to explain, "
+                   "0-based (default: the first word predicted as an entity, else the first word)")
     grant_flags(p)
     return ap
 
