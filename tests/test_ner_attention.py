@@ -35,7 +35,7 @@ def ner_run(tmp_path_factory, tiny_bert):
         "task": "token-classification", "output_dir": str(root / "runs"), "name": "ner-bert",
         "model": {"name_or_path": str(tiny_bert)}, "data": {"source": str(data), "max_length": 32},
         "training": {"num_train_epochs": 6, "learning_rate": 5e-3, "per_device_train_batch_size": 16,
-                     "logging_steps": 5, "save_strategy": "no"},
+                     "metric_for_best_model": "f1", "logging_steps": 5, "save_strategy": "no"},
         "peft": {"freeze_embeddings": False}})
     return run_training(cfg, new_run_dir(cfg), progress=False)
 
@@ -121,8 +121,7 @@ def test_integrated_gradients_explain_the_chosen_words_logit(tagger, word):
     base_ids = torch.where(special, ids, torch.full_like(ids, tok.pad_token_id))
     with torch.no_grad():
         f_x = model(**enc).logits[0, pos]
-        f_b = model(input_ids=base_ids, attention_mask=enc["attention_mask"],
-                    token_type_ids=enc["token_type_ids"]).logits[0, pos]
+        f_b = model(**{**enc, "input_ids": base_ids}).logits[0, pos]
     assert s.predicted == int(f_x.argmax()) == s.target
     delta = float(f_x[s.target] - f_b[s.target])
     assert s.delta == pytest.approx(delta, abs=1e-4)
