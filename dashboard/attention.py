@@ -1,10 +1,12 @@
 """Attention page: one text through a model; heatmaps per layer/head, rollout, base vs tuned, saliency.
 
 The forward pass runs once per (model, text) and is cached; the layer and head controls live in a
-fragment, so moving them only re-slices cached arrays and redraws one chart. A token-classification
-(NER) model predicts at every word: the page shows every word's tag and a word picker, and the maps
-and saliency are read out at the chosen word (`workbench.attention.with_readout`, no new forward pass). The attention modules
+fragment, so moving them only re-slices cached arrays and redraws one chart. The attention modules
 bring torch with them, so they are imported where used: the rest of the dashboard paints without it.
+
+A token-classification (NER) model predicts at every word: the page shows every word's tag and a word
+picker, and the maps and saliency are read out at the chosen word (`workbench.attention.with_readout`,
+no second forward pass).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Models for inspection are loaded with eager attention (`load_for_attention`): th
 kernel is faster but returns no weights. Training never uses this loader. Everything after the
 forward pass is numpy, so the figures, the dashboard and notebooks share one tested path.
 
-Where the prediction is read (the "readout token") is the task's business (`Task.readout`): a text
+Where the prediction is read (the "readout token", `workbench.readout`) is the task's business: a text
 classifier reads one token per text ([CLS], or the last token of a decoder); a token classifier
 predicts at every word, so the readout is a chosen word's first sub-word and `with_readout` moves it
 without another forward pass.
@@ -23,11 +23,10 @@ import numpy as np
 import torch
 
 from .errors import ModelError, RunError, WorkbenchError
+from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 
 # Shown instead of tokens that are only whitespace, so an axis label is never blank.
 _WHITESPACE = {"\n": "⏎", "\t": "⇥", " ": "␣", "\r": "⏎"}
-# The BIO "no entity" tag: the default readout word of a tagger is its first word tagged otherwise.
-OUTSIDE = "O"
 
 
 @dataclass
@@ -64,7 +63,7 @@ class AttentionResult:
         """The predicted tag of every word ("word" readout; None where the word is not shown)."""
         if self.token_probs is None:
             return []
-        return _tags(self.token_probs, self.word_positions, self.labels)
+        return word_tags(self.token_probs, self.word_positions, self.labels)
 
     @property
     def n_layers(self) -> int:
@@ -284,77 +283,16 @@ def class_labels(model: Any) -> list[str]:
     return [str(id2label.get(i, i)) for i in range(int(getattr(model.config, "num_labels", len(id2label))))]
 
 
-# --- where the prediction is read ------------------------------------------------------------------
-def model_task(model: Any) -> Any:
-    """The registered task whose head `model` carries, from its class (`BertForTokenClassification` -> the
-    task whose `auto_model` is `AutoModelForTokenClassification`); text classification when none matches."""
-    from .tasks import TASKS, get_task
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a PEFT wrapper
-    name = type(inner).__name__
-    for task in TASKS.values():
-        head = str(getattr(task, "auto_model", "")).removeprefix("AutoModel")
-        if head and name.endswith(head):
-            return task
-    return get_task("text-classification")
-
-
-def readout_kind(task: Any) -> str:
-    """"sequence" (one prediction per text) unless the task says "word" (`Task.readout`)."""
-    return "sequence" if task is None else str(getattr(task, "readout", "sequence"))
-
-
-def choose_readout(words: list[str], word_positions: list[int | None], word_ids: list[int | None],
-                   word_tags: list[str | None], *, word: int | None = None,
-                   position: int | None = None) -> tuple[int, int | None]:
-    """(token position, word) to read a token classifier's prediction at.
-
-    `word` (0-based) gives that word's first sub-word; `position` a token position directly; with
-    neither, the first word predicted as an entity (a tag other than `O`), else the first word shown.
-    """
-    if word is not None and position is not None:
-        raise WorkbenchError("Choose a word or a token position, not both.")
-    if position is not None:
-        p = int(position)
-        if not 0 <= p < len(word_ids):
-            raise WorkbenchError(f"token position {p} does not exist: {len(word_ids)} tokens are shown "
-                                 f"(0..{len(word_ids) - 1}).")
-        return p, word_ids[p]
-    if word is not None:
-        w = int(word)
-        if not 0 <= w < len(words):
-            listed = " ".join(f"{i}:{t}" for i, t in enumerate(words[:12])) + (" ..." if len(words) > 12 else "")
-            raise WorkbenchError(f"word {w} does not exist: the text has {len(words)} words, 0..{len(words) - 1} "
-                                 f"({listed}). Fix: give a word index in that range.")
-        if word_positions[w] is None:
-            raise WorkbenchError(f"word {w} ({words[w]!r}) is not among the tokens shown: max_tokens or the window "
-                                 f"cut it off. Fix: raise max_tokens, or choose a window that includes it.")
-        return int(word_positions[w]), w
-    shown = [i for i, p in enumerate(word_positions) if p is not None]
-    if not shown:
-        raise WorkbenchError("No word of this text is among the tokens shown; raise max_tokens or widen the window.")
-    w = next((i for i in shown if word_tags[i] not in (None, OUTSIDE)), shown[0])
-    return int(word_positions[w]), w
-
-
 def with_readout(result: AttentionResult, word: int | None = None, position: int | None = None) -> AttentionResult:
     """The same attention read out at another token (a token classifier's word or token position); the
     maps are unchanged, so no forward pass is needed. For a text classifier, only the default is valid."""
     if result.readout != "word" or result.token_probs is None:
         if word is not None or position is not None:
-            raise WorkbenchError(_ONE_PER_TEXT)
+            raise WorkbenchError(ONE_PER_TEXT)
         return result
     pos, w = choose_readout(result.words, result.word_positions, result.word_ids, result.word_tags, word=word,
                             position=position)
     return dataclasses.replace(result, readout_index=pos, readout_word=w, probs=result.token_probs[pos])
-
-
-_ONE_PER_TEXT = ("This model predicts one class per text, read at a fixed token; there is no token to choose. "
-                 "Choosing a token (--token) applies to token-classification (NER) models.")
-
-
-def _tags(token_probs: np.ndarray, positions: list[int | None], labels: list[str]) -> list[str | None]:
-    return [None if p is None else labels[int(np.argmax(token_probs[p]))] for p in positions]
 
 
 # --- the forward pass ------------------------------------------------------------------------------
@@ -372,7 +310,7 @@ def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None 
                          f"with `workbench.attention.load_for_attention(...)` or attn_implementation='eager'.")
     task = model_task(model)
     if readout_kind(task) != "word" and (word is not None or position is not None):
-        raise WorkbenchError(_ONE_PER_TEXT)
+        raise WorkbenchError(ONE_PER_TEXT)
     enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task)
     device = next(model.parameters()).device
     with torch.inference_mode():

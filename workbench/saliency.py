@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .attention import (_ONE_PER_TEXT, _tags, choose_readout, class_labels, encode_text, model_task,
-                        readout_kind)
+from .attention import class_labels, encode_text
+from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 from .errors import WorkbenchError
 
 Method = Literal["ig", "grad"]
@@ -111,7 +111,7 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     task = model_task(model)
     per_word = readout_kind(task) == "word"
     if not per_word and (word is not None or position is not None):
-        raise WorkbenchError(_ONE_PER_TEXT)
+        raise WorkbenchError(ONE_PER_TEXT)
     enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task)
     device = next(model.parameters()).device
     inputs = enc.tensors(device)
@@ -124,7 +124,7 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
         if per_word:  # a prediction at every token: choose which one to explain
             every = torch.softmax(_forward(model, x, inputs)[0].float(), -1).cpu().numpy()
             pos, w = choose_readout(enc.words, enc.word_positions, enc.word_ids,
-                                    _tags(every, enc.word_positions, labels), word=word, position=position)
+                                    word_tags(every, enc.word_positions, labels), word=word, position=position)
         logits = _forward(model, x, inputs, pos)[0].float()
     probs = torch.softmax(logits, -1).cpu().numpy()
     predicted = int(probs.argmax())
