@@ -180,6 +180,11 @@ def test_dashboard_shows_tags_and_a_word_picker(ner_run):
         assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
         assert any("tag word 6 ('dull') as B-BAD" in c.value for c in at.caption)
         assert len(at.get("plotly_chart")) == 1
+        at.session_state["att_tab"] = "Attention map"
+        at.radio(key="att_text_kind").set_value("From the error table")  # a tagger's table: sentences
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.selectbox(key="att_example").value is not None and at.button_group
     finally:
         if old is None:
             os.environ.pop("WORKBENCH_RUNS", None)
