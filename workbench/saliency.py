@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .attention import class_labels, encode_text
-from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 from .errors import WorkbenchError
+from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 
 Method = Literal["ig", "grad"]
 Integration = Literal["gausslegendre", "riemann"]
@@ -97,7 +97,7 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     """Attribute the `target` class logit (default: the predicted class) to the input tokens.
 
     For a token classifier the logit is the readout token's: `word` / `position` choose it (default:
-    the first word predicted as an entity; see `workbench.attention.choose_readout`).
+    the first word predicted as an entity; see `workbench.readout.choose_readout`).
 
     Baseline for IG: every non-special token replaced by the pad token's embedding (`pad`) or by a
     zero vector (`zero`); special tokens ([CLS], [SEP], <s>) stay, so they get no attribution.
@@ -118,21 +118,22 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     ids = inputs.pop("input_ids")
     embed = model.get_input_embeddings()
     labels = class_labels(model)
-    pos = w = None
+    pos = readout_word = None
     with torch.no_grad():
         x = embed(ids).detach()  # (1, seq, hidden)
-        if per_word:  # a prediction at every token: choose which one to explain
-            every = torch.softmax(_forward(model, x, inputs)[0].float(), -1).cpu().numpy()
-            pos, w = choose_readout(enc.words, enc.word_positions, enc.word_ids,
-                                    word_tags(every, enc.word_positions, labels), word=word, position=position)
-        logits = _forward(model, x, inputs, pos)[0].float()
+        logits = _forward(model, x, inputs)[0].float()
+    if per_word:  # (seq, classes), a prediction at every token: choose the one to explain
+        every = torch.softmax(logits, -1).cpu().numpy()
+        pos, readout_word = choose_readout(enc.words, enc.word_positions, enc.word_ids,
+                                           word_tags(every, enc.word_positions, labels), word=word, position=position)
+        logits = logits[pos]
     probs = torch.softmax(logits, -1).cpu().numpy()
     predicted = int(probs.argmax())
     t = resolve_target(model, target, predicted)
 
     common = dict(tokens=enc.tokens, target=t, target_label=labels[t], predicted=predicted,
                   predicted_label=labels[predicted], probs=probs, special=enc.special, truncated=enc.truncated,
-                  notice=enc.notice, readout_index=pos, readout_word=w, words=enc.words)
+                  notice=enc.notice, readout_index=pos, readout_word=readout_word, words=enc.words)
     if method == "grad":
         grad = _grads(model, x, inputs, t, pos)
         scores = (grad * x).sum(-1)[0]
