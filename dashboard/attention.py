@@ -124,6 +124,8 @@ def _choose_text(run: Any) -> str:
 
 def _pick_word(result: Any) -> int:
     """Every word's predicted tag, and a picker of the word to explain (default: the first entity word)."""
+    from workbench.readout import OUTSIDE
+
     tags = result.word_tags
     shown = [i for i, p in enumerate(result.word_positions) if p is not None]
     conf = [None if p is None else float(result.token_probs[p].max()) for p in result.word_positions]
@@ -134,7 +136,7 @@ def _pick_word(result: Any) -> int:
     # The text is part of the key: a new text is a new set of words, and the default word moves with it.
     digest = zlib.crc32("\x1f".join(result.words).encode())
     picked = st.pills("Word to explain", shown, default=result.readout_word, key=f"att_word_{digest}",
-                      format_func=lambda i: result.words[i] + ("" if tags[i] in (None, "O") else f" · {tags[i]}"),
+                      format_func=lambda i: result.words[i] + ("" if tags[i] in (None, OUTSIDE) else f" · {tags[i]}"),
                       help="The attention from this word's first sub-word, and the saliency of its tag, are shown "
                            "below. Entity words carry their predicted tag.")
     return result.readout_word if picked is None else int(picked)
