@@ -14,8 +14,10 @@ VIEWS = ("Confident mistakes", "Uncertain", "All examples")
 SHOWN = ["row", "text", "gold", "predicted", "confidence", "margin", "loss"]
 
 
-def confusion_cell(metrics: dict, pred: pd.DataFrame) -> None:
-    """The confusion matrix; clicking a cell (or choosing it below) lists that cell's examples."""
+def confusion_cell(metrics: dict, pred: pd.DataFrame, row_kind: str | None = None) -> None:
+    """The confusion matrix; clicking a cell (or choosing it below) lists that cell's examples.
+
+    `row_kind` (the data report's "line" or "row") says what the `row` column counts."""
     labels = list(metrics.get("labels") or sorted(set(pred["gold"].astype(str))))
     normalize = st.toggle("Normalise rows (share of each gold class)", key="cm_norm")
     event = st.plotly_chart(_clickable(confusion_matrix_figure(metrics, normalize=normalize), labels),
@@ -32,7 +34,8 @@ def confusion_cell(metrics: dict, pred: pd.DataFrame) -> None:
     cell = pred[(pred["gold"].astype(str) == gold) & (pred["predicted"].astype(str) == predicted)]
     st.caption(f"{len(cell)} example(s) with gold **{gold}** predicted as **{predicted}**, most confident first. "
                f"Click a cell of the matrix to choose it.")
-    st.dataframe(cell.sort_values("confidence", ascending=False)[_columns(cell)], hide_index=True, key="cm_examples")
+    st.dataframe(cell.sort_values("confidence", ascending=False)[_columns(cell)], hide_index=True, key="cm_examples",
+                 column_config=_row_column(row_kind))
 
 
 def _clickable(fig: go.Figure, labels: list[str]) -> go.Figure:
@@ -57,7 +60,7 @@ def _worst_cell(metrics: dict, labels: list[str]) -> tuple[str, str]:
     return where if best > 0 else (labels[0], labels[0])
 
 
-def error_table(pred: pd.DataFrame, labels: list[str]) -> None:
+def error_table(pred: pd.DataFrame, labels: list[str], row_kind: str | None = None) -> None:
     """Mistakes and uncertain examples with filters, and the worst slices of the test set."""
     from workbench import analysis
 
@@ -88,7 +91,7 @@ def error_table(pred: pd.DataFrame, labels: list[str]) -> None:
         if view == VIEWS[0] and not len(table):
             st.success("No mistakes on the test split.", icon=":material/check_circle:")
         else:
-            st.dataframe(shown[_columns(shown)], hide_index=True)
+            st.dataframe(shown[_columns(shown)], hide_index=True, column_config=_row_column(row_kind))
         st.markdown("**Worst slices** (gold/predicted label, length, your extra columns"
                     + (", the text pattern" if pattern.strip() else "") + ")")
         slices = analysis.worst_slices(pred, patterns=[pattern.strip()] if pattern.strip() else None,
@@ -97,6 +100,14 @@ def error_table(pred: pd.DataFrame, labels: list[str]) -> None:
         share = st.column_config.NumberColumn(format="%.3f")
         st.dataframe(slices, hide_index=True, column_config={c: share for c in ("accuracy", "f1_macro", "error_rate",
                                                                                  "delta_accuracy")})
+
+
+def _row_column(row_kind: str | None) -> dict:
+    """`row` is a place in the data file (a CSV's line number can pass the number of examples): say which."""
+    from workbench.analysis import row_meaning
+
+    label, help_text = row_meaning(row_kind)
+    return {"row": st.column_config.NumberColumn(label, help=help_text, format="%d")}
 
 
 def _columns(df: pd.DataFrame) -> list[str]:

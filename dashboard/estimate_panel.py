@@ -30,7 +30,7 @@ def show(cfg: RunConfig) -> list[str]:
         d = cfg.data
         report, train_rows = widgets.data_report(source, widgets.file_stamp(source),
                                                  (d.text_column, d.label_column, d.text_pair_column), d.max_length,
-                                                 str(tok_dir) if tok_dir else None)
+                                                 str(tok_dir) if tok_dir else None, cfg.task)
         for p in report["problems"]:
             st.error(f"Data: {p}", icon=":material/block:")
         if report["problems"]:

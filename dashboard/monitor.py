@@ -35,13 +35,17 @@ def _monitor(path: str, was_active: bool) -> None:
     step, total = int(s.get("step") or 0), s.get("total_steps")
     if "step" in metrics and len(metrics):  # status.json is rewritten about once a second; logs can be ahead
         step = max(step, int(metrics["step"].max()))
-    bar, buttons = st.columns([4, 1], vertical_alignment="bottom")
+    has_button = state in ACTIVE or state in ("stopped", "failed")
+    # Without a button the bar takes the whole width: in a [4, 1] row a finished run's bar ended at 80%.
+    bar, buttons = st.columns([4, 1], vertical_alignment="bottom") if has_button else (st.container(), st.empty())
     label = f"{widgets.STATE_ICONS.get(state, '')} **{state}** · step {step}" + (f"/{total}" if total else "")
     if state in ACTIVE:
         if s.get("eta_seconds") is not None and state == "running":
             label += f" · ETA {format_seconds(s['eta_seconds'])}"
         label += f" · {s['phase']}" if s.get("phase") else ""
-    bar.progress(min(step / total, 1.0) if total else 0.0, text=label)
+    # A completed run is done whatever its last logged step says (the final step may not be logged).
+    done = 1.0 if state == "completed" else min(step / total, 1.0) if total else 0.0
+    bar.progress(done, text=label)
     with buttons:
         if state in ACTIVE:
             st.button("Stop", key=f"stop_{run.name}", icon=":material/stop_circle:", on_click=_act, args=("stop", path),

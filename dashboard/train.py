@@ -7,16 +7,15 @@ from typing import Any
 
 import streamlit as st
 
-from workbench.assets import BUILTIN_DATASETS, BUILTIN_MODELS
+from workbench.assets import BUILTIN_MODELS
 from workbench.config import RunConfig, field_help
 from workbench.errors import ConfigError, ModelError
 from workbench.estimate import model_summary
 from workbench.launch import launch
 from workbench.rundir import list_runs
-from workbench.storage import list_uploads
 from workbench.tasks import TASKS
 
-from . import estimate_panel, monitor, widgets
+from . import estimate_panel, monitor, sections, widgets
 
 HELP = field_help()
 # Presets set these dotted fields; the LoRA learning rate is ~10x the full fine-tuning one.
@@ -51,10 +50,10 @@ def page() -> None:
     with left:
         task = _task_section()
         model = _model_section()
-        data = _data_section()
+        data = sections.hook(task, "train_data")(task)
         _method_section()
         _hyper_section()
-    overrides = {"task": task, "model.name_or_path": model, **data, **_form_values()}
+    overrides = {"task": task, "model.name_or_path": model, **data, **_form_values(), **_task_defaults(task)}
     try:
         cfg = RunConfig().override(overrides)
         problems = cfg.validate()
@@ -92,7 +91,9 @@ def _init_state() -> None:
             st.session_state.setdefault(f"t.{section}.{k}", v)
     st.session_state["t.peft.target_modules"] = ""
     st.session_state["t.training.bf16"] = "auto"
-    st.session_state["train_preset"] = "good default"
+    # A browser reload starts a new session: the chosen preset comes back from the address (?preset=...).
+    url = st.query_params.get("preset")
+    st.session_state["train_preset"] = url if url in PRESETS else "good default"
     _apply_preset()
 
 
@@ -105,6 +106,14 @@ def _apply_preset() -> None:
         if k != "lora_lr":
             st.session_state[f"t.{k}"] = v
     st.session_state["t.training.learning_rate"] = preset["lora_lr"] if lora else preset["training.learning_rate"]
+
+
+def _task_defaults(task: str) -> dict[str, Any]:
+    """Settings whose default belongs to another task: the metric that picks the best checkpoint must be
+    one the task reports (a tagger has no `accuracy`), so it becomes the task's headline metric."""
+    t = TASKS.get(task)
+    metric = RunConfig().training.metric_for_best_model
+    return {"training.metric_for_best_model": t.headline} if t is not None and metric not in t.directions else {}
 
 
 def _model_section() -> str:
@@ -145,28 +154,14 @@ def _task_section() -> str:
     if len(names) == 1:
         return names[0]
     st.subheader("Task")
+    chosen = (st.session_state.get("data_choice") or {}).get("task")
+    if "train_task" not in st.session_state and chosen in names:  # the Data page last checked this task's data
+        st.session_state["train_task"] = chosen
     name = st.selectbox("Task", names, key="train_task", help=field_help()["task"], **PERSIST)
     task = TASKS[name]
     needs = [f"{r.name}{'' if r.required else ' (optional)'}: {r.help}" for r in task.roles]
     st.caption(task.description + (" Data: " + "; ".join(needs) + "." if needs else ""))
     return name
-
-
-def _data_section() -> dict[str, Any]:
-    st.subheader("Data")
-    choice = st.session_state.get("data_choice") or {}
-    options = [str(p) for p in list_uploads()] + list(BUILTIN_DATASETS)
-    if choice.get("source") and choice["source"] not in options:
-        options.insert(0, choice["source"])
-    if st.session_state.get("train_source") not in options:
-        st.session_state["train_source"] = choice.get("source") or options[0]
-    source = st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,
-                          help=HELP["data.source"])
-    cols = choice if choice.get("source") == source else {}
-    st.caption("Columns: " + (f"text `{cols['text_column']}`, label `{cols['label_column']}` (from the Data page)"
-                              if cols else "guessed from the column names (set them on the Data page)"))
-    columns = {f"data.{k}": cols.get(k) for k in ("text_column", "label_column", "text_pair_column")}
-    return {"data.source": source, **columns}
 
 
 def _method_section() -> None:
@@ -189,8 +184,13 @@ def _method_section() -> None:
 
 def _hyper_section() -> None:
     st.subheader("Hyper-parameters")
-    st.segmented_control("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset,
-                         help="Fills the knobs below; change any of them afterwards.", **PERSIST)
+    preset = st.segmented_control("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset,
+                                  help="Fills the knobs below; change any of them afterwards.", **PERSIST)
+    if st.query_params.get("preset") != preset:  # kept in the address so that a reload keeps it
+        if preset:
+            st.query_params["preset"] = preset
+        else:
+            st.query_params.pop("preset", None)
     cols = st.columns(4)
     for i, (key, fmt) in enumerate(MAIN):
         _knob(cols[i % 4], key, fmt)

@@ -111,15 +111,26 @@ def table(source: str, stamp: float) -> Any:
 
 @st.cache_data(max_entries=16, show_spinner="Checking the data...")
 def data_report(source: str, stamp: float, columns: tuple[str | None, str | None, str | None],
-                max_length: int, tokenizer_dir: str | None) -> tuple[dict[str, Any], int]:
-    """The data report (as a dict) and the number of training rows for these column choices."""
+                max_length: int, tokenizer_dir: str | None, task: str = "text-classification"
+                ) -> tuple[dict[str, Any], int]:
+    """The data report (as a dict) and the number of training rows for these column choices, made by
+    `task`'s own preparation (a tagger reads its file its own way: no columns)."""
     from workbench.config import DataConfig
     from workbench.data import prepare_data
+    from workbench.tasks import get_task
 
     text, label, pair = columns
     cfg = DataConfig(source=source, text_column=text, label_column=label, text_pair_column=pair,
                      max_length=max_length)
     tok = tokenizer(tokenizer_dir) if tokenizer_dir else None
+    if task != "text-classification":
+        try:
+            prep = get_task(task).prepare(cfg, 42, tok, raise_on_problems=False)
+        except WorkbenchError as e:  # a file its reader cannot read at all: the message is the report
+            from workbench.data.report import DataReport
+
+            return DataReport(source=source, problems=[str(e)]).to_dict(), 0
+        return prep.report.to_dict(), len(prep.train)
     prep = prepare_data(cfg, 42, tok, table=table(source, stamp), raise_on_problems=False)
     return prep.report.to_dict(), len(prep.train)
 

@@ -3,11 +3,13 @@
 Fast checks (every run): no outputs or execution counts are committed; the first cell is the
 parameters cell (tagged `parameters`, holds QUICK); prose comes before the first code after it;
 the only imports are workbench and display libraries; each notebook has an ipywidgets control and an
-exercise whose solution is a collapsed cell under a "Solution" heading.
+exercise whose solution is a collapsed cell under a "Solution" heading, which "Run All" skips (its code
+runs only under `if SHOW_SOLUTIONS:`, False in the parameters cell) so a student tries first.
 
 Slow check (`-m slow`): each notebook executed top to bottom with nbclient in a temp folder, with
-`QUICK = True` injected after the parameters cell (papermill's convention, done by hand with
-nbformat) and WORKBENCH_RUNS in a temp dir. Times go to artifacts/notebook_times.json.
+`QUICK = True` and `SHOW_SOLUTIONS = True` (the solutions are tested too) injected after the parameters
+cell (papermill's convention, done by hand with nbformat) and WORKBENCH_RUNS in a temp dir. Times go to
+artifacts/notebook_times.json.
 """
 
 from __future__ import annotations
@@ -130,6 +132,39 @@ def test_has_a_widget_and_an_exercise_with_a_collapsed_solution(path):
     assert hidden, f"{path.name}: the solution code must be collapsed (metadata jupyter.source_hidden: true)"
 
 
+def solution_cells(nb: nbformat.NotebookNode) -> list[int]:
+    """Code cells that hold a solution: collapsed ones, and all under a "Solution" heading up to the next heading."""
+    found, inside = [], False
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "markdown" and re.search(r"^#+\s", c.source, re.M):
+            inside = bool(re.search(r"^#+\s*Solution", c.source, re.M))
+        elif c.cell_type == "code" and (inside or c.metadata.get("jupyter", {}).get("source_hidden")):
+            found.append(i)
+    return found
+
+
+def _guarded(source: str) -> bool:
+    """True when every statement of `source` is inside `if SHOW_SOLUTIONS:` (comments aside)."""
+    body = ast.parse(source).body
+    return len(body) == 1 and isinstance(body[0], ast.If) and isinstance(body[0].test, ast.Name) \
+        and body[0].test.id == "SHOW_SOLUTIONS"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_solutions_do_not_run_under_run_all(path):
+    # A solution that runs under "Run All" prints its answer below the exercise before the student has tried.
+    nb = load(path)
+    cells = solution_cells(nb)
+    if path.stem.endswith("-solutions"):
+        return
+    assert cells or path not in LESSONS, f"{path.name}: no solution cell found"
+    assert re.search(r"^SHOW_SOLUTIONS\s*=\s*False\b", nb.cells[parameters_cell(nb)].source, re.M), \
+        f"{path.name}: the parameters cell must set SHOW_SOLUTIONS = False"
+    running = [i for i in cells if not _guarded(nb.cells[i].source)]
+    assert not running, f"{path.name}: solution cells {running} run under Run All; put their code under " \
+                        f"`if SHOW_SOLUTIONS:`"
+
+
 def test_injection_overrides_quick():
     nb = inject_parameters(load(LESSONS[0]), {"QUICK": True})
     assert nb.cells[1].metadata["tags"] == ["injected-parameters"] and "QUICK = True" in nb.cells[1].source
@@ -172,7 +207,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     from nbclient.exceptions import CellExecutionError
 
     runs = tmp_path / "runs"
-    nb = inject_parameters(load(path), {"QUICK": True, "RUNS_DIR": str(runs)})
+    nb = inject_parameters(load(path), {"QUICK": True, "SHOW_SOLUTIONS": True, "RUNS_DIR": str(runs)})
     env_before = os.environ.get("WORKBENCH_RUNS")
     os.environ["WORKBENCH_RUNS"] = str(runs)  # the kernel inherits it: nothing lands in the repo's runs/
     start = time.time()

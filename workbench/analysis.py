@@ -254,3 +254,30 @@ def compare_runs(run_a: str | Path | Any, run_b: str | Path | Any, which_a: str 
     a = run_a if isinstance(run_a, RunDir) else RunDir(run_a)
     b = run_b if isinstance(run_b, RunDir) else RunDir(run_b)
     return compare_predictions(a.require().predictions(which_a), b.require().predictions(which_b))
+
+
+def row_meaning(row_kind: str | None) -> tuple[str, str]:
+    """(column label, explanation) for a predictions table's `row`: where the example is in the data file.
+
+    `row_kind` is the data report's: "line" for CSV/TSV/JSONL (file line numbers), "row" for JSON,
+    Parquet and tables given in memory (1-based record numbers); None when the report is missing.
+    """
+    if row_kind == "line":
+        return "line in file", ("The example's line number in the data file: the header is line 1, and a text "
+                                "that spans several lines takes several, so it can be larger than the number of "
+                                "examples. Open the file at this line to see the example.")
+    if row_kind == "row":
+        return "record in file", "The example's record number in the data file (the first record is 1)."
+    return "line/record in file", ("Where the example is in the data file: its line number for CSV, TSV and JSONL "
+                                   "(header and multi-line texts counted), its record number for JSON and Parquet.")
+
+
+def run_row_kind(run: Any) -> str | None:
+    """The data report's `row_kind` of a run directory, or None when its report is missing or damaged."""
+    from .errors import WorkbenchError
+
+    try:
+        kind = run.data_report().get("row_kind")
+    except (WorkbenchError, OSError):
+        return None
+    return kind if kind in ("line", "row") else None

@@ -273,6 +273,18 @@ class Fetched:
     archives: tuple[tuple[str, int], ...] = ()
 
 
+def model_display_name(name_or_path: str) -> str:
+    """The name a person gave the model: a built-in's cache folder becomes its name (`.../models/minilm` ->
+    `minilm`); anything else is returned as it is."""
+    p = Path(str(name_or_path)).expanduser()
+    try:
+        if p.parent.resolve() == (assets_dir() / "models").resolve() and p.name in BUILTIN_MODELS:
+            return p.name
+    except OSError:
+        pass
+    return str(name_or_path)
+
+
 def builtin_names() -> list[str]:
     return [*BUILTIN_MODELS, *BUILTIN_DATASETS]
 

@@ -51,12 +51,18 @@ class AttentionResult:
     input_ids: list[int] = field(default_factory=list)
     probs: np.ndarray | None = None  # class probabilities at the readout token, from the same forward pass
     labels: list[str] = field(default_factory=list)
+    n_tokens: int = 0  # length of the whole tokenised input, special tokens included
     readout: str = "sequence"  # "sequence": one prediction per text; "word": one per word (token classification)
-    words: list[str] = field(default_factory=list)  # "word": the words of the text, as the task splits them
+    words: list[str] = field(default_factory=list)  # "word": the words of the whole text, as the task splits them
     word_ids: list[int | None] = field(default_factory=list)  # "word": each shown token's word (None: special)
     word_positions: list[int | None] = field(default_factory=list)  # "word": each word's first sub-word, or None
     token_probs: np.ndarray | None = None  # "word": (seq, classes) probabilities at every shown token
     readout_word: int | None = None  # "word": the word read out (None for a special token)
+
+    @property
+    def window_label(self) -> str:
+        """Which tokens the prediction and the maps are of, e.g. "tokens 0–255 of 804"."""
+        return window_label(self.window, self.n_tokens)
 
     @property
     def word_tags(self) -> list[str | None]:
@@ -64,6 +70,11 @@ class AttentionResult:
         if self.token_probs is None:
             return []
         return word_tags(self.token_probs, self.word_positions, self.labels)
+
+    @property
+    def shown_words(self) -> list[int]:
+        """"word" readout: the words whose first sub-word is shown (the words of this window)."""
+        return [i for i, p in enumerate(self.word_positions) if p is not None]
 
     @property
     def n_layers(self) -> int:
@@ -91,6 +102,7 @@ class EncodedText:
     truncated: bool
     notice: str
     window: tuple[int, int]
+    n_tokens: int = 0  # the whole tokenised input
     words: list[str] = field(default_factory=list)  # a "word" task's words, else []
     word_ids: list[int | None] = field(default_factory=list)  # per kept token: its word (None: special)
     word_positions: list[int | None] = field(default_factory=list)  # per word: its first sub-word, if kept
@@ -200,18 +212,14 @@ def readable_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return out
 
 
-def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
-                window: tuple[int, int] | None = None, task: Any = None) -> EncodedText:
-    """Tokenise and cut to at most `max_tokens`, keeping the special tokens at both ends.
+def _tokenise(tokenizer: Any, text: str, text_pair: str | None,
+              task: Any = None) -> tuple[Any, list[int], list[bool], int, int, list[str], list[int | None] | None]:
+    """(encoding, ids, special mask, leading specials, trailing specials, words, word ids) of the whole input.
 
-    `window=(start, end)` picks positions of the full tokenised input; the kept tokens are re-numbered
-    from the start, so the model sees them as a short input of their own (an approximation of how
-    they behave in context, which is what makes long texts inspectable at all). For a task with a
-    "word" readout (`model_task`), the text is split into words and tokenised the way that task
-    predicts, and the result maps tokens to words.
+    For a task with a "word" readout (`model_task`), the text is split into words and tokenised the way
+    that task predicts (`words` and each token's word, None for a special token); else words is [] and
+    the word ids None.
     """
-    if max_tokens < 3:
-        raise WorkbenchError(f"max_tokens={max_tokens} is too small to show anything; use at least 3.")
     words: list[str] = []
     word_ids: list[int | None] | None = None
     if readout_kind(task) == "word":
@@ -229,6 +237,89 @@ def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_
     special = [bool(s) for s in tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)]
     lead = next((i for i, s in enumerate(special) if not s), n)
     trail = next((i for i, s in enumerate(reversed(special)) if not s), 0) if lead < n else 0
+    return enc, ids, special, lead, trail, words, word_ids
+
+
+def _check_max_tokens(max_tokens: int) -> None:
+    if max_tokens < 3:
+        raise WorkbenchError(f"max_tokens={max_tokens} is too small to show anything; use at least 3.")
+
+
+def token_windows(tokenizer: Any, text: str, text_pair: str | None = None, *,
+                  max_tokens: int = 128, task: Any = None) -> list[tuple[int, int]]:
+    """The consecutive windows of at most `max_tokens` that together show the whole input.
+
+    Each is `(start, end)` in positions of the full tokenised input, ready for `encode_text(window=...)`;
+    the special tokens at both ends are kept in every window, so the first window starts at 0 and
+    the last ends at the input's length. A text that fits gives one window. For a "word" task (a tagger,
+    pass its `task`; `attention_maps` uses `model_task(model)`), a window ends before a word rather than
+    inside it, so each word's sub-words are all in one window (unless one word is longer than a window).
+    """
+    _check_max_tokens(max_tokens)
+    _, ids, _, lead, trail, _, word_ids = _tokenise(tokenizer, text, text_pair, task)
+    n = len(ids)
+    budget = max(1, max_tokens - lead - trail)
+    spans: list[tuple[int, int]] = []
+    s = lead
+    while s < n - trail:
+        e = min(s + budget, n - trail)
+        if word_ids is not None and e < n - trail and word_ids[e] is not None and word_ids[e] == word_ids[e - 1]:
+            first = word_ids.index(word_ids[e])  # the word cut by this end: move the end back to its start
+            e = first if first > s else e
+        spans.append((s, e))
+        s = e
+    spans = spans or [(lead, n - trail)]
+    return [(0 if i == 0 else a, n if b >= n - trail else b) for i, (a, b) in enumerate(spans)]
+
+
+def word_window(windows: list[tuple[int, int]], tokenizer: Any, text: str, word: int, *, task: Any) -> int:
+    """The index of the window in `windows` (from `token_windows`) that holds word `word`'s first sub-word,
+    where a tagger reads that word's tag; an error that lists the words when there is no such word."""
+    _, ids, _, lead, trail, words, word_ids = _tokenise(tokenizer, text, None, task)
+    if word_ids is None:
+        raise WorkbenchError(ONE_PER_TEXT)
+    w = int(word)
+    if not 0 <= w < len(words):
+        listed = " ".join(f"{i}:{t}" for i, t in enumerate(words[:12])) + (" ..." if len(words) > 12 else "")
+        raise WorkbenchError(f"word {w} does not exist: the text has {len(words)} words, 0..{len(words) - 1} "
+                             f"({listed}). Fix: give a word index in that range.")
+    if w not in word_ids:
+        raise WorkbenchError(f"word {w} ({words[w]!r}) has no tokens (the tokenizer dropped it); choose another word.")
+    first = word_ids.index(w)
+    return next(i for i, (a, b) in enumerate(windows) if max(a, lead) <= first < min(b, len(ids) - trail))
+
+
+def window_label(window: tuple[int, int], n_tokens: int) -> str:
+    """"tokens 0–255 of 804": how the dashboard and the CLI name a window."""
+    return f"tokens {window[0]}–{window[1] - 1} of {n_tokens}"
+
+
+def pick_window(windows: list[tuple[int, int]], index: int) -> tuple[int, int]:
+    """Window number `index` (0-based; -1 for the last), or an error that lists the windows there are."""
+    n = len(windows)
+    if not -n <= index < n:
+        listing = ", ".join(f"{i} = {window_label(w, windows[-1][1])}" for i, w in enumerate(windows[:8]))
+        raise WorkbenchError(f"window {index} does not exist: this text has {windows[-1][1]} tokens, shown in "
+                             f"{n} window{'s' if n != 1 else ''} ({listing}{', ...' if n > 8 else ''}). Fix: choose a "
+                             f"window from 0 to {n - 1} (`--window` on the command line), or raise max_tokens to "
+                             f"see more at once.")
+    return windows[index]
+
+
+def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
+                window: tuple[int, int] | None = None, task: Any = None) -> EncodedText:
+    """Tokenise and cut to at most `max_tokens`, keeping the special tokens at both ends.
+
+    `window=(start, end)` picks positions of the full tokenised input (`token_windows` lists the ones
+    that cover it); the kept tokens are re-numbered from the start, so the model sees them as a short
+    input of their own (an approximation of how they behave in context, which is what makes long
+    texts inspectable at all). For a task with a "word" readout (`model_task`), the text is split into
+    words and tokenised the way that task predicts, and the result maps tokens to words (`token_windows`
+    must then be given the same `task`, so its positions are of the same tokenisation).
+    """
+    _check_max_tokens(max_tokens)
+    enc, ids, special, lead, trail, words, word_ids = _tokenise(tokenizer, text, text_pair, task)
+    n = len(ids)
     budget = max_tokens - lead - trail
     start, end = lead, n - trail
     if window is not None:
@@ -266,7 +357,7 @@ def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_
                        token_type_ids=[tti[i] for i in keep] if tti is not None else None,
                        tokens=readable_tokens(tokenizer, [ids[i] for i in keep]),
                        special=[special[i] for i in keep], truncated=truncated, notice=notice, window=shown,
-                       words=list(words), word_ids=kept_words, word_positions=positions)
+                       n_tokens=n, words=list(words), word_ids=kept_words, word_positions=positions)
 
 
 def is_decoder(model: Any) -> bool:
@@ -324,12 +415,88 @@ def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None 
             tokens=enc.tokens, attentions=att, readout_index=0, model_type=getattr(model.config, "model_type", ""),
             truncated=enc.truncated, notice=enc.notice, window=enc.window, special=enc.special,
             input_ids=enc.input_ids, labels=class_labels(model), readout="word", words=enc.words,
-            word_ids=enc.word_ids, word_positions=enc.word_positions, token_probs=probs)
+            word_ids=enc.word_ids, word_positions=enc.word_positions, token_probs=probs, n_tokens=enc.n_tokens)
         return with_readout(result, word, position)
     return AttentionResult(
         tokens=enc.tokens, attentions=att, readout_index=len(enc.input_ids) - 1 if is_decoder(model) else 0,
         model_type=getattr(model.config, "model_type", ""), truncated=enc.truncated, notice=enc.notice,
-        window=enc.window, special=enc.special, input_ids=enc.input_ids, probs=probs, labels=class_labels(model))
+        window=enc.window, special=enc.special, input_ids=enc.input_ids, probs=probs, labels=class_labels(model),
+        n_tokens=enc.n_tokens)
+
+
+# --- the prediction for the whole text ------------------------------------------------------------
+@dataclass
+class TextPrediction:
+    """The prediction for a whole text as normal prediction makes it (`workbench predict`, the evaluation):
+    the input cut to `max_length` tokens, not a window of it."""
+
+    probs: np.ndarray
+    labels: list[str]
+    n_tokens: int  # the whole tokenised input
+    max_length: int  # the tokens normal prediction reads (the run's data.max_length, capped at the model's limit)
+    word: int | None = None  # a token classifier: the word whose tag this is
+    word_cut: bool = False  # that word lies past max_length: normal prediction tags it O without reading it
+
+    @property
+    def predicted(self) -> str:
+        return self.labels[int(np.argmax(self.probs))]
+
+    @property
+    def truncated(self) -> bool:
+        return self.n_tokens > self.max_length
+
+    @property
+    def label(self) -> str:
+        seen = (f"its first {self.max_length} of {self.n_tokens} tokens" if self.truncated
+                else f"all {self.n_tokens} tokens")
+        if self.word is None:
+            return f"prediction for the whole text, as normal prediction sees it ({seen})"
+        cut = "; this word is past them, so it is tagged O unread" if self.word_cut else ""
+        return f"tag of word {self.word} in the whole text, as normal prediction sees it ({seen}{cut})"
+
+
+def prediction_max_length(source: str | Path | Any) -> int:
+    """The tokens normal prediction reads for `source`: a run's `data.max_length` (a run directory, or the
+    `model` folder inside one), else the default `data.max_length`."""
+    from .config import DataConfig, RunConfig
+
+    p = Path(getattr(source, "path", source)).expanduser()
+    for run in (p, p.parent):
+        if (run / "config.yaml").is_file() and not (run / "config.json").exists():
+            try:  # only a number is read from this untrusted file: no grant can come from it
+                return int(RunConfig.from_yaml(run / "config.yaml").data.max_length)
+            except Exception:
+                break  # a damaged config: the run's other pages report it; use the default here
+    return DataConfig().max_length
+
+
+def whole_text_prediction(model: Any, tokenizer: Any, text: str, text_pair: str | None = None, *,
+                          max_length: int, word: int | None = None) -> TextPrediction:
+    """Class probabilities for the whole text through the same path as `workbench predict`; for a token
+    classifier, word `word`'s tag probabilities through the task's prediction (`predict_word_probs`)."""
+    from .predict import Predictor
+    from .tasks.classification import model_max_tokens
+
+    labels = class_labels(model)
+    effective = min(max_length, model_max_tokens(model.config, tokenizer) or max_length)
+    task = model_task(model)
+    if readout_kind(task) == "word":
+        from .tasks.token_classification.encode import predict_word_probs
+
+        _, ids, _, _, trail, words, word_ids = _tokenise(tokenizer, text, text_pair, task)
+        w = 0 if word is None else int(word)
+        if not 0 <= w < len(words):
+            raise WorkbenchError(f"word {w} does not exist: the text has {len(words)} words, 0..{len(words) - 1}.")
+        probs = predict_word_probs(model, tokenizer, [words], max_length=max_length)[0][w]
+        first = word_ids.index(w) if w in word_ids else len(ids)
+        return TextPrediction(probs=probs, labels=labels, n_tokens=len(ids), max_length=effective, word=w,
+                              word_cut=len(ids) > effective and first >= effective - trail)
+    if word is not None:
+        raise WorkbenchError(ONE_PER_TEXT)
+    probs = Predictor(model, tokenizer, labels, max_length).predict_proba([text], None if text_pair is None
+                                                                         else [text_pair])[0]
+    n = len(tokenizer(text, text_pair, add_special_tokens=True, verbose=False)["input_ids"])
+    return TextPrediction(probs=probs, labels=labels, n_tokens=n, max_length=effective)
 
 
 # --- pure functions on arrays ----------------------------------------------------------------------

@@ -91,7 +91,15 @@ def _train_foreground(cfg: Any, run: Any = None, resume: bool = False) -> Any:
 
 
 class _ProgressPrinter:
-    """Follows the run directory from a thread and draws a tqdm bar (the same files the dashboard reads)."""
+    """Follows the run directory from a thread and shows progress (the same files the dashboard reads).
+
+    On a terminal: a tqdm bar, closed as soon as the last step is reached. Into a file or a pipe (stderr
+    not a TTY, e.g. `workbench train c.yaml > log 2>&1`), a redrawing bar would write a new copy every
+    half second, so plain lines are printed instead: one every `LINE_EVERY` seconds and one at the end.
+    """
+
+    POLL = 0.5  # seconds between reads of status.json
+    LINE_EVERY = 30.0  # seconds between progress lines when not on a terminal
 
     def __init__(self, run: Any):
         import threading
@@ -106,35 +114,55 @@ class _ProgressPrinter:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def _loss(self) -> str:
+        m = self.run.metrics()
+        last = m["loss"].dropna() if len(m) and "loss" in m else []
+        return f"{last.iloc[-1]:.4f}" if len(last) else ""
+
     def _loop(self) -> None:
         from tqdm import tqdm
 
         from .data import DataReport, format_report
-        bar, phase = None, None
-        while not self._stop.is_set():
+        from .estimate import format_seconds
+        tty = sys.stderr.isatty()  # where tqdm draws
+        bar, phase, done = None, None, False
+        last_line: tuple[int, float] = (-1, 0.0)  # (step, time) of the last progress line
+        while True:
+            stopping = self._stop.is_set()
             if not self.printed_report and self.run.report_file.exists():
                 print(format_report(DataReport.from_dict(self.run.data_report())), flush=True)
                 self.printed_report = True
             st = self.run.status()
+            total, step = st.get("total_steps"), int(st.get("step") or 0)
             if st.get("phase") != phase and st.get("phase") not in (None, "training"):
+                if bar is not None:  # training is over: close the bar before the next phase is announced
+                    bar.close()
+                    bar, done = None, True
                 tqdm.write(f"... {st['phase']}")
             phase = st.get("phase")
-            total = st.get("total_steps")
-            if total and phase == "training":
-                if bar is None:
-                    bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
-                bar.n = st.get("step") or 0
-                m = self.run.metrics()
-                if len(m) and "loss" in m:
-                    last = m["loss"].dropna()
-                    if len(last):
-                        bar.set_postfix(loss=f"{last.iloc[-1]:.4f}", refresh=False)
-                bar.refresh()
-            self._stop.wait(0.5)
+            if total and phase == "training" and not done:
+                loss = self._loss()
+                if tty:
+                    if bar is None:
+                        bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
+                    bar.n = step
+                    if loss:
+                        bar.set_postfix(loss=loss, refresh=False)
+                    bar.refresh()
+                    if step >= total:
+                        bar.close()
+                        bar, done = None, True
+                elif step != last_line[0] and (last_line[0] < 0 or step >= total or stopping
+                                               or time.monotonic() - last_line[1] >= self.LINE_EVERY):
+                    eta = st.get("eta_seconds")
+                    print(f"training: step {step}/{total} ({step / total:.0%})" + (f", loss {loss}" if loss else "")
+                          + (f", ETA {format_seconds(eta)}" if eta is not None and step < total else ""), flush=True)
+                    last_line = (step, time.monotonic())
+                    done = step >= total
+            if stopping:
+                break
+            self._stop.wait(self.POLL)
         if bar is not None:
-            st = self.run.status()
-            bar.n = st.get("step") or bar.n
-            bar.refresh()
             bar.close()
 
 
@@ -376,7 +404,12 @@ def cmd_report(a: argparse.Namespace) -> int:
     if a.source.endswith((".yaml", ".yml")):
         cfg = RunConfig.from_yaml(a.source)
     else:
-        cfg = RunConfig(data=DataConfig(source=a.source, text_column=a.text_column, label_column=a.label_column))
+        from .assets import BUILTIN_DATASETS
+        task = a.task or (BUILTIN_DATASETS[a.source].task if a.source in BUILTIN_DATASETS else
+                          "token-classification" if a.source.lower().endswith((".conll", ".bio", ".iob", ".bmes"))
+                          else "text-classification")
+        cfg = RunConfig(task=task, data=DataConfig(source=a.source, text_column=a.text_column,
+                                                   label_column=a.label_column))
         if a.model:
             cfg.model.name_or_path = a.model
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
@@ -469,7 +502,7 @@ def _clip(text: Any, width: int = 90) -> str:
 def cmd_errors(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analysis import confident_mistakes, worst_slices
+    from .analysis import confident_mistakes, run_row_kind, worst_slices
     from .rundir import RunDir
     from .tasks import get_task
     run = RunDir(a.run).require()
@@ -489,7 +522,9 @@ def cmd_errors(a: argparse.Namespace) -> int:
     print(f"\n== {len(top)} most confident mistakes ==")
     if len(top):
         text = [_clip(x) for x in top["text"]]
-        t = pd.DataFrame({"row": top["row"], "gold": top["gold"], "predicted": top["predicted"],
+        # `row` is a place in the data file (for a CSV its line number, which can pass the number of examples).
+        where = {"line": "line", "row": "record"}.get(run_row_kind(run) or "", "line/record")
+        t = pd.DataFrame({where: top["row"], "gold": top["gold"], "predicted": top["predicted"],
                           "confidence": top["confidence"], "text": text})
         left = f"{{:<{max(map(len, text))}}}".format  # pandas right-aligns strings; text reads better left
         print(t.to_string(index=False, float_format=lambda x: f"{x:.3f}", formatters={"text": left}, justify="left"))
@@ -529,20 +564,51 @@ def cmd_attention(a: argparse.Namespace) -> int:
     from .figures import attention as figs
     _quiet_libraries()
     # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
-    res = att.attention_maps(*att.load_for_attention(a.run, base=a.base, **_grants(a)), a.text, a.pair,
-                             max_tokens=a.max_tokens, word=a.token)
+    model, tok = att.load_for_attention(a.run, base=a.base, **_grants(a))
+    task = att.model_task(model)
+    windows = att.token_windows(tok, a.text, a.pair, max_tokens=a.max_tokens, task=task)
+    index = 0 if a.window is None else a.window
+    if a.token is not None and att.readout_kind(task) == "word":
+        # The chosen word decides the window unless --window is given too; then they must agree.
+        holds = att.word_window(windows, tok, a.text, a.token, task=task)
+        if a.window is None:
+            index = holds
+        elif att.pick_window(windows, a.window) != windows[holds]:
+            n, asked = windows[-1][1], att.pick_window(windows, a.window)
+            raise WorkbenchError(f"word {a.token} is in window {holds} ({att.window_label(windows[holds], n)}), "
+                                 f"not in window {a.window} ({att.window_label(asked, n)})."
+                                 f" Fix: leave out --window (the window that holds the word is shown), or give "
+                                 f"--window {holds}.")
+    window = att.pick_window(windows, index)
+    res = att.attention_maps(model, tok, a.text, a.pair, max_tokens=a.max_tokens, window=window, word=a.token)
     who = "base model (untrained head)" if a.base else "model"
-    probs = "  ".join(f"{lab}={p:.3f}" for lab, p in zip(res.labels, res.probs))
     w = res.readout_word  # a token classifier's explained word; None for a text classifier
-    if w is None:
-        print(f"{who} predicts: {res.predicted}  ({probs})")
+
+    def probs(labels: list[str], p: Any) -> str:
+        return "  ".join(f"{lab}={v:.3f}" for lab, v in zip(labels, p))
+
+    whole = att.whole_text_prediction(model, tok, a.text, a.pair, max_length=att.prediction_max_length(a.run),
+                                      word=w)
+    explaining = "" if w is None else f"explaining word {w} {res.words[w]!r} (token position {res.readout_index}): "
+    verb = "predicts" if w is None else "tags it"
+    if res.truncated or whole.truncated:
+        if explaining:
+            print(explaining.removesuffix(": "))
+        what = "prediction" if w is None else "tag"
+        print(f"{who} {f'{what} for this window' if res.truncated else f'{what} for the text as shown'} "
+              f"({res.window_label}): {res.predicted}  ({probs(res.labels, res.probs)})")
+        print(f"{who} {whole.label}: {whole.predicted}  ({probs(whole.labels, whole.probs)})")
     else:
-        print(f"explaining word {w} {res.words[w]!r} (token position {res.readout_index}): {who} tags it "
-              f"{res.predicted}  ({probs})")
-        print("tags: " + "  ".join(f"{i}:{word}/{tag or '(cut)'}" for i, (word, tag) in
-                                   enumerate(zip(res.words, res.word_tags))))
+        print(f"{explaining}{who} {verb} {res.predicted}  ({probs(res.labels, res.probs)})" if explaining
+              else f"{who} {verb}: {res.predicted}  ({probs(res.labels, res.probs)})")
+    if w is not None:
+        tags = res.word_tags
+        print(("tags of the words in this window: " if res.truncated else "tags: ")
+              + "  ".join(f"{i}:{res.words[i]}/{tags[i]}" for i in res.shown_words))
     if res.truncated:
         print(f"note: {res.notice}")
+        listing = ", ".join(f"{i} = {att.window_label(win, res.n_tokens)}" for i, win in enumerate(windows))
+        print(f"windows (--window N): {listing}")
 
     def show(title: str, weights: Any, fmt: str = ".3f") -> None:
         print(title)
@@ -558,7 +624,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
     if a.diff:
         other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text, a.pair,
-                                   max_tokens=a.max_tokens, word=w)
+                                   max_tokens=a.max_tokens, window=window, word=w)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
         out.append(figs.attention_difference_heatmap(diff, res.tokens))
@@ -566,7 +632,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
-                             max_tokens=a.max_tokens, word=w)
+                             max_tokens=a.max_tokens, window=window, word=w)
         out.append(figs.saliency_figure(sal))
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
         what = f"class {sal.target_label}" if w is None else f"tag {sal.target_label} of word {w} {res.words[w]!r}"
@@ -635,6 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column")
     p.add_argument("--label-column")
     p.add_argument("--model", help="tokenizer to measure token lengths with (default minilm)")
+    p.add_argument("--task", help="the task the data is for (default: the built-in's task; token-classification "
+                   "for .conll/.bio files; else text-classification)")
     p = add("config", cmd_config, "Print the default config, explain every field, or validate a file.")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--validate", metavar="FILE")
@@ -666,7 +734,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diff", action="store_true", help="add the change in attention (fine-tuned minus base)")
     p.add_argument("--saliency", choices=["ig", "grad"], help="add token saliency of the fine-tuned model's "
                    "prediction: integrated gradients or gradient x input")
-    p.add_argument("--max-tokens", type=int, default=128, help="cut longer texts to this many tokens (default 128)")
+    p.add_argument("--max-tokens", type=int, default=128, help="show at most this many tokens at once (default "
+                   "128); a longer text is split into windows of this size")
+    p.add_argument("--window", type=int, help="which window of a longer text to show, 0-based "
+                   "(default 0: the start, or with --token the window that holds that word; -1: the end); "
+                   "the output lists them")
     p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
     p.add_argument("--token", type=int, metavar="N", help="token-classification (NER) models: the word to explain, "
                    "0-based (default: the first word predicted as an entity, else the first word)")

@@ -126,8 +126,9 @@ class TrainingConfig:
     logging_steps: int = _f(10, "Write train loss and learning rate to metrics.jsonl every this many steps.",
                             lo=1, hi=INT_MAX)
     load_best_model_at_end: bool = _f(False, "At the end, reload the checkpoint with the best validation metric.")
-    metric_for_best_model: str = _f("accuracy", "Validation metric for early stopping and best model "
-                                    "(accuracy, f1_macro, loss, ...).")
+    metric_for_best_model: str | None = _f(None, "Validation metric for early stopping and best model (accuracy, "
+                                           "f1_macro, loss, ...; entity f1 for token classification). Empty: the "
+                                           "task's headline metric (accuracy for classification, f1 for NER).")
     early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement. Empty: off.",
                                              lo=1, hi=INT_MAX, hint="or empty to turn early stopping off")
     use_cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
@@ -237,7 +238,7 @@ class RunConfig:
         task = registered.get(self.task)
         if task is None:
             p.append(f"task: {self.task!r} is not a registered task; use one of {', '.join(registered)}.")
-        elif t.eval_strategy != "no":
+        elif t.eval_strategy != "no" and t.metric_for_best_model:
             try:
                 greater_is_better(task, t.metric_for_best_model)
             except KeyError:

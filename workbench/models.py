@@ -8,8 +8,10 @@ to fix it.
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -218,7 +220,18 @@ def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> 
                          f"Linear modules it has: {linear[:12]}.")
     lcfg = LoraConfig(task_type=TaskType[task_type], r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
                       lora_dropout=peft_cfg.lora_dropout, target_modules=targets)
-    return get_peft_model(model, lcfg)
+    with _peft_quiet():
+        return get_peft_model(model, lcfg)
+
+
+@contextmanager
+def _peft_quiet() -> Iterator[None]:
+    """Silence the one FutureWarning peft causes on every LoRA wrap under transformers 5: `PeftModel.__init__`
+    reads the deprecated `model.is_gradient_checkpointing` (its successor is `is_activation_checkpointing`).
+    Nothing for the user to change, so only that message is hidden, and only around the peft call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def freeze_input_embeddings(model: Any) -> int:
@@ -291,7 +304,8 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
             raise ModelError(f"{d} holds a LoRA adapter but no workbench_model.json naming its base model and labels. "
                              f"Fix: give the whole run's model folder as written by the workbench.")
         model = task.load_model(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype)
-        model = PeftModel.from_pretrained(model, d)
+        with _peft_quiet():
+            model = PeftModel.from_pretrained(model, d)
     else:
         try:
             model = getattr(transformers, task.auto_model).from_pretrained(d, use_safetensors=True,

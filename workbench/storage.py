@@ -43,18 +43,26 @@ def safe_filename(name: str, default: str = "upload") -> str:
     return f"{stem[:MAX_NAME - len(ext) - 1]}.{ext}" if stem else f"{default}.{ext}"
 
 
+def upload_extensions() -> set[str]:
+    """File name endings an upload may have: the tables the data stage reads, plus the ones registered
+    tasks read their own way (`file_extensions` on a task, e.g. `.conll` for token classification)."""
+    from .data.io import FORMATS  # lazy: the data package pulls in scikit-learn
+    from .tasks import TASKS
+
+    return set(FORMATS) | {str(e).lower() for t in TASKS.values() for e in getattr(t, "file_extensions", ())}
+
+
 def save_upload(data: bytes, name: str, max_bytes: int | None = None) -> Path:
     """Store uploaded bytes under `uploads_dir()` as `<safe stem>-<sha256[:10]><ext>`; return the path.
 
     Refuses empty files, files over `max_bytes` and extensions the data stage cannot read.
     """
-    from .data.io import FORMATS  # lazy: the data package pulls in scikit-learn
-
+    allowed = upload_extensions()
     clean = safe_filename(name)
     ext = Path(clean).suffix.lower()
-    if ext not in FORMATS:
+    if ext not in allowed:
         raise DataError(f"{clean}: unsupported file type {ext or '(no extension)'!r}. Upload one of: "
-                        f"{', '.join(sorted(set(FORMATS)))}.")
+                        f"{', '.join(sorted(allowed))}.")
     if not data:
         raise DataError(f"{clean} is empty (0 bytes). Choose the file that holds your examples.")
     if max_bytes is not None and len(data) > max_bytes:
@@ -73,12 +81,11 @@ def save_upload(data: bytes, name: str, max_bytes: int | None = None) -> Path:
 
 def list_uploads() -> list[Path]:
     """Uploaded data files, newest first."""
-    from .data.io import FORMATS
-
     folder = uploads_dir()
     if not folder.is_dir():
         return []
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in FORMATS]
+    allowed = upload_extensions()
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in allowed]
     return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
 
 

@@ -110,7 +110,7 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
         save_total_limit=t.save_total_limit, logging_strategy="steps", logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # a NaN must show, not be replaced by the previous loss
         load_best_model_at_end=t.load_best_model_at_end and eval_strategy != "no",
-        metric_for_best_model=t.metric_for_best_model if eval_strategy != "no" else None,
+        metric_for_best_model=best_metric(cfg) if eval_strategy != "no" else None,
         greater_is_better=_direction(cfg) if eval_strategy != "no" else None,
         train_sampling_strategy="group_by_length",  # batches of similar length: little padding
         remove_unused_columns=False,  # keep `length` for the sampler; the collator drops it
@@ -119,11 +119,16 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
     )
 
 
+def best_metric(cfg: RunConfig) -> str:
+    """`training.metric_for_best_model`, or the task's headline metric when it is empty."""
+    return cfg.training.metric_for_best_model or get_task(cfg.task).headline
+
+
 def _direction(cfg: RunConfig) -> bool:
     """Whether a higher `metric_for_best_model` is better, as the task declares (`RunConfig.validate`
     has already refused a metric the task does not know)."""
     try:
-        return greater_is_better(get_task(cfg.task), cfg.training.metric_for_best_model)
+        return greater_is_better(get_task(cfg.task), best_metric(cfg))
     except KeyError:
         return False
 

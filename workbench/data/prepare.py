@@ -402,7 +402,9 @@ def _describe(rep: DataReport, frames: dict[str, pd.DataFrame], labels: list[str
         enc = tokenizer(sample["text"].tolist(), *( [sample["text_pair"].tolist()] if "text_pair" in sample else []),
                         add_special_tokens=True, truncation=False)
         lengths = [len(x) for x in enc["input_ids"]]
-        rep.token_lengths = token_length_stats(lengths, cfg.max_length, getattr(tokenizer, "name_or_path", ""))
+        from ..assets import model_display_name  # a built-in is named as the user named it, not by its cache path
+        rep.token_lengths = token_length_stats(lengths, cfg.max_length,
+                                               model_display_name(getattr(tokenizer, "name_or_path", "")))
         if rep.token_lengths["truncated_share"] > 0.05:
             rep.warnings.append(f"{rep.token_lengths['truncated_share']:.0%} of training texts are longer than "
                                 f"data.max_length={cfg.max_length} tokens and will be cut; raise it if the end "

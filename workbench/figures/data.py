@@ -73,7 +73,10 @@ def token_length_figure(report: Mapping[str, Any] | Any, max_length: int | None 
         fig.add_vline(x=t["p50"], line_color="#7f7f7f", line_dash="dot", annotation_text=f"median {t['p50']}",
                       annotation_position="top right")
     tok = f" ({t['tokenizer']})" if t.get("tokenizer") else ""
+    # A fixed range from 0: lengths cannot be negative, and plotly's autorange around the wide bars and the
+    # marker lines ran the axis far below 0 on long-text data.
+    right = max(edges[-1], float(limit or 0), float(t.get("p50") or 0))
     fig.update_layout(title=title + tok, xaxis_title="tokens per example", yaxis_title="examples", bargap=0,
-                      showlegend=False)
+                      showlegend=False, xaxis_range=[0, right * 1.04])
     return fig
 

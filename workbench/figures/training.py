@@ -107,9 +107,39 @@ def metric_figure(runs: RunsInput, keys: Sequence[str] = ("eval_accuracy", "eval
     if not fig.data:
         return message_figure(f"no {', '.join(keys)} logged yet", title)
     fig.update_layout(title=title, xaxis_title=x, hovermode="x unified", legend_groupclick="toggleitem")
-    if all(k.startswith("eval_") and not k.endswith("loss") for k in keys):
+    scores = all(k.startswith("eval_") and not k.endswith("loss") for k in keys)
+    if scores:
         fig.update_yaxes(title="score")
+    y = [float(v) for t in fig.data for v in t.y if v is not None and v == v]
+    y_range = _narrow_range(y, scores)
+    if y_range is not None:
+        fig.update_yaxes(range=y_range)
     return fig
+
+
+def _narrow_range(values: Sequence[float], scores: bool) -> list[float] | None:
+    """A y-range for values that (nearly) coincide, e.g. one validation point; None to let plotly choose.
+
+    Plotly's autorange around one point spans a sliver (0.9002–0.9009), which makes a single score look
+    like a precise measurement of nothing. Scores get a window at least 0.1 wide inside [0, 1]; other
+    values at least ±10% of their size.
+    """
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    if scores:
+        if hi - lo >= 0.1:
+            return None
+        mid = (lo + hi) / 2
+        a, b = mid - 0.05, mid + 0.05
+        a, b = (0.0, 0.1) if a < 0 else (0.9, 1.0) if b > 1 else (a, b)
+        return [min(a, lo) - 0.005, max(b, hi) + 0.005]  # the margin keeps a marker at 0 or 1 whole
+    size = max(abs(lo), abs(hi))
+    pad = 0.1 * size if size else 1.0
+    if hi - lo >= 2 * pad:
+        return None
+    mid = (lo + hi) / 2
+    return [mid - pad, mid + pad]
 
 
 def learning_rate_figure(runs: RunsInput, x: Literal["step", "epoch"] = "step") -> go.Figure:

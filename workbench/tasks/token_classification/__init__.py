@@ -107,6 +107,12 @@ def prepare_tagged(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_
     frames["train"] = train
     for s in ("validation", "test"):
         frames.setdefault(s, train.iloc[:0])
+    if len(train) < 2 or not any(t != "O" for seq in train["tags"] for t in seq):
+        rep.problems.append(f"{cfg.source}: only {len(data.frame)} sentence(s), too few to hold out validation and "
+                            f"test sentences and still train on entities. Fix: give more sentences (hundreds), or "
+                            f"set data.validation_size and data.test_size to 0 and give data.validation_source / "
+                            f"data.test_source files.")
+        return _finish(empty, raise_on_problems)
     labels = tag_labels(frames["train"]["tags"])
     for s in ("validation", "test"):
         unseen = sorted(set(tag_labels(frames[s]["tags"])) - set(labels))
@@ -211,6 +217,7 @@ class TokenClassification:
     headline = "f1"
     freeze_embeddings_ok = True
     file_formats = "CoNLL .txt/.conll (token TAB tag, blank line between sentences), JSON/JSONL"
+    file_extensions = (".txt", ".conll", ".bio", ".iob", ".json", ".jsonl")  # uploads the dashboard accepts
     # Attention and saliency (`workbench.attention`) read one prediction per word, at its first sub-word.
     readout = "word"
 

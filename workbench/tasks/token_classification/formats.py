@@ -385,6 +385,34 @@ def read_tagged(source: str | Path | bytes, name: str | None = None) -> TaggedDa
     return read_conll(text, label)
 
 
+_SNIFF_TAG = re.compile(r"^(O|[A-Za-z][-_]\S+)$")
+_SNIFF_JSON = (re.compile(r'"tokens"\s*:'), re.compile(r'"(tags|ner_tags)"\s*:'), re.compile(r'"entities"\s*:'))
+
+
+def looks_tagged(source: str | Path, head_bytes: int = 65536) -> bool:
+    """Whether a file looks like tagged sentences rather than a table: CoNLL lines (word, then a tag such as
+    `O` or `B-PER`) or JSON records with `tokens` + `tags` or `entities`. Reads only the file's start and
+    never raises: a front end uses it to pick the view for a file (the reader then reports what is wrong)."""
+    p = Path(source)
+    ext = p.suffix.lower()
+    if ext in (".conll", ".bio", ".iob"):
+        return True
+    if ext not in (".txt", ".tsv", ".json", ".jsonl", ".ndjson") or not p.is_file():
+        return False
+    try:
+        with p.open("rb") as f:
+            head = f.read(head_bytes).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    if head.lstrip()[:1] in ("{", "["):
+        tokens, tags, entities = (r.search(head) for r in _SNIFF_JSON)
+        return bool((tokens and tags) or entities)
+    lines = head.splitlines()[:-1] if len(head) == head_bytes else head.splitlines()
+    rows = [ln.split() for ln in lines[:400] if ln.strip() and not ln.startswith("-DOCSTART-")]
+    tagged = sum(1 for r in rows if len(r) >= 2 and _SNIFF_TAG.match(r[-1]))
+    return len(rows) >= 2 and tagged >= 0.9 * len(rows)
+
+
 def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     """(type, first word, last word + 1) for each entity in a BIO sequence (IOB2 reading)."""
     spans: list[tuple[str, int, int]] = []

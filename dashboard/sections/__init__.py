@@ -1,0 +1,67 @@
+"""Page sections per task, found by task name: the dashboard's side of the task registry.
+
+The pages (Data, Train, Evaluate) draw what every task shares — picking a file or a run, its state,
+errors — and hand the task-specific part to the section module registered for the task
+(`workbench.tasks.TASKS` names the tasks). A new task adds one module here and one `register_sections`
+line; no page changes. A section module may define any of these hooks; a missing one falls back to
+text classification's:
+
+- `evaluate(run, runs, ev)`: the Evaluate page for a run of this task (`ev` is its eval.json).
+- `data_view(source)`: the Data page once a file or built-in data set is chosen: preview and data report.
+- `train_data(task)`: the Train page's data section; returns the `data.*` overrides for the RunConfig.
+- `claims(source) -> bool`: whether an uploaded file holds this task's data (picks the Data page's view).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Callable
+
+from workbench.assets import BUILTIN_DATASETS
+
+from . import classification, token_classification
+
+DEFAULT = "text-classification"
+SECTIONS: dict[str, ModuleType | Any] = {}
+
+
+def register_sections(task: str, sections: ModuleType | Any, *, replace: bool = False) -> None:
+    """Use `sections` (a module or any object with some of the hooks above) for runs and data of `task`."""
+    if task in SECTIONS and SECTIONS[task] is not sections and not replace:
+        raise ValueError(f"page sections for {task!r} are already registered; pass replace=True to override them.")
+    SECTIONS[task] = sections
+
+
+def hook(task: str, name: str) -> Callable[..., Any]:
+    """The task's `name` hook, else text classification's."""
+    found = getattr(SECTIONS.get(task), name, None)
+    return found if callable(found) else getattr(SECTIONS[DEFAULT], name)
+
+
+def task_for_source(source: str) -> str:
+    """Which task a data source is for: a built-in data set says so; a file is offered to each task's
+    `claims` hook (text classification, which reads any table, is the fallback)."""
+    if source in BUILTIN_DATASETS:
+        return BUILTIN_DATASETS[source].task
+    for task, sections in SECTIONS.items():
+        claims = getattr(sections, "claims", None)
+        if task != DEFAULT and callable(claims) and claims(source):
+            return task
+    return DEFAULT
+
+
+def data_sources(task: str) -> list[str]:
+    """Uploaded files that hold `task`'s data (newest first), then the task's built-in data sets. A task
+    whose sections claim no files of their own reads tables, so it is offered the table uploads."""
+    from workbench.storage import list_uploads
+
+    own = callable(getattr(SECTIONS.get(task), "claims", None))
+    wanted = task if own else DEFAULT
+    return ([str(p) for p in list_uploads() if task_for_source(str(p)) == wanted]
+            + [name for name, b in BUILTIN_DATASETS.items() if b.task == task])
+
+
+register_sections(DEFAULT, classification)
+register_sections("token-classification", token_classification)
+
+__all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "register_sections", "task_for_source"]
