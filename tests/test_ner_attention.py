@@ -190,3 +190,37 @@ def test_dashboard_shows_tags_and_a_word_picker(ner_run):
             os.environ.pop("WORKBENCH_RUNS", None)
         else:
             os.environ["WORKBENCH_RUNS"] = old
+
+
+def test_tagger_windows_end_between_words_and_show_their_words():
+    from workbench.attention import model_task, token_windows
+
+    model, tok = _wordpiece_tagger()
+    text = "film unbelievable film in paris"  # [CLS] film un believ able film in paris [SEP]
+    task = model_task(model)
+    windows = token_windows(tok, text, max_tokens=5, task=task)
+    assert windows == [(0, 2), (2, 5), (5, 9)]  # not (1, 4): that would cut "unbelievable" after "believ"
+    assert token_windows(tok, text, max_tokens=5)[:2] == [(0, 4), (4, 7)]  # a text classifier's plain cut
+    r = attention_maps(model, tok, text, max_tokens=5, window=windows[1], word=1)
+    assert r.tokens == ["[CLS]", "un", "believ", "able", "[SEP]"] and r.shown_words == [1]
+    assert (r.readout_index, r.readout_word, r.n_tokens) == (1, 1, 9)
+    assert attention_maps(model, tok, text, max_tokens=5, window=windows[2]).shown_words == [2, 3, 4]
+    with pytest.raises(WorkbenchError, match="window"):
+        attention_maps(model, tok, text, max_tokens=5, window=windows[1], word=0)
+
+
+def test_cli_token_picks_the_window_that_holds_the_word(ner_run, tmp_path, capsys):
+    from workbench.cli import main
+
+    text = " ".join([TEXT] * 3)  # 21 words; word 17 is the third "superb"
+    out = tmp_path / "att.html"
+    assert main(["attention", str(ner_run.path), text, "--max-tokens", "8", "--token", "17", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "explaining word 17 'superb'" in printed
+    assert "model tag for this window (tokens 13–18 of 23): B-GOOD" in printed  # 6 words a window
+    assert "tag of word 17 in the whole text, as normal prediction sees it" in printed
+    assert "tags of the words in this window: " in printed and "17:superb/" in printed and " 0:the/" not in printed
+    assert main(["attention", str(ner_run.path), text, "--max-tokens", "8", "--token", "17", "--window", "0",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "word 17 is in window" in err and "not in window 0" in err
