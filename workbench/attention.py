@@ -3,10 +3,16 @@
 Models for inspection are loaded with eager attention (`load_for_attention`): the default `sdpa`
 kernel is faster but returns no weights. Training never uses this loader. Everything after the
 forward pass is numpy, so the figures, the dashboard and notebooks share one tested path.
+
+Where the prediction is read (the "readout token", `workbench.readout`) is the task's business: a text
+classifier reads one token per text ([CLS], or the last token of a decoder); a token classifier
+predicts at every word, so the readout is a chosen word's first sub-word and `with_readout` moves it
+without another forward pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -17,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ModelError, RunError, WorkbenchError
+from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 
 # Shown instead of tokens that are only whitespace, so an axis label is never blank.
 _WHITESPACE = {"\n": "⏎", "\t": "⇥", " ": "␣", "\r": "⏎"}
@@ -33,21 +40,41 @@ class AttentionResult:
 
     tokens: list[str]
     attentions: np.ndarray  # (layers, heads, seq, seq) float32
-    readout_index: int  # the token the classifier reads: [CLS] (0) for encoders, last token for decoders
+    # The token whose prediction is shown: [CLS] (0) for encoders, the last token for decoders; for a
+    # token classifier, the chosen word's first sub-word.
+    readout_index: int
     model_type: str
     truncated: bool = False
     notice: str = ""  # visible message when the input was cut; "" otherwise
     window: tuple[int, int] = (0, 0)  # positions [start, end) of the full tokenised input that are shown
     special: list[bool] = field(default_factory=list)  # True for [CLS]/[SEP]/<s>-style tokens
     input_ids: list[int] = field(default_factory=list)
-    probs: np.ndarray | None = None  # class probabilities from the same forward pass
+    probs: np.ndarray | None = None  # class probabilities at the readout token, from the same forward pass
     labels: list[str] = field(default_factory=list)
     n_tokens: int = 0  # length of the whole tokenised input, special tokens included
+    readout: str = "sequence"  # "sequence": one prediction per text; "word": one per word (token classification)
+    words: list[str] = field(default_factory=list)  # "word": the words of the whole text, as the task splits them
+    word_ids: list[int | None] = field(default_factory=list)  # "word": each shown token's word (None: special)
+    word_positions: list[int | None] = field(default_factory=list)  # "word": each word's first sub-word, or None
+    token_probs: np.ndarray | None = None  # "word": (seq, classes) probabilities at every shown token
+    readout_word: int | None = None  # "word": the word read out (None for a special token)
 
     @property
     def window_label(self) -> str:
         """Which tokens the prediction and the maps are of, e.g. "tokens 0–255 of 804"."""
         return window_label(self.window, self.n_tokens)
+
+    @property
+    def word_tags(self) -> list[str | None]:
+        """The predicted tag of every word ("word" readout; None where the word is not shown)."""
+        if self.token_probs is None:
+            return []
+        return word_tags(self.token_probs, self.word_positions, self.labels)
+
+    @property
+    def shown_words(self) -> list[int]:
+        """"word" readout: the words whose first sub-word is shown (the words of this window)."""
+        return [i for i, p in enumerate(self.word_positions) if p is not None]
 
     @property
     def n_layers(self) -> int:
@@ -76,6 +103,9 @@ class EncodedText:
     notice: str
     window: tuple[int, int]
     n_tokens: int = 0  # the whole tokenised input
+    words: list[str] = field(default_factory=list)  # a "word" task's words, else []
+    word_ids: list[int | None] = field(default_factory=list)  # per kept token: its word (None: special)
+    word_positions: list[int | None] = field(default_factory=list)  # per word: its first sub-word, if kept
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         out = {"input_ids": torch.tensor([self.input_ids], device=device),
@@ -182,15 +212,32 @@ def readable_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return out
 
 
-def _tokenise(tokenizer: Any, text: str, text_pair: str | None) -> tuple[Any, list[int], list[bool], int, int]:
-    """(encoding, ids, special mask, leading specials, trailing specials) of the whole input."""
-    enc = tokenizer(text, text_pair, add_special_tokens=True, verbose=False)
+def _tokenise(tokenizer: Any, text: str, text_pair: str | None,
+              task: Any = None) -> tuple[Any, list[int], list[bool], int, int, list[str], list[int | None] | None]:
+    """(encoding, ids, special mask, leading specials, trailing specials, words, word ids) of the whole input.
+
+    For a task with a "word" readout (`model_task`), the text is split into words and tokenised the way
+    that task predicts (`words` and each token's word, None for a special token); else words is [] and
+    the word ids None.
+    """
+    words: list[str] = []
+    word_ids: list[int | None] | None = None
+    if readout_kind(task) == "word":
+        if text_pair is not None:
+            raise WorkbenchError("A token-classification model tags a single text; leave out the second text "
+                                 "(text_pair / --pair).")
+        if not text.strip():
+            raise WorkbenchError("The text has no words to tag; give a text with at least one word.")
+        words, enc = task.tokenize_words(tokenizer, text)
+        word_ids = list(enc.word_ids())
+    else:
+        enc = tokenizer(text, text_pair, add_special_tokens=True, verbose=False)
     ids = list(enc["input_ids"])
     n = len(ids)
     special = [bool(s) for s in tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)]
     lead = next((i for i, s in enumerate(special) if not s), n)
     trail = next((i for i, s in enumerate(reversed(special)) if not s), 0) if lead < n else 0
-    return enc, ids, special, lead, trail
+    return enc, ids, special, lead, trail, words, word_ids
 
 
 def _check_max_tokens(max_tokens: int) -> None:
@@ -199,19 +246,47 @@ def _check_max_tokens(max_tokens: int) -> None:
 
 
 def token_windows(tokenizer: Any, text: str, text_pair: str | None = None, *,
-                  max_tokens: int = 128) -> list[tuple[int, int]]:
+                  max_tokens: int = 128, task: Any = None) -> list[tuple[int, int]]:
     """The consecutive windows of at most `max_tokens` that together show the whole input.
 
     Each is `(start, end)` in positions of the full tokenised input, ready for `encode_text(window=...)`;
     the special tokens at both ends are kept in every window, so the first window starts at 0 and
-    the last ends at the input's length. A text that fits gives one window.
+    the last ends at the input's length. A text that fits gives one window. For a "word" task (a tagger,
+    pass its `task`; `attention_maps` uses `model_task(model)`), a window ends before a word rather than
+    inside it, so each word's sub-words are all in one window (unless one word is longer than a window).
     """
     _check_max_tokens(max_tokens)
-    _, ids, _, lead, trail = _tokenise(tokenizer, text, text_pair)
+    _, ids, _, lead, trail, _, word_ids = _tokenise(tokenizer, text, text_pair, task)
     n = len(ids)
     budget = max(1, max_tokens - lead - trail)
-    starts = list(range(lead, n - trail, budget)) or [lead]
-    return [(0 if i == 0 else s, n if s + budget >= n - trail else s + budget) for i, s in enumerate(starts)]
+    spans: list[tuple[int, int]] = []
+    s = lead
+    while s < n - trail:
+        e = min(s + budget, n - trail)
+        if word_ids is not None and e < n - trail and word_ids[e] is not None and word_ids[e] == word_ids[e - 1]:
+            first = word_ids.index(word_ids[e])  # the word cut by this end: move the end back to its start
+            e = first if first > s else e
+        spans.append((s, e))
+        s = e
+    spans = spans or [(lead, n - trail)]
+    return [(0 if i == 0 else a, n if b >= n - trail else b) for i, (a, b) in enumerate(spans)]
+
+
+def word_window(windows: list[tuple[int, int]], tokenizer: Any, text: str, word: int, *, task: Any) -> int:
+    """The index of the window in `windows` (from `token_windows`) that holds word `word`'s first sub-word,
+    where a tagger reads that word's tag; an error that lists the words when there is no such word."""
+    _, ids, _, lead, trail, words, word_ids = _tokenise(tokenizer, text, None, task)
+    if word_ids is None:
+        raise WorkbenchError(ONE_PER_TEXT)
+    w = int(word)
+    if not 0 <= w < len(words):
+        listed = " ".join(f"{i}:{t}" for i, t in enumerate(words[:12])) + (" ..." if len(words) > 12 else "")
+        raise WorkbenchError(f"word {w} does not exist: the text has {len(words)} words, 0..{len(words) - 1} "
+                             f"({listed}). Fix: give a word index in that range.")
+    if w not in word_ids:
+        raise WorkbenchError(f"word {w} ({words[w]!r}) has no tokens (the tokenizer dropped it); choose another word.")
+    first = word_ids.index(w)
+    return next(i for i, (a, b) in enumerate(windows) if max(a, lead) <= first < min(b, len(ids) - trail))
 
 
 def window_label(window: tuple[int, int], n_tokens: int) -> str:
@@ -232,16 +307,18 @@ def pick_window(windows: list[tuple[int, int]], index: int) -> tuple[int, int]:
 
 
 def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
-                window: tuple[int, int] | None = None) -> EncodedText:
+                window: tuple[int, int] | None = None, task: Any = None) -> EncodedText:
     """Tokenise and cut to at most `max_tokens`, keeping the special tokens at both ends.
 
     `window=(start, end)` picks positions of the full tokenised input (`token_windows` lists the ones
     that cover it); the kept tokens are re-numbered from the start, so the model sees them as a short
     input of their own (an approximation of how they behave in context, which is what makes long
-    texts inspectable at all).
+    texts inspectable at all). For a task with a "word" readout (`model_task`), the text is split into
+    words and tokenised the way that task predicts, and the result maps tokens to words (`token_windows`
+    must then be given the same `task`, so its positions are of the same tokenisation).
     """
     _check_max_tokens(max_tokens)
-    enc, ids, special, lead, trail = _tokenise(tokenizer, text, text_pair)
+    enc, ids, special, lead, trail, words, word_ids = _tokenise(tokenizer, text, text_pair, task)
     n = len(ids)
     budget = max_tokens - lead - trail
     start, end = lead, n - trail
@@ -265,11 +342,22 @@ def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_
         notice = (f"Input is {n} tokens; showing positions {shown[0]}–{shown[1] - 1} (max_tokens={max_tokens}"
                   f"{', special tokens kept' if lead + trail else ''}). Choose another window to see the rest.")
     tti = enc.get("token_type_ids")
+    kept_words: list[int | None] = []
+    positions: list[int | None] = []
+    if word_ids is not None:
+        kept_words = [word_ids[i] for i in keep]
+        # A word's prediction is read at its FIRST sub-word: a word whose first piece was cut has none here.
+        first = {}
+        for i, w in enumerate(word_ids):
+            if w is not None:
+                first.setdefault(w, i)
+        where = {full: k for k, full in enumerate(keep)}
+        positions = [where.get(first[w]) if w in first else None for w in range(len(words))]
     return EncodedText(input_ids=[ids[i] for i in keep],
                        token_type_ids=[tti[i] for i in keep] if tti is not None else None,
                        tokens=readable_tokens(tokenizer, [ids[i] for i in keep]),
                        special=[special[i] for i in keep], truncated=truncated, notice=notice, window=shown,
-                       n_tokens=n)
+                       n_tokens=n, words=list(words), word_ids=kept_words, word_positions=positions)
 
 
 def is_decoder(model: Any) -> bool:
@@ -286,15 +374,35 @@ def class_labels(model: Any) -> list[str]:
     return [str(id2label.get(i, i)) for i in range(int(getattr(model.config, "num_labels", len(id2label))))]
 
 
+def with_readout(result: AttentionResult, word: int | None = None, position: int | None = None) -> AttentionResult:
+    """The same attention read out at another token (a token classifier's word or token position); the
+    maps are unchanged, so no forward pass is needed. For a text classifier, only the default is valid."""
+    if result.readout != "word" or result.token_probs is None:
+        if word is not None or position is not None:
+            raise WorkbenchError(ONE_PER_TEXT)
+        return result
+    pos, w = choose_readout(result.words, result.word_positions, result.word_ids, result.word_tags, word=word,
+                            position=position)
+    return dataclasses.replace(result, readout_index=pos, readout_word=w, probs=result.token_probs[pos])
+
+
 # --- the forward pass ------------------------------------------------------------------------------
 def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
-                   window: tuple[int, int] | None = None) -> AttentionResult:
-    """Attention of every layer and head for one input (one forward pass, no gradients)."""
+                   window: tuple[int, int] | None = None, word: int | None = None,
+                   position: int | None = None) -> AttentionResult:
+    """Attention of every layer and head for one input (one forward pass, no gradients).
+
+    For a token classifier, `word` / `position` choose the readout token (see `choose_readout`); the
+    default is the first word predicted as an entity. A text classifier takes neither.
+    """
     impl = getattr(model.config, "_attn_implementation", None)
     if impl != "eager":
         raise ModelError(f"This model uses {impl!r} attention, which returns no attention weights. Fix: load it "
                          f"with `workbench.attention.load_for_attention(...)` or attn_implementation='eager'.")
-    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window)
+    task = model_task(model)
+    if readout_kind(task) != "word" and (word is not None or position is not None):
+        raise WorkbenchError(ONE_PER_TEXT)
+    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task)
     device = next(model.parameters()).device
     with torch.inference_mode():
         out = model(**enc.tensors(device), output_attentions=True)
@@ -302,6 +410,13 @@ def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None 
         raise ModelError(f"{type(model).__name__} returned no attention weights; eager attention is required.")
     att = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
     probs = torch.softmax(out.logits[0].float(), -1).cpu().numpy()
+    if readout_kind(task) == "word":  # probs is (seq, classes): a prediction at every token
+        result = AttentionResult(
+            tokens=enc.tokens, attentions=att, readout_index=0, model_type=getattr(model.config, "model_type", ""),
+            truncated=enc.truncated, notice=enc.notice, window=enc.window, special=enc.special,
+            input_ids=enc.input_ids, labels=class_labels(model), readout="word", words=enc.words,
+            word_ids=enc.word_ids, word_positions=enc.word_positions, token_probs=probs, n_tokens=enc.n_tokens)
+        return with_readout(result, word, position)
     return AttentionResult(
         tokens=enc.tokens, attentions=att, readout_index=len(enc.input_ids) - 1 if is_decoder(model) else 0,
         model_type=getattr(model.config, "model_type", ""), truncated=enc.truncated, notice=enc.notice,
@@ -319,6 +434,8 @@ class TextPrediction:
     labels: list[str]
     n_tokens: int  # the whole tokenised input
     max_length: int  # the tokens normal prediction reads (the run's data.max_length, capped at the model's limit)
+    word: int | None = None  # a token classifier: the word whose tag this is
+    word_cut: bool = False  # that word lies past max_length: normal prediction tags it O without reading it
 
     @property
     def predicted(self) -> str:
@@ -332,7 +449,10 @@ class TextPrediction:
     def label(self) -> str:
         seen = (f"its first {self.max_length} of {self.n_tokens} tokens" if self.truncated
                 else f"all {self.n_tokens} tokens")
-        return f"prediction for the whole text, as normal prediction sees it ({seen})"
+        if self.word is None:
+            return f"prediction for the whole text, as normal prediction sees it ({seen})"
+        cut = "; this word is past them, so it is tagged O unread" if self.word_cut else ""
+        return f"tag of word {self.word} in the whole text, as normal prediction sees it ({seen}{cut})"
 
 
 def prediction_max_length(source: str | Path | Any) -> int:
@@ -351,16 +471,31 @@ def prediction_max_length(source: str | Path | Any) -> int:
 
 
 def whole_text_prediction(model: Any, tokenizer: Any, text: str, text_pair: str | None = None, *,
-                          max_length: int) -> TextPrediction:
-    """Class probabilities for the whole text through the same path as `workbench predict`."""
+                          max_length: int, word: int | None = None) -> TextPrediction:
+    """Class probabilities for the whole text through the same path as `workbench predict`; for a token
+    classifier, word `word`'s tag probabilities through the task's prediction (`predict_word_probs`)."""
     from .predict import Predictor
     from .tasks.classification import model_max_tokens
 
     labels = class_labels(model)
+    effective = min(max_length, model_max_tokens(model.config, tokenizer) or max_length)
+    task = model_task(model)
+    if readout_kind(task) == "word":
+        from .tasks.token_classification.encode import predict_word_probs
+
+        _, ids, _, _, trail, words, word_ids = _tokenise(tokenizer, text, text_pair, task)
+        w = 0 if word is None else int(word)
+        if not 0 <= w < len(words):
+            raise WorkbenchError(f"word {w} does not exist: the text has {len(words)} words, 0..{len(words) - 1}.")
+        probs = predict_word_probs(model, tokenizer, [words], max_length=max_length)[0][w]
+        first = word_ids.index(w) if w in word_ids else len(ids)
+        return TextPrediction(probs=probs, labels=labels, n_tokens=len(ids), max_length=effective, word=w,
+                              word_cut=len(ids) > effective and first >= effective - trail)
+    if word is not None:
+        raise WorkbenchError(ONE_PER_TEXT)
     probs = Predictor(model, tokenizer, labels, max_length).predict_proba([text], None if text_pair is None
                                                                          else [text_pair])[0]
     n = len(tokenizer(text, text_pair, add_special_tokens=True, verbose=False)["input_ids"])
-    effective = min(max_length, model_max_tokens(model.config, tokenizer) or max_length)
     return TextPrediction(probs=probs, labels=labels, n_tokens=n, max_length=effective)
 
 
@@ -389,7 +524,7 @@ def attention_rollout(att: np.ndarray, add_residual: bool = True) -> np.ndarray:
 
 
 def readout_attention(result: AttentionResult) -> np.ndarray:
-    """(layers, heads, seq): attention from the token the classifier reads ([CLS] or the last token)."""
+    """(layers, heads, seq): attention from the readout token ([CLS], the last token, or a tagger's chosen word)."""
     return result.attentions[:, :, result.readout_index, :]
 
 

@@ -575,24 +575,49 @@ def cmd_attention(a: argparse.Namespace) -> int:
     _quiet_libraries()
     # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
     model, tok = att.load_for_attention(a.run, base=a.base, **_grants(a))
-    windows = att.token_windows(tok, a.text, a.pair, max_tokens=a.max_tokens)
-    window = att.pick_window(windows, a.window)
-    res = att.attention_maps(model, tok, a.text, a.pair, max_tokens=a.max_tokens, window=window)
+    task = att.model_task(model)
+    windows = att.token_windows(tok, a.text, a.pair, max_tokens=a.max_tokens, task=task)
+    index = 0 if a.window is None else a.window
+    if a.token is not None and att.readout_kind(task) == "word":
+        # The chosen word decides the window unless --window is given too; then they must agree.
+        holds = att.word_window(windows, tok, a.text, a.token, task=task)
+        if a.window is None:
+            index = holds
+        elif att.pick_window(windows, a.window) != windows[holds]:
+            n, asked = windows[-1][1], att.pick_window(windows, a.window)
+            raise WorkbenchError(f"word {a.token} is in window {holds} ({att.window_label(windows[holds], n)}), "
+                                 f"not in window {a.window} ({att.window_label(asked, n)})."
+                                 f" Fix: leave out --window (the window that holds the word is shown), or give "
+                                 f"--window {holds}.")
+    window = att.pick_window(windows, index)
+    res = att.attention_maps(model, tok, a.text, a.pair, max_tokens=a.max_tokens, window=window, word=a.token)
     who = "base model (untrained head)" if a.base else "model"
+    w = res.readout_word  # a token classifier's explained word; None for a text classifier
 
     def probs(labels: list[str], p: Any) -> str:
         return "  ".join(f"{lab}={v:.3f}" for lab, v in zip(labels, p))
 
-    whole = att.whole_text_prediction(model, tok, a.text, a.pair, max_length=att.prediction_max_length(a.run))
+    whole = att.whole_text_prediction(model, tok, a.text, a.pair, max_length=att.prediction_max_length(a.run),
+                                      word=w)
+    explaining = "" if w is None else f"explaining word {w} {res.words[w]!r} (token position {res.readout_index}): "
+    verb = "predicts" if w is None else "tags it"
     if res.truncated or whole.truncated:
-        print(f"{who} {'prediction for this window' if res.truncated else 'prediction for the text as shown'} "
+        if explaining:
+            print(explaining.removesuffix(": "))
+        what = "prediction" if w is None else "tag"
+        print(f"{who} {f'{what} for this window' if res.truncated else f'{what} for the text as shown'} "
               f"({res.window_label}): {res.predicted}  ({probs(res.labels, res.probs)})")
         print(f"{who} {whole.label}: {whole.predicted}  ({probs(whole.labels, whole.probs)})")
     else:
-        print(f"{who} predicts: {res.predicted}  ({probs(res.labels, res.probs)})")
+        print(f"{explaining}{who} {verb} {res.predicted}  ({probs(res.labels, res.probs)})" if explaining
+              else f"{who} {verb}: {res.predicted}  ({probs(res.labels, res.probs)})")
+    if w is not None:
+        tags = res.word_tags
+        print(("tags of the words in this window: " if res.truncated else "tags: ")
+              + "  ".join(f"{i}:{res.words[i]}/{tags[i]}" for i in res.shown_words))
     if res.truncated:
         print(f"note: {res.notice}")
-        listing = ", ".join(f"{i} = {att.window_label(w, res.n_tokens)}" for i, w in enumerate(windows))
+        listing = ", ".join(f"{i} = {att.window_label(win, res.n_tokens)}" for i, win in enumerate(windows))
         print(f"windows (--window N): {listing}")
 
     def show(title: str, weights: Any, fmt: str = ".3f") -> None:
@@ -609,7 +634,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
     if a.diff:
         other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text, a.pair,
-                                   max_tokens=a.max_tokens, window=window)
+                                   max_tokens=a.max_tokens, window=window, word=w)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
         out.append(figs.attention_difference_heatmap(diff, res.tokens))
@@ -617,10 +642,11 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
-                             max_tokens=a.max_tokens, window=window)
+                             max_tokens=a.max_tokens, window=window, word=w)
         out.append(figs.saliency_figure(sal))
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
-        print(f"saliency ({a.saliency}) for class {sal.target_label}{gap}:")
+        what = f"class {sal.target_label}" if w is None else f"tag {sal.target_label} of word {w} {res.words[w]!r}"
+        print(f"saliency ({a.saliency}) for {what}{gap}:")
         for i, t, _ in att.top_tokens(abs(sal.scores), sal.tokens, a.top, sal.special):
             print(f"  {i:4d}  {t:20s} {float(sal.scores[i]):+.3f}")
     path = figs.write_figures_html(out, a.out, title=f"Attention: {Path(str(a.run)).name}")
@@ -720,9 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "prediction: integrated gradients or gradient x input")
     p.add_argument("--max-tokens", type=int, default=128, help="show at most this many tokens at once (default "
                    "128); a longer text is split into windows of this size")
-    p.add_argument("--window", type=int, default=0, help="which window of a longer text to show, 0-based "
-                   "(default 0: the start; -1: the end); the output lists them")
+    p.add_argument("--window", type=int, help="which window of a longer text to show, 0-based "
+                   "(default 0: the start, or with --token the window that holds that word; -1: the end); "
+                   "the output lists them")
     p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
+    p.add_argument("--token", type=int, metavar="N", help="token-classification (NER) models: the word to explain, "
+                   "0-based (default: the first word predicted as an entity, else the first word)")
     grant_flags(p)
     return ap
 

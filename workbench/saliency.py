@@ -6,6 +6,9 @@ Two methods over the input (word) embeddings:
     attributions add up to f(x) - f(baseline) (completeness); the gap left is reported so a reader
     can tell whether enough steps were taken.
 
+For a token classifier the explained logit is a chosen token's (a word's first sub-word, the same
+readout as `workbench.attention`): which input tokens made the model tag THAT word as it did.
+
 Written in plain torch rather than with captum: the whole method is a few tensor lines here, and
 captum would add matplotlib and four more packages to the install for it. Works for any model that
 accepts `inputs_embeds` (BERT-likes, Llama-likes, PEFT-wrapped ones).
@@ -21,6 +24,7 @@ import torch
 
 from .attention import class_labels, encode_text
 from .errors import WorkbenchError
+from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 
 Method = Literal["ig", "grad"]
 Integration = Literal["gausslegendre", "riemann"]
@@ -45,6 +49,9 @@ class SaliencyResult:
     truncated: bool = False
     notice: str = ""
     n_steps: int = 0
+    readout_index: int | None = None  # token classifier: the position whose logit is explained
+    readout_word: int | None = None  # token classifier: that token's word (None for a special token)
+    words: list[str] = field(default_factory=list)  # token classifier: the words of the text
 
     @property
     def relative_gap(self) -> float | None:
@@ -86,8 +93,11 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
                    target: int | str | None = None, method: Method = "ig", n_steps: int = 32,
                    integration: Integration = "gausslegendre", baseline: Baseline = "pad",
                    max_tokens: int = 128, window: tuple[int, int] | None = None,
-                   batch_size: int = 16) -> SaliencyResult:
+                   batch_size: int = 16, word: int | None = None, position: int | None = None) -> SaliencyResult:
     """Attribute the `target` class logit (default: the predicted class) to the input tokens.
+
+    For a token classifier the logit is the readout token's: `word` / `position` choose it (default:
+    the first word predicted as an entity; see `workbench.readout.choose_readout`).
 
     Baseline for IG: every non-special token replaced by the pad token's embedding (`pad`) or by a
     zero vector (`zero`); special tokens ([CLS], [SEP], <s>) stay, so they get no attribution.
@@ -98,24 +108,34 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     if method not in ("ig", "grad"):
         raise WorkbenchError(f"method={method!r}: use 'ig' (integrated gradients) or 'grad' (gradient x input).")
     model.eval()
-    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window)
+    task = model_task(model)
+    per_word = readout_kind(task) == "word"
+    if not per_word and (word is not None or position is not None):
+        raise WorkbenchError(ONE_PER_TEXT)
+    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task)
     device = next(model.parameters()).device
     inputs = enc.tensors(device)
     ids = inputs.pop("input_ids")
     embed = model.get_input_embeddings()
+    labels = class_labels(model)
+    pos = readout_word = None
     with torch.no_grad():
         x = embed(ids).detach()  # (1, seq, hidden)
         logits = _forward(model, x, inputs)[0].float()
+    if per_word:  # (seq, classes), a prediction at every token: choose the one to explain
+        every = torch.softmax(logits, -1).cpu().numpy()
+        pos, readout_word = choose_readout(enc.words, enc.word_positions, enc.word_ids,
+                                           word_tags(every, enc.word_positions, labels), word=word, position=position)
+        logits = logits[pos]
     probs = torch.softmax(logits, -1).cpu().numpy()
     predicted = int(probs.argmax())
     t = resolve_target(model, target, predicted)
-    labels = class_labels(model)
 
     common = dict(tokens=enc.tokens, target=t, target_label=labels[t], predicted=predicted,
                   predicted_label=labels[predicted], probs=probs, special=enc.special, truncated=enc.truncated,
-                  notice=enc.notice)
+                  notice=enc.notice, readout_index=pos, readout_word=readout_word, words=enc.words)
     if method == "grad":
-        grad = _grads(model, x, inputs, t)
+        grad = _grads(model, x, inputs, t, pos)
         scores = (grad * x).sum(-1)[0]
         return SaliencyResult(scores=scores.float().cpu().numpy(), method="grad", n_steps=1, **common)
 
@@ -126,30 +146,34 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     for i in range(0, n_steps, batch_size):
         a = torch.tensor(alphas[i:i + batch_size], dtype=x.dtype, device=device).view(-1, 1, 1)
         w = torch.tensor(weights[i:i + batch_size], dtype=x.dtype, device=device).view(-1, 1, 1)
-        g = _grads(model, base + a * diff, inputs, t)
+        g = _grads(model, base + a * diff, inputs, t, pos)
         avg_grad += (w * g).sum(0, keepdim=True)
     scores = (diff * avg_grad).sum(-1)[0].double()
     with torch.no_grad():
-        f_base = float(_forward(model, base, inputs)[0, t])
+        f_base = float(_forward(model, base, inputs, pos)[0, t])
     delta = float(logits[t]) - f_base
     gap = abs(float(scores.sum()) - delta)
     return SaliencyResult(scores=scores.float().cpu().numpy(), method="ig", completeness_gap=gap, delta=delta,
                           n_steps=n_steps, **common)
 
 
-def _forward(model: Any, embeds: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits for a batch of embedded copies of one input (masks repeated to the batch size)."""
+def _forward(model: Any, embeds: torch.Tensor, inputs: dict[str, torch.Tensor],
+             position: int | None = None) -> torch.Tensor:
+    """Logits for a batch of embedded copies of one input (masks repeated to the batch size): (batch, classes),
+    or for a token classifier (batch, seq, classes), or with `position` that token's row, (batch, classes)."""
     n = embeds.shape[0]
     extra = {k: v.expand(n, -1) for k, v in inputs.items()}
     # One unpadded sequence per row: decoder classifiers then read the last position, which is right.
-    return model(inputs_embeds=embeds, **extra).logits
+    logits = model(inputs_embeds=embeds, **extra).logits
+    return logits if position is None else logits[:, position]
 
 
-def _grads(model: Any, embeds: torch.Tensor, inputs: dict[str, torch.Tensor], target: int) -> torch.Tensor:
+def _grads(model: Any, embeds: torch.Tensor, inputs: dict[str, torch.Tensor], target: int,
+           position: int | None = None) -> torch.Tensor:
     """d logit[target] / d embeds, for each row of the batch (rows are independent, so sum is fine)."""
     with torch.enable_grad():
         e = embeds.detach().requires_grad_(True)
-        out = _forward(model, e, inputs)[:, target].sum()
+        out = _forward(model, e, inputs, position)[:, target].sum()
         # autograd.grad touches only what leads to `e`: no parameter .grad is filled in.
         (g,) = torch.autograd.grad(out, e)
     return g.detach()

@@ -49,7 +49,13 @@ class DataRole:
 
 @runtime_checkable
 class Task(Protocol):
-    """What a task supplies. Attributes are facts; methods take and return plain data."""
+    """What a task supplies. Attributes are facts; methods take and return plain data.
+
+    Optional, for attention and saliency (`workbench.attention`): `readout`, where the model's prediction is
+    read: "sequence" (one per text, at [CLS] or the last token; the default) or "word" (one per word, at its
+    first sub-word); a "word" task also has `tokenize_words(tokenizer, text) -> (words, encoding)`, the
+    encoding's `word_ids()` mapping sub-words to words as the task's own prediction tokenises them.
+    """
 
     name: str                     # the value of `RunConfig.task`, e.g. "text-classification"
     description: str              # one line for help texts and the dashboard

@@ -162,6 +162,8 @@ class TextClassification:
                                              "recall_macro": True, "loss": False}
     headline = "accuracy"
     freeze_embeddings_ok = True
+    # Attention and saliency (`workbench.attention`) read one prediction per text: [CLS], or the last token.
+    readout = "sequence"
 
     def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
                 max_positions: int | None = None) -> Any:

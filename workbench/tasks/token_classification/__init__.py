@@ -218,6 +218,8 @@ class TokenClassification:
     freeze_embeddings_ok = True
     file_formats = "CoNLL .txt/.conll (token TAB tag, blank line between sentences), JSON/JSONL"
     file_extensions = (".txt", ".conll", ".bio", ".iob", ".json", ".jsonl")  # uploads the dashboard accepts
+    # Attention and saliency (`workbench.attention`) read one prediction per word, at its first sub-word.
+    readout = "word"
 
     def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
                 max_positions: int | None = None) -> Any:
@@ -281,6 +283,12 @@ class TokenClassification:
                              "predicted": ["; ".join(f"{e['type']}: {e['text']} [{e['start']}:{e['end']}]" for e in x)
                                            or "(no entities)" for x in out],
                              "entities": out})
+
+    def tokenize_words(self, tokenizer: Any, text: str) -> tuple[list[str], Any]:
+        """The words of a raw text as prediction splits them (`predict_texts`) and their tokenisation, special
+        tokens included (its `word_ids()` maps each sub-word back to its word)."""
+        words = [text[a:b] for a, b in split_words(text)]
+        return words, tokenizer(spaced(words), is_split_into_words=True, verbose=False)
 
     def error_report(self, pred: pd.DataFrame, n: int = 10) -> dict[str, pd.DataFrame]:
         """What `workbench errors` prints for a tagger: error counts by type, the worst sentences, the
