@@ -153,7 +153,8 @@ def test_i13_5_weights_balanced_and_map_and_unknown_label_names_the_labels():
     ids = [0] * 30 + [1] * 10
     assert class_weight_vector("none", ids, ["fresh", "rotten"]) is None
     w = class_weight_vector("balanced", ids, ["fresh", "rotten"])
-    assert w == pytest.approx(list(compute_class_weight("balanced", classes=np.array([0, 1]), y=np.array(ids)))) == [40 / 60, 40 / 20]
+    sklearn_w = compute_class_weight("balanced", classes=np.array([0, 1]), y=np.array(ids))
+    assert w == pytest.approx(list(sklearn_w)) and w == pytest.approx([40 / 60, 40 / 20])
     assert class_weight_vector("balanced", ids, ["fresh", "rotten", "plot"])[2] == 1.0  # absent from training
     assert class_weight_vector({"rotten": 3.0}, ids, ["fresh", "rotten"]) == [1.0, 3.0]
     with pytest.raises(ConfigError, match=r"names 'Rotten', not a label of this data\. The labels are: 'fresh', "
@@ -236,3 +237,103 @@ def test_i13_5_train_page_has_the_class_weights_box():
     assert field_help()["training.class_weights"] in box.help
     box.set_value("balanced").run()
     assert not at.exception and not at.error
+
+
+# --- item 6: time estimates from several runs, with a range --------------------------------------------
+def _timed_run(root: Path, model: Path, name: str, step_s: float, *, method: str = "full", precision: str = "fp32",
+               state: str = "completed", created: float = 0.0, bursts: tuple[float, ...] = ()) -> None:
+    """A finished run directory whose metrics.jsonl says each 8-example step of 100 real tokens took `step_s`
+    seconds (`bursts`: extra logged intervals that ran this many times slower, e.g. while another process
+    used the CPU). No training."""
+    cfg = RunConfig.from_dict({"name": name, "output_dir": str(root), "model": {"name_or_path": str(model)},
+                               "peft": {"method": method}})
+    run = new_run_dir(cfg)
+    run.update_status(state=state, precision=precision, created=created)
+    tps = 100 / step_s
+    for i, slow in enumerate([1.0] * 6 + list(bursts)):
+        run.append_metrics({"kind": "train", "step": 10 * (i + 1), "loss": 0.5, "tokens_per_second": tps / slow})
+    steps = 10 * (6 + len(bursts))
+    runtime = steps * step_s * (6 + sum(bursts)) / (6 + len(bursts))
+    run.append_metrics({"kind": "summary", "step": steps, "train_runtime": runtime, "real_tokens": 100 * steps,
+                        "train_steps_per_second": steps / runtime})
+
+
+def _est_cfg(model: Path) -> RunConfig:
+    return RunConfig.from_dict({"model": {"name_or_path": str(model)}, "data": {"max_length": 64},
+                                "evaluate_before": False,
+                                "training": {"max_steps": 300, "per_device_train_batch_size": 8, "bf16": False,
+                                             "eval_strategy": "no"}})
+
+
+def test_i13_6_median_of_several_runs_not_the_newest_contended_one(tiny_bert, tmp_path):
+    from workbench.estimate import estimate_run, format_estimate
+
+    root = tmp_path / "runs"
+    for i, s in enumerate([0.9, 1.0, 1.0, 1.1]):
+        _timed_run(root, tiny_bert, f"normal-{i}", s, created=100 + i)
+    _timed_run(root, tiny_bert, "newest-while-busy", 3.0, created=200)  # 3x slower: another process used the CPU
+    _timed_run(root, tiny_bert, "other-precision", 0.2, precision="bf16", created=300)
+    _timed_run(root, tiny_bert, "lora", 0.3, method="lora", created=301)
+    _timed_run(root, tiny_bert, "still-running", 0.1, state="running", created=302)
+    est = estimate_run(_est_cfg(tiny_bert), 2400, mean_tokens=10, runs_root=root)  # 88 tokens < 100 measured
+    assert est.step_seconds == pytest.approx(1.0)  # the median, not the newest run's 3.0
+    assert est.time_source.startswith("measured: median 1.00 s per step over the last 5 runs")
+    assert "other-precision" not in est.time_source and "lora" not in est.time_source
+    # the middle half of the five runs: 1.0 to 1.1 s per step, plus the fixed start-up time
+    assert est.low_seconds == pytest.approx(15 + 300 * 1.0) and est.high_seconds == pytest.approx(15 + 300 * 1.1)
+    assert format_estimate(est) == "about 5 min (5-6 min)"
+    # with only the busy run and one normal run, the range spans both
+    root2 = tmp_path / "runs2"
+    _timed_run(root2, tiny_bert, "normal", 1.0, created=1)
+    _timed_run(root2, tiny_bert, "busy", 3.0, created=2)
+    est2 = estimate_run(_est_cfg(tiny_bert), 2400, mean_tokens=10, runs_root=root2)
+    assert est2.step_seconds == pytest.approx(2.0)
+    assert (est2.low_seconds, est2.high_seconds) == pytest.approx((15 + 300, 15 + 900))
+    assert format_estimate(est2) == "about 10 min (5-15 min)"
+
+
+def test_i13_6_a_burst_inside_one_run_does_not_move_its_step_time(tiny_bert, tmp_path):
+    from workbench.estimate import estimate_run
+
+    root = tmp_path / "runs"
+    _timed_run(root, tiny_bert, "bursty", 1.0, bursts=(5.0, 5.0))  # 2 of 8 intervals ran 5x slower
+    est = estimate_run(_est_cfg(tiny_bert), 2400, mean_tokens=10, runs_root=root)
+    assert est.step_seconds == pytest.approx(1.0)  # the whole-run average would say 2.0
+    assert est.low_seconds is None and "in run 'bursty'" in est.time_source
+
+
+def test_i13_6_longer_batches_scale_the_measured_time_by_tokens(tiny_bert, tmp_path):
+    from workbench.estimate import estimate_run
+
+    root = tmp_path / "runs"
+    _timed_run(root, tiny_bert, "r", 1.0)  # 100 real tokens per step
+    est = estimate_run(_est_cfg(tiny_bert), 2400, mean_tokens=50, runs_root=root)  # 8 x 50 x 1.1 = 440 tokens
+    assert est.step_seconds == pytest.approx(4.4) and "scaled up for longer batches" in est.time_source
+
+
+def test_i13_6_probe_times_a_few_steps_when_nothing_was_measured(tiny_bert, tmp_path):
+    from workbench.estimate import estimate_run
+
+    est = estimate_run(_est_cfg(tiny_bert), 2400, mean_tokens=10, runs_root=tmp_path / "none")
+    assert est.time_source.startswith("tabulated")
+    est = estimate_run(_est_cfg(tiny_bert), 2400, mean_tokens=10, runs_root=tmp_path / "none", probe=True)
+    assert est.time_source.startswith("a probe:") and est.step_seconds > 0
+    assert est.total_seconds == pytest.approx(15 + 300 * est.step_seconds)
+
+
+def test_i13_6_train_page_panel_shows_the_range(tiny_bert, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    root = tmp_path / "runs"
+    for i, s in enumerate([1.0, 1.0, 3.0]):
+        _timed_run(root, tiny_bert, f"r{i}", s, created=i)
+    monkeypatch.setenv("WORKBENCH_RUNS", str(root))
+    script = (f"from workbench.config import RunConfig\nfrom dashboard import estimate_panel\n"
+              f"cfg = RunConfig.from_yaml({_est_cfg(tiny_bert).to_yaml()!r})\n"
+              f"estimate_panel._estimate(cfg, {{'labels': ['a', 'b'], 'token_lengths': {{'mean': 10, 'p99': 20}}, "
+              f"'split_sizes': {{'train': 2400}}}}, 2400)\n")
+    at = AppTest.from_string(script, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    time_metric = next(m for m in at.metric if m.label == "Time")
+    assert time_metric.value == "about 5 min (5-15 min)"
+    assert any("median 1.00 s per step over the last 3 runs" in c.value for c in at.caption)
