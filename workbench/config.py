@@ -134,7 +134,8 @@ class TrainingConfig:
         "none", "Weight each class in the classification loss. `none`: every example counts the same. `balanced`: "
         "weights inversely proportional to class frequency in the training split (scikit-learn's "
         "compute_class_weight), so a minority class is not ignored. Or a map {label: weight}, e.g. "
-        "{rotten: 1.5}; labels left out get 1.0. The weights used are recorded in the run's status.json.")
+        "{rotten: 1.5}; labels left out get 1.0. The validation loss is weighted the same way; test scores are "
+        "not. The weights used are recorded in the run's status.json.")
     use_cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
     torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long GPU runs).")
     cpu_speedups: bool | list[str] = _f(True, "Speed-ups for training on a CPU that keep the maths the same "
