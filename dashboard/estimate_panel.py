@@ -9,7 +9,7 @@ import streamlit as st
 
 from workbench.assets import BUILTIN_DATASETS
 from workbench.config import RunConfig
-from workbench.estimate import estimate_run, format_bytes, format_seconds, gpu_memory_note, local_model_dir
+from workbench.estimate import estimate_run, format_bytes, format_estimate, gpu_memory_note, local_model_dir
 from workbench.paths import assets_dir
 
 from . import widgets
@@ -58,7 +58,8 @@ def _estimate(cfg: RunConfig, report: dict, train_rows: int) -> None:
         c[1].metric("Peak memory", format_bytes(est.total_memory),
                     help=", ".join(f"{k} {format_bytes(v)}" for k, v in est.memory.items()))
     c = st.columns(2)
-    c[0].metric("Time", format_seconds(est.total_seconds), help="process start, training and evaluation")
+    c[0].metric("Time", format_estimate(est), help="process start, training and evaluation; the range is the "
+                "spread of the last runs of this model (a busy machine shows as a wider range)")
     c[1].metric("Optimizer steps", f"{est.steps:,}")
     if est.memory:
         table = pd.DataFrame({"part": list(est.memory), "size": [format_bytes(v) for v in est.memory.values()]})
@@ -66,7 +67,8 @@ def _estimate(cfg: RunConfig, report: dict, train_rows: int) -> None:
             st.dataframe(table, hide_index=True)
     st.caption(f"Estimated, not measured: parameters are counted from the model's config; memory is weights + "
                f"gradients + AdamW state + a rough activation term for the longest batch; time is "
-               f"{est.time_source}. Expect ±50%." + (" " + " ".join(est.notes) if est.notes else ""))
+               f"{est.time_source}." + (" Expect ±50%." if est.low_seconds is None else "")
+               + (" " + " ".join(est.notes) if est.notes else ""))
     note = gpu_memory_note(est.total_memory) if est.memory else None
     if note:
         st.warning(note, icon=":material/memory:")

@@ -26,14 +26,20 @@ def page() -> None:
     st.caption(f"{len(runs)} run(s) in `{folder}`, newest first. States are read from each run directory.")
     table = _table(runs)
     problems = {r: p for r, p in zip(table["run"], table.pop("problems")) if p}
+    warnings = {r: w for r, w in zip(table["run"], table.pop("baseline_warning")) if w}
     st.dataframe(table, hide_index=True, column_config={
         "accuracy": st.column_config.NumberColumn(format="%.3f"),
         "accuracy_before": st.column_config.NumberColumn("accuracy before", format="%.3f"),
+        "accuracy_baseline": st.column_config.NumberColumn(
+            "majority baseline", format="%.3f", help="Accuracy of always answering the most frequent training "
+            "class, on the same test split: the score a run must beat."),
         "f1_macro": st.column_config.NumberColumn("macro F1", format="%.3f"),
         "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
     failed = [r for r in runs if r.status().get("state") == "failed"]
     for r in failed:
         st.error(f"{r.name} failed: {r.status().get('error') or 'no message recorded'}", icon=":material/error:")
+    for name, warn in warnings.items():  # "after" not above the majority-class score
+        st.warning(f"{name}: {warn}", icon=":material/warning:")
     for name, found in problems.items():  # a damaged file hides that run's fields, never the page
         for problem in found:
             st.warning(f"{name}: {problem}", icon=":material/warning:")
@@ -86,8 +92,9 @@ def _table(runs: list[RunDir]) -> pd.DataFrame:
     # Each task's headline metric before and after, then its other metrics (for classification: accuracy, macro F1).
     heads = list(dict.fromkeys(df["headline"]))
     others = [c for c in ("f1_macro",) if c in df]
-    return df[["run", "state", "progress", "model", "method", "data"] + [c for h in heads for c in (f"{h}_before", h)]
-              + others + ["created", "problems"]]
+    return df[["run", "state", "progress", "model", "method", "data"]
+              + [c for h in heads for c in (f"{h}_baseline", f"{h}_before", h)]
+              + others + ["created", "problems", "baseline_warning"]]
 
 
 def config_diff(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -204,6 +204,10 @@ def _hyper_section() -> None:
         c[1].selectbox("eval strategy", ["epoch", "no"], key="t.training.eval_strategy",
                        help=HELP["training.eval_strategy"], **PERSIST)
         c[2].selectbox("bf16", ["auto", True, False], key="t.training.bf16", help=HELP["training.bf16"], **PERSIST)
+        c = st.columns(3)
+        c[0].selectbox("class weights", ["none", "balanced"], key="t.training.class_weights",
+                       help=HELP["training.class_weights"] + " A {label: weight} map is set in a config file "
+                       "(`workbench train`).", **PERSIST)
 
 
 def _knob(where: Any, key: str, fmt: str | None) -> None:
@@ -228,7 +232,7 @@ def _form_values() -> dict[str, Any]:
         v = st.session_state.get(f"t.{key}")
         out[key] = None if key in ZERO_IS_NONE and not v else v
     for key in ("training.lr_scheduler_type", "training.eval_strategy", "training.bf16", "peft.method", "peft.r",
-                "peft.lora_alpha", "peft.lora_dropout", "peft.freeze_embeddings"):
+                "peft.lora_alpha", "peft.lora_dropout", "peft.freeze_embeddings", "training.class_weights"):
         out[key] = st.session_state.get(f"t.{key}")
     targets = st.session_state.get("t.peft.target_modules") or ""
     out["peft.target_modules"] = [t.strip() for t in targets.split(",") if t.strip()] or None

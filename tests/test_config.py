@@ -29,7 +29,7 @@ def test_trainingarguments_names_are_real():
     ta = {f.name for f in dataclasses.fields(TrainingArguments)}
     ours = {f.name for f in dataclasses.fields(RunConfig().training)}
     # Our own additions, which TrainingArguments does not have, are explicit here.
-    assert ours - ta == {"early_stopping_patience", "cpu_speedups"}
+    assert ours - ta == {"early_stopping_patience", "cpu_speedups", "class_weights"}
 
 
 def test_validation_reports_all_problems_with_fixes():

@@ -182,8 +182,21 @@ def _print_result(run: Any, st: dict[str, Any]) -> None:
         if m.get(head) is not None:
             extra = "".join(f"{METRIC_NAMES.get(k, k)} {m[k]:.3f}, " for k in second if m.get(k) is not None)
             print(f"test {head} {when} fine-tuning:{' ' * (when == 'after')} {m[head]:.3f}   ({extra}n={m['n']})")
+    _print_baseline(ev, head)
     print(f"run: {run.path}  (state: {st.get('state')})")
     print(f"next: workbench eval {path}   |   workbench predict {path} \"some text\"")
+
+
+def _print_baseline(ev: dict[str, Any], metric: str = "accuracy") -> None:
+    """The majority-class line under before/after, and a warning when "after" does not beat it."""
+    from .baseline import baseline_line, baseline_warning
+
+    line = baseline_line(ev)
+    if line:
+        print(f"test {line}")
+    warn = baseline_warning(ev, metric)
+    if warn:
+        print(f"warning: {warn}")
 
 
 # --- subcommands ---------------------------------------------------------------------------------
@@ -279,12 +292,15 @@ def cmd_runs(a: argparse.Namespace) -> int:
               f"`workbench train CONFIG`")
         return 0
     heads = list(dict.fromkeys(r["headline"] for r in rows))  # each task's headline metric, before and after
+    # The majority-class score beside before -> after (tasks without a baseline leave it empty).
     df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step"] +
-                            [c for h in heads for c in (f"{h}_before", h)]]
-    print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+                            [c for h in heads for c in (f"{h}_baseline", f"{h}_before", h)]]
+    print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-"))
     for r in rows:  # a damaged file blanks its own fields above; say what is wrong with it
         for problem in r["problems"]:
             print(f"problem in {r['run']}: {problem}")
+        if r.get("baseline_warning"):
+            print(f"warning for {r['run']}: {r['baseline_warning']}")
     return 0
 
 
@@ -305,6 +321,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
         if when in ev:
             print(f"== {when} fine-tuning ==")
             _print_metrics(ev[when])
+    if ev.get("baseline"):
+        print("== baseline ==")
+        _print_baseline(ev)
     return 0
 
 

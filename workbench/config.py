@@ -132,6 +132,12 @@ class TrainingConfig:
                                            "task's headline metric (accuracy for classification, f1 for NER).")
     early_stopping_patience: int | None = _f(None, "Stop after this many evaluations without improvement. Empty: off.",
                                              lo=1, hi=INT_MAX, hint="or empty to turn early stopping off")
+    class_weights: Literal["none", "balanced"] | dict[str, float] = _f(
+        "none", "Weight each class in the classification loss. `none`: every example counts the same. `balanced`: "
+        "weights inversely proportional to class frequency in the training split (scikit-learn's "
+        "compute_class_weight), so a minority class is not ignored. Or a map {label: weight}, e.g. "
+        "{rotten: 1.5}; labels left out get 1.0. The validation loss is weighted the same way; test scores are "
+        "not. The weights used are recorded in the run's status.json.")
     use_cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
     torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long GPU runs).")
     cpu_speedups: bool | list[str] = _f(True, "Speed-ups for training on a CPU that keep the maths the same "
@@ -274,6 +280,15 @@ class RunConfig:
                     p.append(f"training.cpu_speedups: {name!r} is not a CPU speed-up"
                              f"{f'; did you mean {close[0]!r}?' if close else '.'} Use true, false, or a list of "
                              f"{', '.join(CPU_SPEEDUPS)}.")
+        if isinstance(t.class_weights, dict):
+            if not t.class_weights:
+                p.append("training.class_weights is an empty map: give {label: weight, ...}, or none/balanced.")
+            for k, w in t.class_weights.items():
+                if not _finite(w) or w <= 0:
+                    p.append(f"training.class_weights[{str(k)[:60]!r}]={w!r}: a weight must be a number > 0.")
+        if t.class_weights != "none" and task is not None and not hasattr(task, "class_weights"):
+            p.append(f"training.class_weights applies to classification; task {self.task} has no class weights: "
+                     f"set it to none.")
         if (t.early_stopping_patience is not None or t.load_best_model_at_end) and t.eval_strategy == "no":
             p.append("training.early_stopping_patience / load_best_model_at_end need validation scores: "
                      "set training.eval_strategy to 'epoch' or 'steps'.")
@@ -372,6 +387,10 @@ def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, value
     if origin is Literal:
         return (value in args), value
+    if origin is dict:  # {label: weight}: YAML may read a label such as 1 or true as a non-string key
+        ok = isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for v in value.values())
+        return ok, {str(k): float(v) for k, v in value.items()} if ok else value
     if origin is list:
         if isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
@@ -403,6 +422,10 @@ def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
 def _describe(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is dict:
+        return "a map {name: number}"
+    if typing.get_origin(hint) is typing.Union or str(typing.get_origin(hint)) == "<class 'types.UnionType'>":
+        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 

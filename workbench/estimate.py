@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from .config import RunConfig
 
 GB = 1024 ** 3
@@ -45,6 +48,8 @@ class Estimate:
     steps: int = 0
     step_seconds: float | None = None
     total_seconds: float | None = None
+    low_seconds: float | None = None  # the range of `total_seconds`, from the spread of the measured runs
+    high_seconds: float | None = None
     time_source: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -133,29 +138,104 @@ def activation_bytes(config: Any, batch: int, seq: int, bytes_per_value: float) 
     return float(layers * per_layer * bytes_per_value / 2)
 
 
-def measured_step(cfg: RunConfig, root: str | Path | None = None) -> tuple[float, float, str] | None:
-    """(seconds per optimizer step, real tokens per step, run name) of the newest completed run with the
-    same model and method; None when there is none yet."""
+def _run_step_time(run: Any) -> tuple[float, float] | None:
+    """(seconds per optimizer step, real tokens per step) of one completed run, from its metrics.jsonl.
+
+    The median over its logged intervals (each train row's tokens/s covers the steps since the previous
+    row), so a burst of contention inside the run moves it little; a run without per-interval rows
+    falls back to its whole-run average (the summary's steps/s).
+    """
+    m = run.metrics()
+    if "kind" not in m:
+        return None
+    summary = m[m["kind"] == "summary"]
+    if not len(summary):
+        return None
+    last = summary.iloc[-1]
+    steps = max(float(last.get("step") or 1), 1.0)
+    real = float(last.get("real_tokens") or 0) if pd.notna(last.get("real_tokens")) else 0.0
+    tok_per_step = real / steps
+    train = m[m["kind"] == "train"] if "tokens_per_second" in m else m.iloc[0:0]
+    rates = train["tokens_per_second"].dropna() if len(train) else pd.Series(dtype=float)
+    rates = rates[rates > 0]
+    if tok_per_step > 0 and len(rates):
+        return float(np.median(1.0 / rates.to_numpy())) * tok_per_step, tok_per_step
+    sps = last.get("train_steps_per_second")
+    if sps is not None and pd.notna(sps) and float(sps) > 0:
+        return 1.0 / float(sps), tok_per_step
+    return None
+
+
+def measured_steps(cfg: RunConfig, root: str | Path | None = None, *, last: int = 5,
+                   precision: str | None = None) -> list[tuple[float, float, str]]:
+    """(seconds per step, real tokens per step, run name) of the `last` newest completed runs with the same
+    model and method (and `precision`, "bf16"/"fp16"/"fp32", where the run recorded one)."""
     from .rundir import list_runs
 
+    out: list[tuple[float, float, str]] = []
     for run in list_runs(root):
         try:
-            if run.status().get("state") != "completed":
+            st = run.status()
+            if st.get("state") != "completed":
                 continue
-            other = run.config()
-        except Exception:
+            other = RunConfig.from_yaml(run.config_file)  # names to compare; nothing is loaded from it
+            if other.model.name_or_path != cfg.model.name_or_path or other.peft.method != cfg.peft.method:
+                continue
+            if precision and st.get("precision") and st["precision"] != precision:
+                continue
+            found = _run_step_time(run)
+        except Exception:  # a damaged run is skipped, not fatal: this is only an estimate
             continue
-        if other.model.name_or_path != cfg.model.name_or_path or other.peft.method != cfg.peft.method:
-            continue
-        m = run.metrics()
-        if "kind" not in m or "train_steps_per_second" not in m:
-            continue
-        rows = m[(m["kind"] == "summary") & m["train_steps_per_second"].notna()]
-        if len(rows) and rows["train_steps_per_second"].iloc[-1] > 0:
-            last = rows.iloc[-1]
-            steps = max(float(last.get("step") or 1), 1.0)
-            return 1.0 / float(last["train_steps_per_second"]), float(last.get("real_tokens") or 0) / steps, run.name
-    return None
+        if found:
+            out.append((*found, run.name))
+            if len(out) >= last:
+                break
+    return out
+
+
+def measured_step(cfg: RunConfig, root: str | Path | None = None) -> tuple[float, float, str] | None:
+    """(seconds per optimizer step, real tokens per step, run name) of the newest completed run with the
+    same model and method; None when there is none yet. (`estimate_run` uses the median of several.)"""
+    found = measured_steps(cfg, root, last=1)
+    return found[0] if found else None
+
+
+def probe_step(cfg: RunConfig, batch: int, seq: int, *, num_labels: int = 2, steps: int = 3) -> tuple[float, float]:
+    """(seconds per optimizer step, real tokens per step) timed on this machine now: `steps` training steps
+    (after one untimed warm-up step) of `cfg`'s model on a random batch of `batch` x `seq` token ids.
+
+    The fallback when no run of this model has been measured yet: it loads the model (seconds for MiniLM)
+    and measures the machine as it is now, contention included.
+    """
+    import time
+
+    import torch
+
+    from .models import apply_lora, load_tokenizer, resolve_model_path
+    from .tasks import get_task
+
+    task = get_task(cfg.task)
+    path = resolve_model_path(cfg.model.name_or_path)
+    tok = load_tokenizer(path, cfg.model)
+    model = task.load_model(cfg.model, [f"class{i}" for i in range(max(2, num_labels))], tokenizer=tok)
+    if cfg.peft.method == "lora":
+        model = apply_lora(model, cfg.peft, task_type=task.peft_task_type)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(getattr(model.config, "vocab_size", 1000) or 1000)
+    ids = torch.randint(min(5, vocab - 1), vocab, (batch, seq), generator=gen)
+    labels = torch.randint(0, max(2, num_labels), (batch,), generator=gen)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:  # the first step pays for lazy initialisation
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(batch * seq)
 
 
 def _device() -> tuple[str, float, bool]:
@@ -174,11 +254,16 @@ def _device() -> tuple[str, float, bool]:
 
 def estimate_run(cfg: RunConfig, train_rows: int, *, num_labels: int = 2, mean_tokens: float | None = None,
                  max_tokens: int | None = None, eval_rows: int = 0, runs_root: str | Path | None = None,
-                 model_config: Any = None) -> Estimate:
+                 model_config: Any = None, probe: bool = False) -> Estimate:
     """Estimate parameters, peak training memory and wall time of `cfg` on `train_rows` examples.
 
     `mean_tokens`/`max_tokens` come from the data report (token lengths); without them the estimate
     assumes half of `data.max_length` on average and all of it for the longest batch.
+
+    Time comes from the median step time of the last few completed runs of the same model, method and
+    precision (one run slowed by another process does not decide it), with a range from their spread;
+    with no such run and `probe`, from a few training steps timed now (`probe_step`); else from a
+    tabulated FLOP rate.
     """
     from .tasks import get_task
 
@@ -213,15 +298,32 @@ def estimate_run(cfg: RunConfig, train_rows: int, *, num_labels: int = 2, mean_t
     steps_per_epoch = max(1, math.ceil(train_rows / per_step))
     est.steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch * t.num_train_epochs))
     tokens = est.steps * per_step * seq_mean * 1.1  # length-grouped batches still pad a little
-    measured = measured_step(cfg, runs_root)
+    prec = "bf16" if bf16 else "fp16" if t.fp16 and "CPU" not in device else "fp32"
+    measured = measured_steps(cfg, runs_root, precision=prec)
+    spread: list[float] = []
+    if not measured and probe and conf is not None:
+        step_s, step_tokens = probe_step(cfg, t.per_device_train_batch_size * t.gradient_accumulation_steps,
+                                         max(8, int(round(seq_mean))), num_labels=num_labels)
+        measured = [(step_s, step_tokens, "")]
     if measured:
-        step_s, step_tokens, name = measured
         # Small models spend most of a step on fixed overhead, so time does not shrink with fewer
         # tokens per step; it is scaled up (only) when steps carry more tokens than the measured ones.
-        ratio = max(1.0, tokens / est.steps / step_tokens) if step_tokens else 1.0
-        train_s = est.steps * step_s * ratio
-        est.time_source = (f"measured: {step_s:.2f} s per step in run {name!r} (same model and method)"
-                           + (f", scaled x{ratio:.1f} for longer batches" if ratio > 1.05 else ""))
+        want = tokens / est.steps
+        per_run = [step_s * (max(1.0, want / step_tokens) if step_tokens else 1.0) for step_s, step_tokens, _ in
+                   measured]
+        step_s = float(np.median(per_run))
+        train_s = est.steps * step_s
+        spread = [est.steps * x for x in per_run]
+        names = [name for *_, name in measured]
+        if names == [""]:
+            est.time_source = f"a probe: {step_s:.2f} s per step, timed just now on this machine"
+        elif len(names) == 1:
+            est.time_source = f"measured: {step_s:.2f} s per step in run {names[0]!r} (same model and method)"
+        else:
+            est.time_source = (f"measured: median {step_s:.2f} s per step over the last {len(names)} runs of the "
+                               f"same model, method and precision ({', '.join(repr(n) for n in names)})")
+        if any(x > m[0] * 1.05 for x, m in zip(per_run, measured)):
+            est.time_source += ", scaled up for longer batches"
     elif est.total_params is not None:
         emb = _embedding_params(conf) if conf is not None else 0
         layers = getattr(conf, "num_hidden_layers", 0) or 0
@@ -239,7 +341,25 @@ def estimate_run(cfg: RunConfig, train_rows: int, *, num_labels: int = 2, mean_t
     eval_s = train_s / max(train_rows, 1) * eval_rows * eval_passes / 3  # forward only: ~1/3 of a train step
     est.step_seconds = train_s / est.steps
     est.total_seconds = STARTUP_SECONDS + train_s + eval_s
+    if spread and max(spread) > min(spread):
+        # The middle half of the runs once there are enough of them (one odd run does not stretch it), else all.
+        lo, hi = (np.percentile(spread, [25, 75]) if len(spread) >= 4 else (min(spread), max(spread)))
+        est.low_seconds = STARTUP_SECONDS + lo * (1 + eval_s / train_s)
+        est.high_seconds = STARTUP_SECONDS + hi * (1 + eval_s / train_s)
     return est
+
+
+def format_estimate(est: Estimate) -> str:
+    """`about 5 min (4-7 min)`; without a range `about 5 min`; `unknown` without an estimate."""
+    if est.total_seconds is None or not math.isfinite(est.total_seconds):
+        return "unknown"
+    text = f"about {format_seconds(est.total_seconds)}"
+    if est.low_seconds is not None and est.high_seconds is not None:
+        lo, hi = format_seconds(est.low_seconds), format_seconds(est.high_seconds)
+        if lo != hi:
+            unit = lo.split()[-1]
+            text += f" ({lo.split()[0]}-{hi})" if unit == hi.split()[-1] else f" ({lo} - {hi})"
+    return text
 
 
 def _embedding_params(conf: Any) -> int:
@@ -297,6 +417,7 @@ def model_summary(name_or_path: str) -> dict[str, Any]:
     return {k: getattr(conf, k) for k in keys if getattr(conf, k, None) is not None}
 
 
-__all__ = ["Estimate", "activation_bytes", "count_parameters", "estimate_run", "format_bytes", "format_seconds",
-           "gpu_memory_note", "load_model_config", "local_model_dir", "measured_step", "model_summary"]
+__all__ = ["Estimate", "activation_bytes", "count_parameters", "estimate_run", "format_bytes", "format_estimate",
+           "format_seconds", "gpu_memory_note", "load_model_config", "local_model_dir", "measured_step",
+           "measured_steps", "model_summary", "probe_step"]
 

@@ -340,14 +340,17 @@ class RunDir:
         scores = {m: after.get(m) for m in t.directions if m != "loss"}
         row = {"run": self.name, "state": st.get("state"), "task": task, "model": model, "data": data,
                "method": method, "step": st.get("step"), "total_steps": st.get("total_steps"),
-               "headline": t.headline, f"{t.headline}_before": before.get(t.headline), **scores,
-               "created": st.get("created")}
-        for k in ["step", "total_steps", f"{t.headline}_before", *scores, "created"]:
+               "headline": t.headline, f"{t.headline}_baseline": (ev.get("baseline") or {}).get(t.headline),
+               f"{t.headline}_before": before.get(t.headline), **scores, "created": st.get("created")}
+        for k in ["step", "total_steps", f"{t.headline}_baseline", f"{t.headline}_before", *scores, "created"]:
             v = row[k]
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 row[k] = None
                 where = "status.json" if k in ("step", "total_steps", "created") else "eval.json"
                 problems.append(f"{where} is damaged: {k} is {v!r}, not a number")
+        from .baseline import baseline_warning  # "after" not above the majority-class score, or None
+        row["baseline_warning"] = baseline_warning({"baseline": {**ev.get("baseline", {}), t.headline: row[
+            f"{t.headline}_baseline"]}, "after": {t.headline: row.get(t.headline)}}, t.headline)
         return {**row, "path": str(self.path), "problems": problems}
 
 

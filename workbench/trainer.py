@@ -57,9 +57,26 @@ class WorkbenchTrainer(Trainer):
 
     real_tokens = 0
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, class_weights: list[float] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.eval_batch_changes: list[int] = []
+        # `training.class_weights`: a weighted cross-entropy replaces the model's own loss only when set.
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        if self.class_weights is not None:
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: the trainer divides it for accumulation
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """The model's loss, or with `class_weights` a weighted cross-entropy over its logits (the mean
+        weighted by each example's class weight, as `torch.nn.CrossEntropyLoss(weight=...)` defines it)."""
+        if self.class_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
+                                                 weight=self.class_weights.to(logits.device))
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         self.real_tokens += int(inputs["attention_mask"].sum())

@@ -134,7 +134,8 @@ def _direction(cfg: RunConfig) -> bool:
 
 
 def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: Any, val_ds: Any, progress: bool,
-                  main: bool, labels: list[str]) -> tuple[WorkbenchTrainer, RunDirCallback]:
+                  main: bool, labels: list[str], class_weights: list[float] | None = None,
+                  ) -> tuple[WorkbenchTrainer, RunDirCallback]:
     args = training_arguments(cfg, run, val_ds is not None, progress)
     ref: dict[str, Any] = {}
     cb = RunDirCallback(run, ref, main)
@@ -146,7 +147,7 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
     trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                                processing_class=tok, data_collator=task.collator(tok),
                                compute_metrics=functools.partial(task.compute_metrics, labels=labels),
-                               callbacks=callbacks)
+                               callbacks=callbacks, class_weights=class_weights)
     ref["trainer"] = trainer
     if not progress:  # the run directory is the progress report; no dict lines on stdout
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -217,12 +218,20 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=prep.max_length))
     if prep.report.token_lengths:
         prep.report.token_lengths["tokenizer"] = cfg.model.name_or_path
+    # `training.class_weights` is checked against this data's labels here, before the model is loaded.
+    weights = task.class_weights(cfg.training.class_weights, prep) if hasattr(task, "class_weights") else None
     if main:
         write_json_atomic(run.labels_file, prep.labels)
         write_json_atomic(run.report_file, prep.report.to_dict())
+        if weights is not None:
+            run.update_status(class_weights=dict(zip(prep.labels, weights)))
     model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
     prec = precision(cfg)
     evaluation = run.evaluation() if resume else {}
+    baseline = getattr(task, "baseline", None)  # optional: the score of a constant answer, for comparison
+    if main and baseline is not None and len(prep.test) and len(prep.train):
+        evaluation["baseline"] = baseline(prep)
+        write_json_atomic(run.eval_file, evaluation)
     if main and cfg.evaluate_before and "before" not in evaluation and len(prep.test):
         run.update_status(phase="scoring the test split before fine-tuning")
         _score_test_split(run, "before", model, tok, prep, cfg, prec["bf16"], evaluation)
@@ -246,7 +255,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
             apply_cpu_speedups(model, cfg.training.cpu_speedups)
         eff = cfg.override({f"training.{k}": v for k, v in batch.items()}) if batch else cfg
-        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels)
+        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels, weights)
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
                               precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32")

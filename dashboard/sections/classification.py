@@ -142,6 +142,7 @@ def evaluate(run: Any, runs: list[Any], ev: dict[str, Any]) -> None:
                    delta=f"{delta:+.3f} vs before" if delta is not None else None)
     st.caption(f"Test split: {main.get('n')} examples. 'Before' is the pretrained model with a fresh, untrained "
                f"classification head, so it is near chance.")
+    _baseline(ev, task.headline)
 
     tabs = st.tabs(["Scores", "Confusion matrix", "Errors", "Compare runs", "Try it"])
     with tabs[0]:
@@ -167,6 +168,20 @@ def evaluate(run: Any, runs: list[Any], ev: dict[str, Any]) -> None:
             _compare(run, runs)
     with tabs[4]:
         _try_it(run)
+
+
+def _baseline(ev: dict, metric: str) -> None:
+    """The majority-class score next to before/after (classification runs store it in eval.json), and a
+    warning when "after" is not above it."""
+    from workbench.baseline import baseline_line, baseline_warning
+
+    line = baseline_line(ev)
+    if line:
+        st.caption(f"Score to beat: {line}.", help="Always answering the most frequent training class, scored "
+                   "on the same test split. A model that does not beat it learned nothing useful.")
+    warn = baseline_warning(ev, metric)
+    if warn:
+        st.warning(warn, icon=":material/warning:")
 
 
 def _per_class_table(m: dict):

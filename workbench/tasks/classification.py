@@ -140,6 +140,42 @@ def predictions_frame(df: pd.DataFrame, probs: np.ndarray, labels: list[str]) ->
     return out
 
 
+def class_weight_vector(spec: str | dict[str, float], train_ids: Sequence[int],
+                        labels: Sequence[str]) -> list[float] | None:
+    """Per-class loss weights in label-id order from `training.class_weights`.
+
+    `balanced` is scikit-learn's `compute_class_weight` (n_samples / (n_classes * count)) over the classes
+    present in training; a class absent from training (or left out of a map) gets 1.0, since it adds
+    nothing to the loss either way. A map's keys must be label names of this data: an unknown one is a
+    `ConfigError` naming the labels there are.
+    """
+    if spec is None or spec == "none":
+        return None
+    labels = [str(x) for x in labels]
+    weights = [1.0] * len(labels)
+    if spec == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        y = np.asarray(train_ids, dtype=int)
+        present = np.unique(y)
+        for i, w in zip(present, compute_class_weight("balanced", classes=present, y=y)):
+            weights[int(i)] = float(w)
+        return weights
+    if isinstance(spec, dict):
+        unknown = [str(k) for k in spec if str(k) not in labels]
+        if unknown:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"training.class_weights names {', '.join(repr(u) for u in unknown)}, not a label of "
+                              f"this data. The labels are: {', '.join(repr(x) for x in labels)}. Fix: use those "
+                              f"names (labels left out get weight 1.0), or `balanced`.")
+        for k, w in spec.items():
+            weights[labels.index(str(k))] = float(w)
+        return weights
+    from ..errors import ConfigError
+    raise ConfigError(f"training.class_weights={spec!r}: use none, balanced, or a map {{label: weight}}.")
+
+
 class TextClassification:
     """Text (or text-pair) classification: one label per example, a sequence-classification head.
 
@@ -203,6 +239,18 @@ class TextClassification:
     def score(self, pred: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
         from ..evaluate import metrics_from_predictions
         return metrics_from_predictions(pred, labels)
+
+    def baseline(self, prep: Any) -> dict[str, Any]:
+        """Majority-class scores on the test split (eval.json's "baseline"); optional, not in the Task protocol."""
+        from ..baseline import majority_baseline
+        names = prep.labels
+        return majority_baseline([names[i] for i in prep.train["label"]], [names[i] for i in prep.test["label"]],
+                                 names)
+
+    def class_weights(self, spec: Any, prep: Any) -> list[float] | None:
+        """The loss weight of each class (`training.class_weights`), in label-id order; None for `none`.
+        Optional, not in the Task protocol: a task without it refuses the setting."""
+        return class_weight_vector(spec, prep.train["label"].tolist(), prep.labels)
 
     def frame_from_predictions(self, pred: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
         l2i = {n: i for i, n in enumerate(labels)}
