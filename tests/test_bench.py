@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_quick_prints_the_whole_table(tmp_path):
     env = {**os.environ, "WORKBENCH_RUNS": str(tmp_path / "runs"), "TOKENIZERS_PARALLELISM": "false"}
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--ablation"],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800)
     out = p.stdout
     assert p.returncode == 0, out[-3000:] + p.stderr[-3000:]
     for line in ("(a) seed: pad to 128, fp32, HF Trainer", "(b) careful HF Trainer", "(c) workbench default",
