@@ -139,3 +139,14 @@ def data_report(source: str, stamp: float, columns: tuple[str | None, str | None
 def file_stamp(source: str) -> float:
     p = Path(source)
     return p.stat().st_mtime if p.is_file() else 0.0
+
+
+def token_length_panel(col: Any, report: dict[str, Any], tokenized: bool, model: str) -> None:
+    """The data report's token-length histogram in `col`, or why it is not there yet (one text for every task)."""
+    from workbench.figures.data import token_length_figure
+
+    if tokenized:
+        col.plotly_chart(token_length_figure(report), key="fig_tokens")
+    else:
+        col.info(f"Token lengths need the tokenizer of {model!r}, which is not on this machine yet; "
+                 f"they appear once the model has been downloaded (first run with it).")

@@ -15,7 +15,7 @@ import streamlit as st
 from workbench.config import field_help
 from workbench.errors import WorkbenchError
 from workbench.estimate import local_model_dir
-from workbench.figures.data import class_balance_figure, token_length_figure
+from workbench.figures.data import class_balance_figure
 from workbench.figures.evaluation import METRIC_NAMES, before_after_figure, per_class_figure
 from workbench.tasks import TASKS
 
@@ -92,11 +92,7 @@ def _show_report(r: dict, tokenized: bool, model: str) -> None:
         return
     a, b = st.columns(2)
     a.plotly_chart(class_balance_figure(r), key="fig_balance")
-    if tokenized:
-        b.plotly_chart(token_length_figure(r), key="fig_tokens")
-    else:
-        b.info(f"Token lengths need the tokenizer of {model!r}, which is not on this machine yet; "
-               f"they appear once the model has been downloaded (first run with it).")
+    widgets.token_length_panel(b, r, tokenized, model)
 
 
 # --- Train page ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import streamlit as st
 from workbench.config import field_help
 from workbench.errors import WorkbenchError
 from workbench.estimate import local_model_dir
-from workbench.figures.data import class_balance_figure, token_length_figure
+from workbench.figures.data import class_balance_figure
 from workbench.figures.ner import (ERROR_TYPES, entity_colors, entity_slices_figure, entity_type_figure,
                                    error_types_figure, highlight_text, sentence_view, token_confusion_figure)
 
@@ -101,11 +101,7 @@ def _show_report(r: dict, tokenized: bool, model: str) -> None:
         return
     a, b = st.columns(2)
     a.plotly_chart(class_balance_figure(r, title="Entities per type"), key="fig_entity_balance")
-    if tokenized:
-        b.plotly_chart(token_length_figure(r), key="fig_tokens")
-    else:
-        b.info(f"Token lengths need the tokenizer of {model!r}, which is not on this machine yet; "
-               f"they appear once the model has been downloaded (first run with it).")
+    widgets.token_length_panel(b, r, tokenized, model)
 
 
 # --- Train page ------------------------------------------------------------------------------------
