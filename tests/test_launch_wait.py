@@ -64,6 +64,8 @@ def test_interrupting_wait_stops_the_run_and_says_how_to_resume(tiny_bert, data,
                 return
             time.sleep(0.05)
 
+    # A Jupyter kernel turns SIGINT into KeyboardInterrupt; a shell's background job (CI) starts with it ignored.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     waiting.set()
     t = threading.Thread(target=interrupt_once_training, daemon=True)
     t.start()
@@ -80,6 +82,7 @@ def test_interrupting_wait_stops_the_run_and_says_how_to_resume(tiny_bert, data,
         assert f"interrupted: run interrupted stopped at step {st['step']}" in out, out
         assert "resume" in out and str(h.path) in out
     finally:
+        signal.signal(signal.SIGINT, before)
         waiting.clear()
         if h.process.poll() is None:
             h.process.kill()
@@ -141,3 +144,20 @@ def test_a_second_launch_beside_a_running_one_says_so(tiny_bert, data, tmp_path,
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_stop_signal_ends_with_its_run_and_handlers_come_back():
+    """CLI training in-process (a notebook, a test session) must not carry one run's Ctrl+C into the next run."""
+    from workbench.trainer import SIGNALLED
+    from workbench.training import stop_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_signals():
+        assert not SIGNALLED["stop"]
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.time() + 5
+        while not SIGNALLED["stop"] and time.time() < deadline:
+            time.sleep(0.01)
+        assert SIGNALLED["stop"]  # asked to stop gracefully, not killed
+    assert not SIGNALLED["stop"]
+    assert signal.getsignal(signal.SIGTERM) is before

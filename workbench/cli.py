@@ -63,7 +63,7 @@ def _train_foreground(cfg: Any, run: Any = None, resume: bool = False) -> Any:
     """Run in this process with a progress bar; print the report, before/after and where the run is."""
     from .data import format_report
     from .rundir import RunDir
-    from .training import install_stop_signals, new_run_dir_all_ranks, run_training
+    from .training import new_run_dir_all_ranks, run_training, stop_signals
 
     _quiet_libraries()
     cfg.check()
@@ -73,12 +73,12 @@ def _train_foreground(cfg: Any, run: Any = None, resume: bool = False) -> Any:
         run_training(cfg, run, resume=resume, progress=False)
         return run
     print(f"run directory: {run.path}")
-    install_stop_signals()
     print("(Ctrl+C stops after saving a checkpoint; `workbench resume RUN` continues it)")
     watcher = _ProgressPrinter(run)
     watcher.start()
     try:
-        run_training(cfg, run, resume=resume, progress=False)
+        with stop_signals():
+            run_training(cfg, run, resume=resume, progress=False)
     finally:
         watcher.stop()
     rep = RunDir(run.path).data_report()

@@ -10,6 +10,7 @@ before/after scoring of the test split.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import functools
@@ -18,9 +19,11 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -366,16 +369,32 @@ def new_run_dir_all_ranks(cfg: RunConfig) -> RunDir:
     return RunDir(box[0])
 
 
-def install_stop_signals() -> None:
-    """SIGTERM/SIGINT ask for a graceful stop (checkpoint, then exit); a second SIGINT interrupts."""
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """While inside: SIGTERM/SIGINT ask for a graceful stop (checkpoint, then exit); a second SIGINT interrupts.
+
+    The request flag starts clear and the previous handlers come back on leaving, so a process that trains
+    twice (a notebook, a test session calling the CLI in-process) never carries one run's stop into the next.
+    """
 
     def handler(signum: int, frame: Any) -> None:
         if _SIGNALLED["stop"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         _SIGNALLED["stop"] = True
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    _SIGNALLED["stop"] = False
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in before:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        _SIGNALLED["stop"] = False
 
 
 def eta_text(status: dict[str, Any]) -> str:

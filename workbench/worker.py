@@ -7,7 +7,7 @@ import sys
 
 from .errors import WorkbenchError
 from .rundir import RunDir
-from .training import install_stop_signals, run_training
+from .training import run_training, stop_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,11 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trust-remote-code", action="store_true", help="granted by the launcher, never by the run")
     ap.add_argument("--allow-pickle", action="store_true", help="granted by the launcher, never by the run")
     a = ap.parse_args(argv)
-    install_stop_signals()
     run = RunDir(a.run_dir).require()
     try:
-        cfg = run.config(trust_remote_code=a.trust_remote_code, allow_pickle=a.allow_pickle)
-        run_training(cfg, run, resume=a.resume, progress=False)
+        with stop_signals():
+            cfg = run.config(trust_remote_code=a.trust_remote_code, allow_pickle=a.allow_pickle)
+            run_training(cfg, run, resume=a.resume, progress=False)
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
