@@ -96,6 +96,44 @@ def test_a_word_in_three_pieces_gets_exactly_one_label():
     assert align_labels([None, 0, 0, 0, 1, None], [1, 0]) == [-100, 1, -100, -100, 0, -100]
 
 
+def _byte_level_bpe():
+    """A small byte-level BPE (like SmolLM2's) that knows few Chinese characters, so most become byte pieces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(["the cat sat on the mat"] * 20 + ["北京"] * 5, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>")
+
+
+def test_a_decoder_reads_each_word_at_its_last_piece(tiny_llama, tiny_bert):
+    """A decoder sees only the left context: at the first byte piece of a Chinese character it has not read
+    the character yet, so its tag goes on the word's last piece; an encoder keeps the first."""
+    from transformers import AutoModelForTokenClassification
+
+    from workbench.tasks.token_classification.encode import reading_piece, word_positions
+
+    assert align_labels([None, 0, 0, 0, 1, None], [1, 0], "last") == [-100, -100, -100, 1, 0, -100]
+    assert word_positions([0, 0, 1, 1, 1, None], "last") == {0: 1, 1: 4}
+    assert reading_piece(AutoModelForTokenClassification.from_pretrained(tiny_llama, num_labels=3)) == "last"
+    assert reading_piece(AutoModelForTokenClassification.from_pretrained(tiny_bert, num_labels=3)) == "first"
+    assert reading_piece(None) == "first"
+
+    tok = _byte_level_bpe()
+    chars, l2i = list("王小明在北京"), {"O": 0, "B-PER": 1, "I-PER": 2, "B-LOC": 3, "I-LOC": 4}
+    tags = ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "I-LOC"]
+    cols = encode_words([chars], [tags], tok, l2i, max_length=64, piece="last")
+    wids = tok(spaced(chars), is_split_into_words=True).word_ids()
+    labelled = [i for i, y in enumerate(cols["labels"][0]) if y != -100]
+    assert len(wids) > len(chars) + 3  # characters split into byte pieces
+    assert len(labelled) == len(chars)  # one per character however many byte pieces it has
+    assert labelled == [max(i for i, w in enumerate(wids) if w == k) for k in range(len(chars))]
+    assert [cols["labels"][0][i] for i in labelled] == [l2i[t] for t in tags]
+
+
 def test_words_keep_their_spaces_for_byte_level_tokenizers():
     assert spaced(["New", "York", "北", "京", "is"]) == ["New", " York", " 北", "京", " is"]
 

@@ -6,8 +6,8 @@ forward pass is numpy, so the figures, the dashboard and notebooks share one tes
 
 Where the prediction is read (the "readout token", `workbench.readout`) is the task's business: a text
 classifier reads one token per text ([CLS], or the last token of a decoder); a token classifier
-predicts at every word, so the readout is a chosen word's first sub-word and `with_readout` moves it
-without another forward pass.
+predicts at every word, so the readout is a chosen word's first sub-word (last, for a decoder) and
+`with_readout` moves it without another forward pass.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from .errors import ModelError, RunError, WorkbenchError
+from .models import is_decoder
+from .tasks.token_classification.encode import reading_piece, word_positions
 from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 
 # Shown instead of tokens that are only whitespace, so an axis label is never blank.
@@ -41,7 +43,7 @@ class AttentionResult:
     tokens: list[str]
     attentions: np.ndarray  # (layers, heads, seq, seq) float32
     # The token whose prediction is shown: [CLS] (0) for encoders, the last token for decoders; for a
-    # token classifier, the chosen word's first sub-word.
+    # token classifier, the chosen word's first sub-word (last for a decoder).
     readout_index: int
     model_type: str
     truncated: bool = False
@@ -55,7 +57,7 @@ class AttentionResult:
     readout: str = "sequence"  # "sequence": one prediction per text; "word": one per word (token classification)
     words: list[str] = field(default_factory=list)  # "word": the words of the whole text, as the task splits them
     word_ids: list[int | None] = field(default_factory=list)  # "word": each shown token's word (None: special)
-    word_positions: list[int | None] = field(default_factory=list)  # "word": each word's first sub-word, or None
+    word_positions: list[int | None] = field(default_factory=list)  # "word": each word's reading piece, or None
     token_probs: np.ndarray | None = None  # "word": (seq, classes) probabilities at every shown token
     readout_word: int | None = None  # "word": the word read out (None for a special token)
 
@@ -105,7 +107,7 @@ class EncodedText:
     n_tokens: int = 0  # the whole tokenised input
     words: list[str] = field(default_factory=list)  # a "word" task's words, else []
     word_ids: list[int | None] = field(default_factory=list)  # per kept token: its word (None: special)
-    word_positions: list[int | None] = field(default_factory=list)  # per word: its first sub-word, if kept
+    word_positions: list[int | None] = field(default_factory=list)  # per word: its reading piece, if kept
 
     def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         out = {"input_ids": torch.tensor([self.input_ids], device=device),
@@ -307,7 +309,7 @@ def pick_window(windows: list[tuple[int, int]], index: int) -> tuple[int, int]:
 
 
 def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
-                window: tuple[int, int] | None = None, task: Any = None) -> EncodedText:
+                window: tuple[int, int] | None = None, task: Any = None, piece: str = "first") -> EncodedText:
     """Tokenise and cut to at most `max_tokens`, keeping the special tokens at both ends.
 
     `window=(start, end)` picks positions of the full tokenised input (`token_windows` lists the ones
@@ -315,7 +317,8 @@ def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_
     input of their own (an approximation of how they behave in context, which is what makes long
     texts inspectable at all). For a task with a "word" readout (`model_task`), the text is split into
     words and tokenised the way that task predicts, and the result maps tokens to words (`token_windows`
-    must then be given the same `task`, so its positions are of the same tokenisation).
+    must then be given the same `task`, so its positions are of the same tokenisation); `piece` is the
+    sub-word each word is read at (`reading_piece(model)`: "first", or "last" for a decoder).
     """
     _check_max_tokens(max_tokens)
     enc, ids, special, lead, trail, words, word_ids = _tokenise(tokenizer, text, text_pair, task)
@@ -346,27 +349,16 @@ def encode_text(tokenizer: Any, text: str, text_pair: str | None = None, *, max_
     positions: list[int | None] = []
     if word_ids is not None:
         kept_words = [word_ids[i] for i in keep]
-        # A word's prediction is read at its FIRST sub-word: a word whose first piece was cut has none here.
-        first = {}
-        for i, w in enumerate(word_ids):
-            if w is not None:
-                first.setdefault(w, i)
+        # A word's prediction is read at its reading piece (first sub-word; last for a decoder): a word whose
+        # reading piece was cut has none here.
+        read_at = word_positions(word_ids, piece)
         where = {full: k for k, full in enumerate(keep)}
-        positions = [where.get(first[w]) if w in first else None for w in range(len(words))]
+        positions = [where.get(read_at[w]) if w in read_at else None for w in range(len(words))]
     return EncodedText(input_ids=[ids[i] for i in keep],
                        token_type_ids=[tti[i] for i in keep] if tti is not None else None,
                        tokens=readable_tokens(tokenizer, [ids[i] for i in keep]),
                        special=[special[i] for i in keep], truncated=truncated, notice=notice, window=shown,
                        n_tokens=n, words=list(words), word_ids=kept_words, word_positions=positions)
-
-
-def is_decoder(model: Any) -> bool:
-    """Decoder-only models (Llama, GPT-2, Qwen) classify from the last token; encoders from the first."""
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
-    mt = getattr(model.config, "model_type", "")
-    # BERT-likes are in the causal-LM table too (BertLMHeadModel); a masked-LM entry marks an encoder.
-    return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def class_labels(model: Any) -> list[str]:
@@ -402,7 +394,8 @@ def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     task = model_task(model)
     if readout_kind(task) != "word" and (word is not None or position is not None):
         raise WorkbenchError(ONE_PER_TEXT)
-    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task)
+    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task,
+                      piece=reading_piece(model))
     device = next(model.parameters()).device
     with torch.inference_mode():
         out = model(**enc.tensors(device), output_attentions=True)
@@ -488,9 +481,9 @@ def whole_text_prediction(model: Any, tokenizer: Any, text: str, text_pair: str 
         if not 0 <= w < len(words):
             raise WorkbenchError(f"word {w} does not exist: the text has {len(words)} words, 0..{len(words) - 1}.")
         probs = predict_word_probs(model, tokenizer, [words], max_length=max_length)[0][w]
-        first = word_ids.index(w) if w in word_ids else len(ids)
+        at = word_positions(word_ids, reading_piece(model)).get(w, len(ids))  # where the word's tag is read
         return TextPrediction(probs=probs, labels=labels, n_tokens=len(ids), max_length=effective, word=w,
-                              word_cut=len(ids) > effective and first >= effective - trail)
+                              word_cut=len(ids) > effective and at >= effective - trail)
     if word is not None:
         raise WorkbenchError(ONE_PER_TEXT)
     probs = Predictor(model, tokenizer, labels, max_length).predict_proba([text], None if text_pair is None

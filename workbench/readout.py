@@ -2,8 +2,9 @@
 
 A text classifier reads one token per text ([CLS], or the last token of a decoder); a token classifier
 predicts at every word, so what is explained is a chosen word's prediction, read at its first sub-word
-(where the task trains and predicts it). Which of the two a model is comes from its task
-(`Task.readout`), found from the model's head through the task registry.
+(its last for a decoder, which has read the whole word only there; where the task trains and predicts
+it). Which of the two a model is comes from its task (`Task.readout`), found from the model's head
+through the task registry.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def choose_readout(words: list[str], word_positions: list[int | None], word_ids:
                    position: int | None = None) -> tuple[int, int | None]:
     """(token position, word) to read a token classifier's prediction at.
 
-    `word` (0-based) gives that word's first sub-word; `position` a token position directly; with
-    neither, the first word predicted as an entity (`tags`, a tag other than `O`), else the first word shown.
+    `word` (0-based) gives that word's reading piece (first sub-word; last for a decoder); `position` a
+    token position directly; with neither, the first word predicted as an entity (`tags`, a tag other
+    than `O`), else the first word shown.
     """
     if word is not None and position is not None:
         raise WorkbenchError("Choose a word or a token position, not both.")

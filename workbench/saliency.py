@@ -6,7 +6,8 @@ Two methods over the input (word) embeddings:
     attributions add up to f(x) - f(baseline) (completeness); the gap left is reported so a reader
     can tell whether enough steps were taken.
 
-For a token classifier the explained logit is a chosen token's (a word's first sub-word, the same
+For a token classifier the explained logit is a chosen token's (a word's first sub-word, or last for a
+decoder, the same
 readout as `workbench.attention`): which input tokens made the model tag THAT word as it did.
 
 Written in plain torch rather than with captum: the whole method is a few tensor lines here, and
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .attention import class_labels, encode_text
+from .attention import class_labels, encode_text, reading_piece
 from .errors import WorkbenchError
 from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 
@@ -112,7 +113,8 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     per_word = readout_kind(task) == "word"
     if not per_word and (word is not None or position is not None):
         raise WorkbenchError(ONE_PER_TEXT)
-    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task)
+    enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task,
+                      piece=reading_piece(model))
     device = next(model.parameters()).device
     inputs = enc.tensors(device)
     ids = inputs.pop("input_ids")

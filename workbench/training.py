@@ -38,6 +38,7 @@ from .models import (apply_lora, count_parameters, freeze_input_embeddings, load
 from .rundir import RunDir, write_json_atomic
 from .speed import apply_cpu_speedups, restore_attention
 from .tasks import get_task, greater_is_better
+from .tasks.base import encode_split
 from .tasks.classification import model_max_tokens
 from .trainer import RunDirCallback, WorkbenchTrainer, is_oom
 
@@ -240,8 +241,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         _score_test_split(run, "before", model, tok, prep, cfg, prec["bf16"], evaluation)
     state.wait_for_everyone()
 
-    train_ds = task.encode(prep.train, tok, cfg.data.max_length)
-    val_ds = task.encode(prep.validation, tok, cfg.data.max_length) if len(prep.validation) else None
+    train_ds = encode_split(task, prep.train, tok, cfg.data.max_length, model)
+    val_ds = encode_split(task, prep.validation, tok, cfg.data.max_length, model) if len(prep.validation) else None
     # A batch size shrunk by an earlier out-of-memory error is reused on resume.
     batch = (run.status().get("batch_override") if resume else None) or {}
     ckpt = _resume_point(run, main) if resume else None

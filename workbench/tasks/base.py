@@ -14,6 +14,7 @@ small class, as `workbench/tasks/classification.py` does).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -76,7 +77,9 @@ class Task(Protocol):
         ...
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> datasets.Dataset:
-        """Token ids and labels (-100 where a position must not count), plus a `length` column."""
+        """Token ids and labels (-100 where a position must not count), plus a `length` column. A task whose
+        encoding depends on the model (a tagger labels a decoder's words at their last sub-word) takes an
+        optional keyword `model`; call through `encode_split`, which passes it where accepted."""
         ...
 
     def collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
@@ -109,6 +112,13 @@ class Task(Protocol):
     def align_labels(self, frame: pd.DataFrame, labels: list[str], source: str) -> pd.DataFrame:
         """A prepared frame of new data, its references mapped to a trained model's labels (or a DataError)."""
         ...
+
+
+def encode_split(task: Task, frame: pd.DataFrame, tokenizer: Any, max_length: int, model: Any = None) -> Any:
+    """`task.encode`, with the loaded `model` for tasks whose `encode` takes a `model` keyword."""
+    if model is not None and "model" in inspect.signature(task.encode).parameters:
+        return task.encode(frame, tokenizer, max_length, model=model)
+    return task.encode(frame, tokenizer, max_length)
 
 
 def greater_is_better(task: Task, metric: str) -> bool:

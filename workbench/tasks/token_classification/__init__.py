@@ -16,7 +16,7 @@ import pandas as pd
 
 from ...errors import DataError
 from ..base import DataRole
-from .encode import IGNORE, encode_words, predict_word_probs, spaced
+from .encode import IGNORE, encode_words, predict_word_probs, reading_piece, spaced
 from .formats import TaggedData, entity_spans, join_tokens, read_tagged, split_words
 from .scoring import ERROR_TYPES, compare_entities, entity_scores, error_counts, token_scores
 
@@ -218,18 +218,19 @@ class TokenClassification:
     freeze_embeddings_ok = True
     file_formats = "CoNLL .txt/.conll (token TAB tag, blank line between sentences), JSON/JSONL"
     file_extensions = (".txt", ".conll", ".bio", ".iob", ".json", ".jsonl")  # uploads the dashboard accepts
-    # Attention and saliency (`workbench.attention`) read one prediction per word, at its first sub-word.
+    # Attention and saliency (`workbench.attention`) read one prediction per word, at its reading piece.
     readout = "word"
 
     def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
                 max_positions: int | None = None) -> Any:
         return prepare_tagged(cfg, seed, tokenizer, raise_on_problems=raise_on_problems, max_positions=max_positions)
 
-    def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Any:
+    def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int, *, model: Any = None) -> Any:
+        """Tags on each word's reading piece: the first sub-word, or the last for a decoder `model`."""
         import datasets
 
         cols = encode_words(frame["tokens"].tolist(), frame["tags"].tolist(), tokenizer, None, max_length,
-                            label_ids=frame["label_ids"].tolist())
+                            label_ids=frame["label_ids"].tolist(), piece=reading_piece(model))
         return datasets.Dataset.from_dict(cols)
 
     def collator(self, tokenizer: Any) -> TokenCollator:
