@@ -58,7 +58,7 @@ class Predictor:
         predict_texts = getattr(self.task, "predict_texts", None)
         if predict_texts is not None:  # a task that reads raw text its own way (a tagger splits it into words)
             return predict_texts(self.model, self.tokenizer, list(texts), self.labels, max_length=self.max_length,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, bf16=self.bf16)
         if getattr(self.task, "predict_proba", None) is None:  # any task: its table, without references
             frame = pd.DataFrame({"text": list(texts)} | ({"text_pair": list(pairs)} if pairs is not None else {}))
             return self.task.predict(self.model, self.tokenizer, frame, self.labels, max_length=self.max_length,

@@ -266,12 +266,12 @@ class TokenClassification:
         return predictions_table(frame, probs, labels)
 
     def predict_texts(self, model: Any, tokenizer: Any, texts: Sequence[str], labels: list[str], *,
-                      max_length: int = 256, batch_size: int = 64) -> pd.DataFrame:
+                      max_length: int = 256, batch_size: int = 64, bf16: bool = False) -> pd.DataFrame:
         """Entities of raw texts: a row per text with `predicted` (readable) and `entities`, each
         `{type, text, start, end, score}` with CHARACTER offsets into the text (end exclusive)."""
         spans = [split_words(t) for t in texts]
         words = [[t[a:b] for a, b in sp] for t, sp in zip(texts, spans)]
-        probs = predict_word_probs(model, tokenizer, words, max_length=max_length, batch_size=batch_size)
+        probs = predict_word_probs(model, tokenizer, words, max_length=max_length, batch_size=batch_size, bf16=bf16)
         out = []
         for text, sp, pr in zip(texts, spans, probs):
             tags = [labels[int(i)] for i in pr.argmax(-1)] if len(pr) else []
