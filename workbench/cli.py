@@ -184,7 +184,8 @@ def _print_result(run: Any, st: dict[str, Any]) -> None:
             print(f"test {head} {when} fine-tuning:{' ' * (when == 'after')} {m[head]:.3f}   ({extra}n={m['n']})")
     _print_baseline(ev, head)
     print(f"run: {run.path}  (state: {st.get('state')})")
-    print(f"next: workbench eval {path}   |   workbench predict {path} \"some text\"")
+    verb = "generate" if task.auto_model == "AutoModelForCausalLM" else "predict"  # a model that writes text
+    print(f"next: workbench eval {path}   |   workbench {verb} {path} \"some text\"")
 
 
 def _print_baseline(ev: dict[str, Any], metric: str = "accuracy") -> None:
@@ -353,6 +354,23 @@ def cmd_predict(a: argparse.Namespace) -> int:
     for _, row in out.iterrows():
         probs = "  ".join(f"{lab}={row[f'p_{lab}']:.3f}" for lab in p.labels)
         print(f"{row['predicted']}\t{probs}\t{row['text'][:80]}")
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .generate import Sampling, as_conversation, generate_answers, load_generator
+    _quiet_libraries()
+    s = Sampling(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                 repetition_penalty=a.repetition_penalty)
+    if s.problems():
+        raise ConfigError(s.problems())
+    prompts = a.prompt if a.prompt != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+    model, tok, max_length = load_generator(a.run, **_grants(a))
+    answers = generate_answers(model, tok, [as_conversation(p, a.system) for p in prompts], sampling=s,
+                               max_length=max_length, seed=a.seed)
+    for p, ans in zip(prompts, answers):
+        print(ans if len(prompts) == 1 else f"> {p}\n{ans}\n")
     return 0
 
 
@@ -718,6 +736,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", cmd_predict, "Classify texts with a run's fine-tuned model ('-' reads lines from stdin).")
     p.add_argument("run")
     p.add_argument("text", nargs="+")
+    grant_flags(p)
+    p = add("generate", cmd_generate, "Write a causal LM's answer to a prompt: a causal-lm-sft run's model, or a "
+            "base model (built-in name, folder, GGUF file, hub id). Greedy unless --temperature > 0.")
+    p.add_argument("run", metavar="RUN_OR_MODEL", help="a causal-lm-sft run directory, or a model")
+    p.add_argument("prompt", nargs="+", help="one user turn each ('-' reads one prompt per line from stdin)")
+    p.add_argument("--system", help="a system message before each prompt")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to write (default 128); it stops "
+                   "earlier at the end of the model's turn")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, the most likely token each time "
+                   "(default); above 0: sample, higher is more varied")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: keep the smallest set of tokens whose "
+                   "probabilities add up to this (default 1: all)")
+    p.add_argument("--top-k", type=int, default=0, help="sampling: keep only the k most likely tokens (default 0: "
+                   "no limit)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1 makes tokens already in the "
+                   "text less likely (default 1: off)")
+    p.add_argument("--seed", type=int, help="seed for sampling, for a repeatable answer")
     grant_flags(p)
     add("datasets", cmd_datasets, "List built-in data sets.")
     add("models", cmd_models, "List built-in models.")

@@ -337,7 +337,8 @@ class RunDir:
         before, after = ev.get("before", {}), ev.get("after", {})
         # The task's headline metric (`<name>_before`, `<name>`) and its other metrics after fine-tuning.
         t = TASKS.get(task) or TASKS["text-classification"]
-        scores = {m: after.get(m) for m in t.directions if m != "loss"}
+        # "loss" is left out unless it is the headline (a causal LM's held-out loss).
+        scores = {m: after.get(m) for m in t.directions if m != "loss" or m == t.headline}
         row = {"run": self.name, "state": st.get("state"), "task": task, "model": model, "data": data,
                "method": method, "step": st.get("step"), "total_steps": st.get("total_steps"),
                "headline": t.headline, f"{t.headline}_baseline": (ev.get("baseline") or {}).get(t.headline),

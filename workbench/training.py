@@ -151,6 +151,8 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
     trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                                processing_class=tok, data_collator=task.collator(tok),
                                compute_metrics=functools.partial(task.compute_metrics, labels=labels),
+                               # optional: a task whose logits are too big to gather (a causal LM's vocabulary)
+                               preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
                                callbacks=callbacks, class_weights=class_weights)
     ref["trainer"] = trainer
     if not progress:  # the run directory is the progress report; no dict lines on stdout

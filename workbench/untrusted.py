@@ -91,9 +91,14 @@ def read_run_model(model_dir: str | Path, *, trust_remote_code: bool = False,
     if not isinstance(meta, dict):
         meta = {}
     labels = meta.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, (str, int)) for x in labels):
+    task = str(meta.get("task") or "text-classification")
+    from .tasks import TASKS
+
+    # A task without classes (a causal LM writes text) records an empty list; any other needs its labels.
+    needs = getattr(TASKS.get(task), "needs_labels", True)
+    if not isinstance(labels, list) or (needs and not labels) or not all(isinstance(x, (str, int)) for x in labels):
         raise ModelError(f"{f} has no valid `labels` list (class names in id order); the file is damaged. "
                          f"Fix: retrain the run, or restore that file.")
     base = model_config_from_run(meta.get("model"), f, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     return RunModel(base=base, labels=[str(x) for x in labels], method=str(meta.get("method", "")),
-                    task=str(meta.get("task") or "text-classification"))
+                    task=task)

@@ -47,8 +47,11 @@ from .classification import TASK as _classification  # noqa: E402 (registers aft
 
 from .token_classification import TASK as _token_classification  # noqa: E402
 
+from .causal_lm_sft import TASK as _causal_lm_sft  # noqa: E402
+
 register_task(_classification)
 register_task(_token_classification)
+register_task(_causal_lm_sft)
 
 __all__ = [
     "CONTRACT",

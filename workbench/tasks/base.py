@@ -56,6 +56,10 @@ class Task(Protocol):
     read: "sequence" (one per text, at [CLS] or the last token; the default) or "word" (one per word, at its
     first sub-word); a "word" task also has `tokenize_words(tokenizer, text) -> (words, encoding)`, the
     encoding's `word_ids()` mapping sub-words to words as the task's own prediction tokenises them.
+
+    Optional, for tasks whose outputs are too big to gather over a validation split (a causal LM's logits):
+    `preprocess_logits_for_metrics(logits, labels)`, passed to the Trainer, reduces each batch before
+    `compute_metrics` sees it. A task without classes sets `needs_labels = False` (its labels list is empty).
     """
 
     name: str                     # the value of `RunConfig.task`, e.g. "text-classification"

@@ -1,0 +1,134 @@
+"""Generation with a causal LM: answers to conversations, greedy or sampled, stopping at the end of the turn.
+
+Pure functions over a loaded model and tokenizer (the CLI's `workbench generate`, the SFT task's predictions,
+notebooks): the conversation goes through the model's chat template (`causal_lm_sft.encode.render`),
+generation is `model.generate` with the KV cache on, and it stops at the EOS token or the template's
+end-of-turn token (`<|im_end|>`, `<|eot_id|>`). Batches are sorted by prompt length and padded on the left,
+so each batch waits only for its own longest prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick each next token. `temperature` 0 is greedy decoding (the same answer every time); above 0
+    samples from the softmax at that temperature, restricted to the `top_k` most likely tokens (0: no limit)
+    and to the smallest set whose probabilities add up to `top_p`. `repetition_penalty` > 1 makes tokens
+    already in the text less likely (1: off)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.max_new_tokens < 1:
+            p.append(f"max_new_tokens={self.max_new_tokens}: give at least 1.")
+        if self.temperature < 0:
+            p.append(f"temperature={self.temperature}: give 0 (greedy) or more.")
+        if not 0 < self.top_p <= 1:
+            p.append(f"top_p={self.top_p}: give a share in (0, 1].")
+        if self.top_k < 0:
+            p.append(f"top_k={self.top_k}: give 0 (no limit) or more.")
+        if self.repetition_penalty <= 0:
+            p.append(f"repetition_penalty={self.repetition_penalty}: give a number > 0 (1 is off).")
+        return p
+
+
+def generation_config(s: Sampling, stop_ids: Sequence[int], pad_id: int | None) -> Any:
+    """A complete `GenerationConfig` (the model's own defaults, e.g. a sampling temperature, do not leak in)."""
+    from transformers import GenerationConfig
+
+    sample = s.temperature > 0
+    kw: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "do_sample": sample, "use_cache": True,
+                          "eos_token_id": list(stop_ids), "pad_token_id": pad_id,
+                          "repetition_penalty": s.repetition_penalty}
+    if sample:
+        kw.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
+    else:  # greedy: say so explicitly, or generate() warns about sampling settings that would not apply
+        kw.update(temperature=None, top_p=None, top_k=None)
+    return GenerationConfig(**kw)
+
+
+@torch.inference_mode()
+def generate_answers(model: Any, tokenizer: Any, conversations: Sequence[Messages], *, sampling: Sampling = Sampling(),
+                     max_length: int = 1024, batch_size: int = 16, bf16: bool = False,
+                     seed: int | None = None) -> list[str]:
+    """The assistant's next answer to each conversation (each ends with a user turn), in input order.
+
+    Prompts longer than `max_length` tokens lose their oldest tokens (`prompt_ids`)."""
+    from .tasks.causal_lm_sft.encode import prompt_ids, stop_token_ids
+    from .tasks.classification import autocast_for
+
+    if not conversations:
+        return []
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    gcfg = generation_config(sampling, stop_token_ids(tokenizer, model), pad)
+    if seed is not None:
+        torch.manual_seed(seed)
+    prompts = [prompt_ids(tokenizer, c, max_length) for c in conversations]
+    order = np.argsort([len(p) for p in prompts], kind="stable")[::-1]
+    out: list[str] = [""] * len(prompts)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        n = max(len(prompts[j]) for j in idx)
+        ids = torch.full((len(idx), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), n), dtype=torch.long)
+        for k, j in enumerate(idx):  # left padding: every prompt ends where generation starts
+            ids[k, n - len(prompts[j]):] = torch.as_tensor(prompts[j])
+            mask[k, n - len(prompts[j]):] = 1
+        with autocast_for(device, bf16):
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gcfg)
+        for k, j in enumerate(idx):
+            out[j] = tokenizer.decode(gen[k, n:], skip_special_tokens=True).strip()
+    return out
+
+
+def as_conversation(prompt: str | Messages, system: str | None = None) -> Messages:
+    """A prompt string becomes one user turn (after `system`, if given); a message list is used as is."""
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return ([{"role": "system", "content": system}] if system else []) + msgs
+
+
+def load_generator(run_or_model: str | Path, *, trust_remote_code: bool = False,
+                   allow_pickle: bool = False) -> tuple[Any, Any, int]:
+    """(model, tokenizer, max_length) for a run directory (its fine-tuned model) or for a model: a built-in name,
+    a folder, a GGUF file or a hub id (the base model, to chat with before any fine-tuning)."""
+    from .config import ModelConfig
+    from .errors import RunError
+    from .models import load_tokenizer, load_trained, resolve_model_path
+    from .rundir import RunDir
+    from .tasks import get_task
+
+    run = RunDir(run_or_model)
+    if run.exists():
+        grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+        cfg = run.config(**grants)
+        if cfg.task != "causal-lm-sft":
+            raise RunError(f"run {run.name} is a {cfg.task} run: its model classifies, it does not generate text. "
+                           f"Use `workbench predict` for it, or give a causal-lm-sft run or a model.")
+        if not run.model_dir.exists():
+            raise RunError(f"run {run.name} has no final model yet (state: {run.status().get('state')}); wait for "
+                           f"it to complete, or resume it.")
+        model, tok = load_trained(run.model_dir, **grants)
+        return model, tok, cfg.data.max_length
+    mcfg = ModelConfig(name_or_path=str(run_or_model), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    tok = load_tokenizer(resolve_model_path(mcfg.name_or_path), mcfg)
+    model = get_task("causal-lm-sft").load_model(mcfg, [], tokenizer=tok)
+    model.eval()
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return model, tok, int(min(limit, 2048)) if isinstance(limit, int) and limit > 0 else 2048
