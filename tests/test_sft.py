@@ -177,6 +177,32 @@ def test_a_conversation_the_template_refuses_names_its_row(tok, tmp_path):
         TASK.prepare(DataConfig(source=str(f), max_length=64), 0, tokenizer=tok)
 
 
+# --- scores ----------------------------------------------------------------------------------------
+def test_chrf_and_bleu_against_values_computed_by_hand():
+    from workbench.tasks.causal_lm_sft.scoring import bleu_tokenizer, generation_scores, sentence_chrf
+
+    # chrF, hypothesis "ab", reference "abc": 1-grams P 2/2 R 2/3, 2-grams P 1/1 R 1/2, no 3-6-grams in the
+    # hypothesis (left out); mean P 1, mean R 7/12; F-beta with beta 2: 5 * P * R / (4 P + R) = 7/11.
+    s = generation_scores(["ab"], ["abc"])
+    assert s["chrf"] == pytest.approx(100 * 7 / 11)
+    assert sentence_chrf(["ab", "abc"], ["abc", "abc"]) == [pytest.approx(100 * 7 / 11), pytest.approx(100)]
+    # BLEU, "the cat sat on the mat" vs "the cat sat on a mat": clipped n-gram precisions 5/6, 3/5, 2/4, 1/3,
+    # equal lengths (no brevity penalty): the geometric mean (1/12) ** (1/4).
+    s = generation_scores(["the cat sat on the mat"], ["the cat sat on a mat"])
+    assert s["bleu"] == pytest.approx(100 * (1 / 12) ** 0.25)
+    assert bleu_tokenizer(["我喜欢猫。"]) == "zh" and bleu_tokenizer(["I like cats."]) == "13a"
+
+
+def test_a_metric_only_the_test_split_has_is_refused_for_best_model():
+    from workbench.config import RunConfig
+
+    def problems(metric: str) -> list[str]:
+        return RunConfig.from_dict({"task": "causal-lm-sft", "training": {"metric_for_best_model": metric}}).validate()
+
+    assert any("'chrf' is scored on the test split only" in p for p in problems("chrf"))
+    assert problems("perplexity") == [] and problems("eval_loss") == []
+
+
 # --- end to end ------------------------------------------------------------------------------------
 def _chat_file(path: Path, n: int, seed: int = 0) -> Path:
     """Prompts of filler words with one sentiment word; the answer is `great film` or `awful film`."""
@@ -226,8 +252,14 @@ def test_tiny_llama_sft_trains_evaluates_and_generates(tiny_llama, tmp_path, cap
     assert set(after["predicted"]) & {"great film", "awful film"}
     assert run.summary()["loss"] == ev["after"]["loss"] and run.summary()["loss_before"] == ev["before"]["loss"]
 
+    assert 0 <= ev["before"]["chrf"] < ev["after"]["chrf"] <= 100 and ev["after"]["bleu_tokenize"] == "13a"
     assert main(["eval", str(run.path)]) == 0
     assert "perplexity" in capsys.readouterr().out
+    assert main(["errors", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "answers with the highest loss" in out and "reference words" in out
+    assert main(["compare", str(run.path), str(run.path)]) == 0  # same test set: nothing fixed or broken
+    assert "net: +0" in capsys.readouterr().out
     assert main(["generate", str(run.path), "the acting was superb"]) == 0
     assert capsys.readouterr().out.strip() == "great film"  # greedy, and it stops at the end of its turn
     assert main(["generate", str(run.path), "a dull script", "--temperature", "0.7", "--top-k", "5",

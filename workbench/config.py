@@ -246,11 +246,17 @@ class RunConfig:
         if task is None:
             p.append(f"task: {self.task!r} is not a registered task; use one of {', '.join(registered)}.")
         elif t.eval_strategy != "no" and t.metric_for_best_model:
+            # A task may score more on the test split than a validation pass computes (`validation_metrics`).
+            known = getattr(task, "validation_metrics", None)
             try:
                 greater_is_better(task, t.metric_for_best_model)
             except KeyError:
                 p.append(f"training.metric_for_best_model={t.metric_for_best_model!r} is not a metric of {self.task}; "
-                         f"use one of {', '.join(task.directions)}.")
+                         f"use one of {', '.join(known or task.directions)}.")
+            else:
+                if known is not None and t.metric_for_best_model.removeprefix("eval_") not in known:
+                    p.append(f"training.metric_for_best_model={t.metric_for_best_model!r} is scored on the test split "
+                             f"only (it needs generation), not in validation passes; use one of {', '.join(known)}.")
         if not self.model.name_or_path:
             p.append("model.name_or_path is empty: give a built-in name (see `workbench models`), a folder or a "
                      "hub id.")

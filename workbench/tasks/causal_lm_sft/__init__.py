@@ -23,6 +23,7 @@ from ...errors import DataError
 from ..base import DataRole
 from .encode import IGNORE, SFTCollator, encode_conversation, end_of_turn, template_kind
 from .formats import Conversations, prompt_text, split_last_turn, to_conversations
+from .scoring import generation_scores, sentence_chrf
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 MAX_NEW_TOKENS = 128  # the most a prediction may write when scoring a split (see `predict`)
@@ -227,7 +228,9 @@ class CausalLMSFT:
     model_inputs = MODEL_INPUTS
     auto_model = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
-    directions = {"loss": False, "perplexity": False, "exact_match": True}
+    directions = {"loss": False, "perplexity": False, "chrf": True, "bleu": True, "exact_match": True}
+    # What a validation pass computes (no generation during training): the others are test-split scores.
+    validation_metrics = ("loss", "perplexity")
     headline = "loss"
     # The LM head of Llama/SmolLM2 shares its weight with the input embeddings: freezing them would freeze the
     # output layer, the one layer every answer token goes through.
@@ -319,8 +322,9 @@ class CausalLMSFT:
         sampling = Sampling(max_new_tokens=int(min(MAX_NEW_TOKENS, max(16, 2 * longest + 8))))
         answers = generate_answers(model, tokenizer, list(prompts), sampling=sampling, max_length=max_length,
                                    batch_size=min(batch_size, 32), bf16=bf16)
-        out = pd.DataFrame({"row": frame.index.to_numpy(), "prompt": [prompt_text(p) for p in prompts],
+        out = pd.DataFrame({"row": frame.index.to_numpy(), "text": [prompt_text(p) for p in prompts],
                             "gold": list(refs), "predicted": answers, "loss": loss, "answer_tokens": count,
+                            "chrf": sentence_chrf(answers, refs),
                             "correct": [_norm(a) == _norm(r) for a, r in zip(answers, refs)],
                             "turns": [sum(m["role"] != "system" for m in c) for c in msgs], "messages": msgs})
         for c in frame.columns:
@@ -338,19 +342,29 @@ class CausalLMSFT:
                                    batch_size=batch_size, bf16=bf16)
         return pd.DataFrame({"text": list(texts), "predicted": answers})
 
+    def error_report(self, pred: pd.DataFrame, n: int = 10) -> dict[str, pd.DataFrame]:
+        """What `workbench errors` prints for a causal-lm-sft run: the answers the model found least likely
+        (highest loss), and slices by number of turns, prompt and reference length and the user's columns."""
+        cols = [c for c in ("row", "loss", "chrf", "gold", "predicted", "text") if c in pred]
+        worst = pred.sort_values("loss", ascending=False).head(n)[cols]
+        return {f"{len(worst)} answers with the highest loss": worst,
+                "slices (loss per answer token, mean sentence chrF, exact match)": answer_slices(pred)}
+
     def score(self, pred: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
-        """Held-out loss per answer token (every answer token of the split counts once), its perplexity, and
-        the share of answers generated exactly (whitespace aside)."""
+        """Held-out loss per answer token (every answer token of the split counts once), its perplexity,
+        corpus chrF and BLEU of the greedy answers (`scoring`), and the share generated exactly (whitespace
+        aside)."""
         n_tok = pred["answer_tokens"].to_numpy(dtype=float)
         ok = ~pred["loss"].isna().to_numpy()
         loss = float((pred["loss"].to_numpy()[ok] * n_tok[ok]).sum() / max(n_tok[ok].sum(), 1.0)) if ok.any() else None
         return {"loss": loss, "perplexity": float(math.exp(min(loss, 50.0))) if loss is not None else None,
+                **generation_scores(pred["predicted"].astype(str).tolist(), pred["gold"].astype(str).tolist()),
                 "exact_match": float(pred["correct"].mean()) if len(pred) else 0.0, "n": int(len(pred)),
                 "answer_tokens": int(n_tok[ok].sum())}
 
     def frame_from_predictions(self, pred: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-        extra = [c for c in pred.columns if c not in ("row", "prompt", "gold", "predicted", "loss", "answer_tokens",
-                                                      "correct", "turns", "messages")]
+        extra = [c for c in pred.columns if c not in ("row", "text", "gold", "predicted", "loss", "answer_tokens",
+                                                      "chrf", "correct", "turns", "messages")]
         frame = pred[extra].copy()
         frame["messages"] = [list(m) for m in pred["messages"]]
         frame.index = pred["row"].to_numpy()
@@ -360,9 +374,43 @@ class CausalLMSFT:
         return frame  # no labels: any conversations can be scored by any causal LM
 
 
+def answer_slices(pred: pd.DataFrame, max_values: int = 20) -> pd.DataFrame:
+    """Loss, sentence chrF and exact match by turns, prompt length, reference length (words) and each user
+    column with at most `max_values` values; worst loss first within each slice."""
+    def words(s: Any) -> int:
+        return len(str(s).split())
+
+    def bucket(n: int) -> str:
+        return "<=5" if n <= 5 else "6-15" if n <= 15 else "16-40" if n <= 40 else ">40"
+
+    dims = {"turns": pred["turns"].map(lambda t: "one exchange" if t <= 2 else f"{(t + 1) // 2} exchanges")
+            if "turns" in pred else None,
+            "prompt words": pred["text"].map(lambda s: bucket(words(s))),
+            "reference words": pred["gold"].map(lambda s: bucket(words(s)))}
+    known = {"row", "text", "gold", "predicted", "loss", "answer_tokens", "chrf", "correct", "turns", "messages"}
+    for c in pred.columns:
+        if c not in known and pred[c].map(lambda v: isinstance(v, (str, int, bool))).all() and \
+                pred[c].nunique() <= max_values:
+            dims[str(c)] = pred[c].astype(str)
+    rows = []
+    tok = pred["answer_tokens"].to_numpy(dtype=float)
+    for dim, values in dims.items():
+        if values is None:
+            continue
+        for val, idx in values.groupby(values).groups.items():
+            p, t = pred.loc[idx], tok[pred.index.get_indexer(idx)]
+            ok = ~p["loss"].isna().to_numpy()
+            rows.append({"slice": dim, "value": val, "n": len(p),
+                         "loss": float((p["loss"].to_numpy()[ok] * t[ok]).sum() / max(t[ok].sum(), 1.0)),
+                         "chrf": float(p["chrf"].mean()) if "chrf" in p else float("nan"),
+                         "exact_match": float(p["correct"].astype(bool).mean())})
+    out = pd.DataFrame(rows, columns=["slice", "value", "n", "loss", "chrf", "exact_match"])
+    return out.sort_values(["slice", "loss"], ascending=[True, False]).reset_index(drop=True)
+
+
 def _norm(s: Any) -> str:
     return " ".join(str(s).split())
 
 
 TASK = CausalLMSFT()
-__all__ = ["TASK", "CausalLMSFT", "load_conversations", "prepare_sft", "token_nll"]
+__all__ = ["TASK", "CausalLMSFT", "answer_slices", "load_conversations", "prepare_sft", "token_nll"]
