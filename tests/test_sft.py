@@ -109,11 +109,19 @@ def test_an_answer_longer_than_max_length_names_its_row(tok, tmp_path):
     lines = f.read_text().splitlines()
     lines[6] = json.dumps({"messages": [{"role": "user", "content": "hi"},
                                         {"role": "assistant", "content": " ".join(FILLER * 2)}]})
+    lines[10] = json.dumps({"messages": [{"role": "user", "content": " ".join(FILLER * 3)},
+                                         {"role": "assistant", "content": "fine"}]})
     f.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"last answer alone is longer than data.max_length=24 tokens \(line 7 "):
         TASK.prepare(DataConfig(source=str(f), max_length=24), 0, tokenizer=tok)
     rep = TASK.prepare(DataConfig(source=str(f), max_length=48), 0, tokenizer=tok).report
     assert rep.details["answer_tokens"]["max"] == 41 and rep.details["turns"]["max"] == 2
+    # a long prompt is cut, and the report says which row and how
+    assert rep.details["truncated"] == 1 and rep.details["truncated_rows"][0].endswith(":11")
+    assert any("(line 11 (" in w and "oldest tokens (the left side of the prompt) are dropped" in w
+               for w in rep.warnings), rep.warnings
+    from workbench.data.report import format_report
+    assert "answer tokens median 3, p95 3, max 41; fallback chat template" in format_report(rep)
 
 
 # --- formats and bad input -------------------------------------------------------------------------

@@ -109,6 +109,15 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
         w = d.get("sentence_words") or {}
         out.append(f"  tags: {d['scheme']} (read as BIO); sentence length in words: median {w.get('p50')}, "
                    f"p95 {w.get('p95')}, max {w.get('max')}; {d.get('entities_per_sentence')} entities per sentence")
+    if d.get("turns"):  # conversations (causal-lm-sft)
+        t, pt, at = d["turns"], d.get("prompt_tokens") or {}, d.get("answer_tokens") or {}
+        out.append(f"  conversations: {t.get('p50')} turns median (max {t.get('max')}), {d.get('multi_turn')} "
+                   f"multi-turn, {d.get('with_system')} with a system message")
+        if pt:
+            out.append(f"  prompt tokens median {pt.get('p50')}, p95 {pt.get('p95')}, max {pt.get('max')}; answer "
+                       f"tokens median {at.get('p50')}, p95 {at.get('p95')}, max {at.get('max')}; "
+                       f"{d.get('template')} chat template, end of turn {d.get('end_of_turn')!r}; "
+                       f"{d.get('truncated', 0)} truncated (oldest tokens dropped, last answer kept)")
     if r.class_balance.get("train"):
         total = sum(r.class_balance["train"].values()) or 1
         head = "  train entities: " if d.get("scheme") else "  train classes: "
