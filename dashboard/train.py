@@ -150,10 +150,13 @@ def _model_section() -> str:
 
 def _task_section() -> str:
     """The task, from the registry; shown only once there is more than one to choose from."""
-    names = list(TASKS)
+    names, elsewhere = sections.trainable_tasks(list(TASKS))
     if len(names) == 1:
         return names[0]
     st.subheader("Task")
+    if elsewhere:
+        st.caption(f"Also registered, trained from the CLI or a notebook for now: {', '.join(elsewhere)} "
+                   f"(`workbench train CONFIG` with `task: {elsewhere[0]}`).")
     chosen = (st.session_state.get("data_choice") or {}).get("task")
     if "train_task" not in st.session_state and chosen in names:  # the Data page last checked this task's data
         st.session_state["train_task"] = chosen

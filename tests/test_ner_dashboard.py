@@ -152,10 +152,11 @@ def test_highlighted_sentence_escapes_text_and_colours_each_type():
 # --- sections found by task -------------------------------------------------------------------------
 def test_sections_are_found_by_task_with_classification_as_the_fallback(tmp_path):
     from dashboard import sections
-    from dashboard.sections import classification, token_classification
+    from dashboard.sections import classification, generic, token_classification
 
     assert sections.hook("token-classification", "evaluate") is token_classification.evaluate
-    assert sections.hook("no-such-task", "evaluate") is classification.evaluate
+    assert sections.hook("no-such-task", "evaluate") is generic.evaluate  # scores and examples of any task
+    assert sections.hook("no-such-task", "data_view") is classification.data_view
     assert sections.task_for_source("wnut_ner") == "token-classification"
     assert sections.task_for_source("rotten_tomatoes") == "text-classification"
     assert sections.task_for_source(str(_toy_conll(tmp_path / "toy.txt", 3))) == "token-classification"

@@ -10,6 +10,9 @@ text classification's:
 - `data_view(source)`: the Data page once a file or built-in data set is chosen: preview and data report.
 - `train_data(task)`: the Train page's data section; returns the `data.*` overrides for the RunConfig.
 - `claims(source) -> bool`: whether an uploaded file holds this task's data (picks the Data page's view).
+
+A task with no section module of its own is not offered on the Train page yet (`trainable_tasks`), and
+its runs get the task-independent Evaluate view of `generic` (scores before -> after, examples side by side).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Callable
 
 from workbench.assets import BUILTIN_DATASETS
 
-from . import classification, token_classification
+from . import classification, generic, token_classification
 
 DEFAULT = "text-classification"
 SECTIONS: dict[str, ModuleType | Any] = {}
@@ -33,9 +36,16 @@ def register_sections(task: str, sections: ModuleType | Any, *, replace: bool = 
 
 
 def hook(task: str, name: str) -> Callable[..., Any]:
-    """The task's `name` hook, else text classification's."""
+    """The task's `name` hook, else text classification's (a task without sections: the generic Evaluate)."""
+    if task not in SECTIONS and name == "evaluate":
+        return generic.evaluate
     found = getattr(SECTIONS.get(task), name, None)
     return found if callable(found) else getattr(SECTIONS[DEFAULT], name)
+
+
+def trainable_tasks(registered: list[str]) -> tuple[list[str], list[str]]:
+    """(tasks the Train page offers: those with page sections, tasks left to the CLI and notebooks)."""
+    return [t for t in registered if t in SECTIONS], [t for t in registered if t not in SECTIONS]
 
 
 def task_for_source(source: str) -> str:
@@ -64,4 +74,4 @@ def data_sources(task: str) -> list[str]:
 register_sections(DEFAULT, classification)
 register_sections("token-classification", token_classification)
 
-__all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "register_sections", "task_for_source"]
+__all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "register_sections", "task_for_source", "trainable_tasks"]
