@@ -37,7 +37,8 @@ def show(cfg: RunConfig) -> list[str]:
             return report["problems"]
         if cfg.data.max_train_samples:
             train_rows = min(train_rows, cfg.data.max_train_samples)
-        st.caption(f"Data: {train_rows:,} training rows, labels {', '.join(report['labels'])}"
+        st.caption(f"Data: {train_rows:,} training rows" + (f", labels {', '.join(report['labels'])}"
+                                                            if report["labels"] else "")
                    + (f"; {len(report['warnings'])} warning(s) on the Data page" if report["warnings"] else "") + ".")
     if train_rows is not None:
         _estimate(cfg, report, train_rows)

@@ -50,6 +50,7 @@ def page() -> None:
     with left:
         task = _task_section()
         model = _model_section()
+        _apply_task_defaults(task, model)
         data = sections.hook(task, "train_data")(task)
         _method_section()
         _hyper_section()
@@ -106,6 +107,18 @@ def _apply_preset() -> None:
         if k != "lora_lr":
             st.session_state[f"t.{k}"] = v
     st.session_state["t.training.learning_rate"] = preset["lora_lr"] if lora else preset["training.learning_rate"]
+
+
+def _apply_task_defaults(task: str, model: str) -> None:
+    """When the task or model changes, switch the form to the settings the task's section recommends (a
+    causal LM's SFT: LoRA), with the preset's learning rate for that method; the user may change them after."""
+    defaults = getattr(sections.SECTIONS.get(task), "train_defaults", None)
+    if st.session_state.get("train_defaults_for") == [task, model] or not callable(defaults):
+        return
+    st.session_state["train_defaults_for"] = [task, model]
+    for key, value in defaults(model).items():
+        st.session_state[f"t.{key}"] = value
+    _apply_preset()
 
 
 def _task_defaults(task: str) -> dict[str, Any]:

@@ -10,6 +10,8 @@ text classification's:
 - `data_view(source)`: the Data page once a file or built-in data set is chosen: preview and data report.
 - `train_data(task)`: the Train page's data section; returns the `data.*` overrides for the RunConfig.
 - `claims(source) -> bool`: whether an uploaded file holds this task's data (picks the Data page's view).
+- `train_defaults(model) -> dict`: dotted settings the Train page switches to when the task or the model is
+  chosen (causal-lm-sft: LoRA); no fallback.
 
 A task with no section module of its own is not offered on the Train page yet (`trainable_tasks`), and
 its runs get the task-independent Evaluate view of `generic` (scores before -> after, examples side by side).
@@ -22,7 +24,7 @@ from typing import Any, Callable
 
 from workbench.assets import BUILTIN_DATASETS
 
-from . import classification, generic, token_classification
+from . import causal_lm_sft, classification, generic, token_classification
 
 DEFAULT = "text-classification"
 SECTIONS: dict[str, ModuleType | Any] = {}
@@ -73,5 +75,6 @@ def data_sources(task: str) -> list[str]:
 
 register_sections(DEFAULT, classification)
 register_sections("token-classification", token_classification)
+register_sections("causal-lm-sft", causal_lm_sft)
 
 __all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "register_sections", "task_for_source", "trainable_tasks"]
