@@ -177,3 +177,62 @@ def test_evaluate_page_shows_generation_scores_and_base_vs_tuned_answers(sft_run
     assert any(m.name == "user" for m in at.chat_message)
 
 
+def _bubbles(at: AppTest) -> list[tuple[str, list[str]]]:
+    """(who, the texts in the bubble: typed text, answers, captions naming each side) for each chat message."""
+    return [(m.name, [e.value for e in (*m.text, *m.markdown, *m.caption)]) for m in at.chat_message]
+
+
+def test_chat_page_answers_from_a_run_and_from_the_base_model_and_compares(sft_runs, tiny_llama):
+    from workbench.generate import as_conversation, generate_answers, load_generator
+
+    run = str(sft_runs / "runs" / "sft-tiny")
+    model, tok, max_length = load_generator(run)
+    prompt = "the acting was superb"
+    want = generate_answers(model, tok, [as_conversation(prompt)], max_length=max_length)[0]
+    at = _page("chat").run()
+    assert at.radio(key="chat_kind").value == "Fine-tuned run"
+    at.selectbox(key="chat_run").set_value("sft-tiny")
+    no_crash(at.run())
+    assert any("started from" in c and str(tiny_llama) in c for c in texts(at.caption))
+    assert [s.help for s in at.sidebar.slider if s.label == "temperature"][0].startswith("0: greedy decoding")
+    at.chat_input(key="chat_prompt").set_value(prompt)
+    no_crash(at.run())
+    assert _bubbles(at) == [("user", [prompt]), ("assistant", [want])]  # greedy: what `generate` writes
+
+    # a second turn: the model sees the first exchange too (its own answer included)
+    follow = "and the plot"
+    want2 = generate_answers(model, tok, [as_conversation([{"role": "user", "content": prompt},
+                                                           {"role": "assistant", "content": want},
+                                                           {"role": "user", "content": follow}])],
+                             max_length=max_length)[0]
+    at.chat_input(key="chat_prompt").set_value(follow)
+    no_crash(at.run())
+    assert _bubbles(at)[2:] == [("user", [follow]), ("assistant", [want2])]
+
+    # compare: the same prompt answered by the model the run started from and by the run, side by side
+    [b for b in at.button if b.label == "Clear the conversation"][0].click()
+    no_crash(at.run())
+    assert not at.chat_message
+    at.toggle(key="chat_compare").set_value(True)
+    at.chat_input(key="chat_prompt").set_value(prompt)
+    no_crash(at.run())
+    (who, said), (who2, answers) = _bubbles(at)
+    assert (who, said, who2) == ("user", [prompt], "assistant")
+    assert f"Base model: {tiny_llama}" in answers and "Fine-tuned: sft-tiny" in answers and want in answers
+    assert len(at.chat_message[1].columns) == 2
+
+    # a base model on its own: a folder
+    at.radio(key="chat_kind").set_value("Base model")
+    no_crash(at.run())
+    at.radio(key="chat_model_kind").set_value("Folder")
+    no_crash(at.run())
+    assert not at.chat_message  # its own conversation, empty
+    at.text_input(key="chat_folder").input(str(tiny_llama))
+    no_crash(at.run())
+    at.chat_input(key="chat_prompt").set_value(prompt)
+    no_crash(at.run())
+    (who, said), (who2, answer) = _bubbles(at)
+    assert (who, said, who2) == ("user", [prompt], "assistant") and len(answer) == 1 and answer[0].strip()
+    at.text_input(key="chat_folder").input(str(tiny_llama / "nowhere"))
+    no_crash(at.run())
+    assert any("does not exist" in e for e in texts(at.error))
