@@ -43,7 +43,9 @@ def _choose_source(kind: str) -> str | None:
                           key="data_upload", help="A header row with a text column and a label column, e.g. "
                           "`text,label`. Other columns are kept for slicing errors later. Tagged sentences "
                           "(named entities): a CoNLL file (.txt/.conll, a word and its tag per line) or JSONL "
-                          "with `tokens` and `tags`.")
+                          "with `tokens` and `tags`. Conversations (instruction and dialogue fine-tuning): JSONL "
+                          "with `messages` (role/content turns), Alpaca `instruction`/`input`/`output` records, "
+                          "or `prompt`/`completion` columns.")
     if up is None:
         st.info("Upload a file, or pick a built-in data set above.", icon=":material/upload_file:")
         return None
