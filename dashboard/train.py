@@ -163,7 +163,7 @@ def _model_section() -> str:
 
 def _task_section() -> str:
     """The task, from the registry; shown only once there is more than one to choose from."""
-    names, elsewhere = sections.trainable_tasks(list(TASKS))
+    names, elsewhere = sections.trainable_tasks(TASKS)
     if len(names) == 1:
         return names[0]
     st.subheader("Task")

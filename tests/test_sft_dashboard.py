@@ -57,8 +57,17 @@ def test_sections_are_registered_and_claim_conversation_files(tmp_path):
     from dashboard.sections import causal_lm_sft
 
     assert sections.hook("causal-lm-sft", "evaluate") is causal_lm_sft.evaluate
-    assert sections.trainable_tasks(["text-classification", "causal-lm-sft", "toy"]) == (
-        ["text-classification", "causal-lm-sft"], ["toy"])  # a task without sections is still left to the CLI
+    from workbench.tasks import TASKS
+    from workbench.tasks.base import DataRole
+
+    class Columns:  # a task reading table columns: the Train page's column pickers serve it
+        roles = (DataRole("text", "text_column", True, ""),)
+
+    class OwnFormat:  # a task reading its own file format, without page sections: left to the CLI
+        roles = (DataRole("graph", None, True, ""),)
+
+    offered = {n: TASKS[n] for n in ("text-classification", "causal-lm-sft")} | {"cols": Columns(), "own": OwnFormat()}
+    assert sections.trainable_tasks(offered) == (["text-classification", "causal-lm-sft", "cols"], ["own"])
     files = {"m.jsonl": '{"messages": [{"role": "user", "content": "hi"}]}\n',
              "a.json": '[{"instruction": "say hi", "input": "", "output": "hi"}]',
              "p.csv": "prompt,completion\nhi,hello\n", "t.csv": "text,label\na fine film,pos\n",

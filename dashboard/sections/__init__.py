@@ -13,8 +13,9 @@ text classification's:
 - `train_defaults(model) -> dict`: dotted settings the Train page switches to when the task or the model is
   chosen (causal-lm-sft: LoRA); no fallback.
 
-A task with no section module of its own is not offered on the Train page yet (`trainable_tasks`), and
-its runs get the task-independent Evaluate view of `generic` (scores before -> after, examples side by side).
+A task with no section module of its own is offered on the Train page only when its data roles are table
+columns (`trainable_tasks`); its runs get the task-independent Evaluate view of `generic` (scores
+before -> after, examples side by side).
 """
 
 from __future__ import annotations
@@ -45,9 +46,15 @@ def hook(task: str, name: str) -> Callable[..., Any]:
     return found if callable(found) else getattr(SECTIONS[DEFAULT], name)
 
 
-def trainable_tasks(registered: list[str]) -> tuple[list[str], list[str]]:
-    """(tasks the Train page offers: those with page sections, tasks left to the CLI and notebooks)."""
-    return [t for t in registered if t in SECTIONS], [t for t in registered if t not in SECTIONS]
+def trainable_tasks(registered: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(tasks the Train page offers, tasks left to the CLI and notebooks). Offered: a task with page sections
+    of its own, or one whose data roles are all table columns (`DataRole.config_field`), which text
+    classification's column pickers can map. A task reading its own file format without sections is not."""
+    def offered(name: str, task: Any) -> bool:
+        return name in SECTIONS or all(r.config_field for r in getattr(task, "roles", ()) if r.required)
+
+    return ([n for n, t in registered.items() if offered(n, t)],
+            [n for n, t in registered.items() if not offered(n, t)])
 
 
 def task_for_source(source: str) -> str:
