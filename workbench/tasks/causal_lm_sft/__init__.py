@@ -40,8 +40,11 @@ def load_conversations(source: str, cfg: Any) -> Conversations:
                         f"Give a JSONL file with `messages`, Alpaca `instruction`/`output` records, or "
                         f"prompt/completion columns.")
     table = read_table(source, delimiter=cfg.delimiter, encoding=cfg.encoding)
-    conv = to_conversations(table.df, table.source, prompt_column=cfg.text_column,
-                            completion_column=cfg.label_column, row_kind=table.row_kind)
+    builtin = BUILTIN_DATASETS.get(source) if table.format == "builtin" else None
+    template = getattr(cfg, "prompt_template", None) or (builtin.prompt_template if builtin else None)
+    answer = cfg.label_column or (builtin.completion_column if builtin and template else None)
+    conv = to_conversations(table.df, table.source, prompt_column=cfg.text_column, completion_column=answer,
+                            row_kind=table.row_kind, prompt_template=template)
     conv.warnings[:0] = table.warnings
     return conv
 
