@@ -325,6 +325,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if ev.get("baseline"):
         print("== baseline ==")
         _print_baseline(ev)
+    if isinstance(ev.get("before_vs_after"), dict):
+        d = ev["before_vs_after"]
+        print(f"== tuned minus base, same {d['n']} test prompts ==")
+        print(f"{d['metric']} {d['tuned']:.2f} - {d['base']:.2f} = {d['difference']:+.2f}, "
+              f"{d['confidence']:.0%} paired bootstrap interval [{d['low']:+.2f}, {d['high']:+.2f}] "
+              f"({d['n_resamples']} resamples): " + ("the interval excludes 0, the gain is not chance" if
+                                                     d["excludes_zero"] and d["low"] > 0 else
+                                                     "the interval excludes 0: the tuned model is worse" if
+                                                     d["excludes_zero"] else "the interval contains 0: no clear "
+                                                     "difference at this size"))
     return 0
 
 
