@@ -41,6 +41,7 @@ WHEELS = {
         "c2": {"prompt": "Lonely", "messages": [[_msg(A, "anyone?")], [_msg(A, "hello?")]]},  # one speaker
         "c3": {"messages": [[_msg(B, "hey")], [_msg(A, "hi there")]]},  # no prompt; B writes first: B is the user
         "c4": {"prompt": "x", "messages": [[_msg(A, "a")], [_msg(B, "b")], [_msg(C, "c")]]},  # three speakers
+        "c5": {"prompt": "y", "messages": [[_msg(A, "a")], [_msg(B, "word " * 101)]]},  # a turn of 101 words
     })),
     "aclsum": ("aclsum/dataset/{split}.jsonl", None),
 }
@@ -97,7 +98,8 @@ def test_hsk_zh_en_is_translation_instructions_from_its_wheel(fake_wheels):
 def test_chitchat_maps_two_senders_to_user_and_assistant(fake_wheels):
     conv = load_conversations("chitchat", DataConfig(source="chitchat"))
     assert conv.format == "messages" and not conv.problems
-    assert conv.frame["topic"].tolist() == ["Who is your hero?", ""]  # one-speaker and 3-speaker chats dropped
+    # one-speaker and 3-speaker chats dropped, and one with a turn over 100 words (pasted text)
+    assert conv.frame["topic"].tolist() == ["Who is your hero?", ""]
     assert list(conv.frame["messages"]) == [
         [{"role": "user", "content": "Hello\nHow are you?"}, {"role": "assistant", "content": "good"},
          {"role": "user", "content": "My hero is my mum"}, {"role": "assistant", "content": "nice"}],
@@ -175,7 +177,7 @@ def test_the_real_wheels_give_the_stated_sizes(monkeypatch):
     """The numbers in the descriptions, on the real tables when the asset cache holds them (no download here)."""
     monkeypatch.setenv("WORKBENCH_HOME", os.environ.get("WORKBENCH_TEST_HOME") or str(Path.home() / ".cache/workbench"))
     cached = assets.assets_dir() / "datasets"
-    sizes = {"hsk_zh_en": 4352, "chitchat": 4017, "aclsum": 750}
+    sizes = {"hsk_zh_en": 4352, "chitchat": 3678, "aclsum": 750}
     have = [n for n in sizes if (cached / f"{n}.parquet").exists()]
     if not have:
         pytest.skip("no SFT built-in in the asset cache (`workbench download hsk_zh_en chitchat aclsum`)")

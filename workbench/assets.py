@@ -173,12 +173,17 @@ def chitchat_messages(turns: list[list[dict[str, Any]]]) -> list[dict[str, str]]
     return msgs if len(msgs) >= 2 else None
 
 
+# A chitchat turn longer than this is pasted text, not chat (339 conversations have one, up to ~2,000 words): it
+# would make the last answer longer than any CPU-sized max_length, and such a conversation could not be used.
+CHITCHAT_MAX_TURN_WORDS = 100
+
+
 def _chitchat() -> pd.DataFrame:
     data = _zip_json(Package("chitchat-dataset", "0.9.0"), "chitchat_dataset/dataset.json")
     rows = []
     for key, conv in data.items():
         msgs = chitchat_messages(conv.get("messages") or [])
-        if msgs is not None:
+        if msgs is not None and max(len(m["content"].split()) for m in msgs) <= CHITCHAT_MAX_TURN_WORDS:
             rows.append({"messages": msgs, "topic": str(conv.get("prompt") or ""), "id": str(key)})
     return pd.DataFrame(rows)
 
@@ -241,9 +246,10 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
                        "`hsk-sentences-audio` package (CC-BY-SA-4.0).", _hsk_zh_en, language="zh",
                        task="causal-lm-sft", prompt_template="Translate to English:\n{chinese}",
                        completion_column="english"),
-        BuiltinDataset("chitchat", "English two-person chats (4,017 conversations, median 16 turns; the 3,150 "
-                       "one-speaker ones dropped): the first speaker is the user, the other the assistant (extra "
-                       "column: topic, the conversation starter). From the `chitchat-dataset` package (MIT).",
+        BuiltinDataset("chitchat", "English two-person chats: 3,678 conversations, median 16 turns (the 3,150 "
+                       "one-speaker ones dropped, and 339 with a turn over 100 words): the first speaker is the "
+                       "user, the other the assistant (extra column: topic, the conversation starter). From the "
+                       "`chitchat-dataset` package (MIT).",
                        _chitchat, task="causal-lm-sft"),
         BuiltinDataset("aclsum", "ACL paper abstracts with one-sentence summaries of their challenge, approach and "
                        "outcome: 250 papers, 750 pairs, split train 100 / validation 50 / test 100 papers "
