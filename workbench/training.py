@@ -177,6 +177,11 @@ def _score_test_split(run: RunDir, stage: Literal["before", "after"], model: Any
                        batch_size=cfg.training.per_device_eval_batch_size, bf16=bf16)
     _write_predictions(run.predictions_before_file if stage == "before" else run.predictions_file, pred)
     evaluation[stage] = task.score(pred, prep.labels)
+    # A task that can say whether "after" really beats "before" on the same examples (a paired interval).
+    if stage == "after" and "before" in evaluation and hasattr(task, "compare_before_after") and \
+            run.predictions_before_file.exists():
+        evaluation["before_vs_after"] = task.compare_before_after(run.predictions("before"), pred,
+                                                                  seed=cfg.training.seed)
     write_json_atomic(run.eval_file, evaluation)
 
 

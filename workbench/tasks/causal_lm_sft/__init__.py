@@ -23,7 +23,7 @@ from ...errors import DataError
 from ..base import DataRole
 from .encode import IGNORE, SFTCollator, encode_conversation, end_of_turn, template_kind
 from .formats import Conversations, prompt_text, split_last_turn, to_conversations
-from .scoring import generation_scores, sentence_chrf
+from .scoring import generation_scores, paired_bootstrap_chrf, sentence_chrf
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 MAX_NEW_TOKENS = 128  # the most a prediction may write when scoring a split (see `predict`)
@@ -40,8 +40,11 @@ def load_conversations(source: str, cfg: Any) -> Conversations:
                         f"Give a JSONL file with `messages`, Alpaca `instruction`/`output` records, or "
                         f"prompt/completion columns.")
     table = read_table(source, delimiter=cfg.delimiter, encoding=cfg.encoding)
-    conv = to_conversations(table.df, table.source, prompt_column=cfg.text_column,
-                            completion_column=cfg.label_column, row_kind=table.row_kind)
+    builtin = BUILTIN_DATASETS.get(source) if table.format == "builtin" else None
+    template = getattr(cfg, "prompt_template", None) or (builtin.prompt_template if builtin else None)
+    answer = cfg.label_column or (builtin.completion_column if builtin and template else None)
+    conv = to_conversations(table.df, table.source, prompt_column=cfg.text_column, completion_column=answer,
+                            row_kind=table.row_kind, prompt_template=template)
     conv.warnings[:0] = table.warnings
     return conv
 
@@ -228,7 +231,8 @@ class CausalLMSFT:
     model_inputs = MODEL_INPUTS
     auto_model = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
-    directions = {"loss": False, "perplexity": False, "chrf": True, "bleu": True, "exact_match": True}
+    directions = {"loss": False, "perplexity": False, "chrf": True, "bleu": True, "rouge1": True, "rouge2": True,
+                  "rougeL": True, "exact_match": True}
     # What a validation pass computes (no generation during training): the others are test-split scores.
     validation_metrics = ("loss", "perplexity")
     headline = "loss"
@@ -352,8 +356,8 @@ class CausalLMSFT:
 
     def score(self, pred: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
         """Held-out loss per answer token (every answer token of the split counts once), its perplexity,
-        corpus chrF and BLEU of the greedy answers (`scoring`), and the share generated exactly (whitespace
-        aside)."""
+        corpus chrF and BLEU and mean ROUGE-1/2/L of the greedy answers (`scoring`), and the share generated
+        exactly (whitespace aside)."""
         n_tok = pred["answer_tokens"].to_numpy(dtype=float)
         ok = ~pred["loss"].isna().to_numpy()
         loss = float((pred["loss"].to_numpy()[ok] * n_tok[ok]).sum() / max(n_tok[ok].sum(), 1.0)) if ok.any() else None
@@ -361,6 +365,16 @@ class CausalLMSFT:
                 **generation_scores(pred["predicted"].astype(str).tolist(), pred["gold"].astype(str).tolist()),
                 "exact_match": float(pred["correct"].mean()) if len(pred) else 0.0, "n": int(len(pred)),
                 "answer_tokens": int(n_tok[ok].sum())}
+
+    def compare_before_after(self, before: pd.DataFrame, after: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
+        """The tuned-minus-base corpus chrF on the same test prompts, with its paired bootstrap 95% interval
+        (`scoring.paired_bootstrap_chrf`); rows are matched by their source row."""
+        b = before.set_index("row")
+        a = after.set_index("row")
+        rows = [r for r in a.index if r in b.index]
+        return paired_bootstrap_chrf(b.loc[rows, "predicted"].astype(str).tolist(),
+                                     a.loc[rows, "predicted"].astype(str).tolist(),
+                                     a.loc[rows, "gold"].astype(str).tolist(), seed=seed)
 
     def frame_from_predictions(self, pred: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
         extra = [c for c in pred.columns if c not in ("row", "text", "gold", "predicted", "loss", "answer_tokens",

@@ -9,6 +9,10 @@ input of `tokenizer.apply_chat_template`, TRL and LLaMA-Factory), from:
 - prompt/completion columns (CSV, TSV, JSONL, Parquet): `data.text_column` / `data.label_column`, or guessed
   from common names (prompt/question/input... and completion/response/answer/output...).
 
+A prompt template (`data.prompt_template`, e.g. `Translate to English:\n{chinese}`) turns any table into
+instruction data: the user turn is the template with each `{column}` replaced by that row's value, the answer
+is `data.label_column` (translation pairs, document/summary pairs become user/assistant conversations).
+
 An optional `system` column becomes a system message. Each conversation is checked: a user turn first (after
 an optional system message), known roles only, the last turn the assistant's, no empty answer. Problems name
 the row (the line of a JSONL file) and say how to fix it.
@@ -17,6 +21,7 @@ the row (the line of a JSONL file) and say how to fix it.
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +35,7 @@ ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model"
                 "chatbot": "assistant", "prompter": "user", "question": "user", "answer": "assistant"}
 PROMPT_NAMES = ("prompt", "question", "query", "source", "input", "instruction", "text")
 COMPLETION_NAMES = ("completion", "response", "answer", "output", "target", "reply", "chosen")
+_TEMPLATED = "__prompt_from_template__"  # the filled-in prompt, a column only while reading
 MAX_LISTED = 8  # rows named per kind of problem (the count says how many more)
 
 
@@ -67,9 +73,70 @@ def _find(df: pd.DataFrame, names: tuple[str, ...], taken: set[str]) -> str | No
     return next((lower[n] for n in names if n in lower and lower[n] not in taken), None)
 
 
+def template_fields(template: str) -> list[str]:
+    """The column names a prompt template refers to (`{chinese}`), in order; `{{`/`}}` are literal braces.
+
+    Only plain names are allowed: no attribute or index access (`{x.y}`, `{x[0]}`), conversion or format spec,
+    so a template can only paste a row's values, nothing else. Raises `ValueError` saying what is wrong."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"the prompt template {template[:80]!r} is not valid ({e}); write a column as {{name}} "
+                         f"and a literal brace as {{{{ or }}}}") from None
+    fields = []
+    for _, name, spec, conv in parts:
+        if name is None:
+            continue
+        if not name.strip() or spec or conv or any(c in name for c in ".[]"):
+            raise ValueError(f"the prompt template has the field {{{name}{'!' + conv if conv else ''}"
+                             f"{':' + spec if spec else ''}}}: write a column name alone between braces, e.g. "
+                             f"{{text}} (a literal brace is {{{{ or }}}})")
+        fields.append(name)
+    if not fields:
+        raise ValueError(f"the prompt template {template[:80]!r} names no column: write the one to paste in "
+                         f"between braces, e.g. 'Translate to English:\\n{{chinese}}'")
+    return fields
+
+
+def fill_template(df: pd.DataFrame, template: str, source: str, row_kind: str = "row"
+                  ) -> tuple[list[str] | None, list[str]]:
+    """Each row's prompt from `template` (see `template_fields`), or None and the problems (a missing column,
+    empty cells, naming the rows)."""
+    try:
+        fields = template_fields(template)
+    except ValueError as e:
+        return None, [f"data.prompt_template: {e}."]
+    missing = [f for f in dict.fromkeys(fields) if f not in df.columns]
+    if missing:
+        return None, [f"data.prompt_template names the column(s) {', '.join(map(repr, missing))}, which {source} "
+                      f"does not have (found: {', '.join(map(str, df.columns[:12]))}). Fix: use those names in "
+                      f"the template, between braces."]
+    parts = list(string.Formatter().parse(template))
+    out, empty = [], []
+    for row, rec in zip(df.index, df[list(dict.fromkeys(fields))].to_dict("records")):
+        vals = {k: _text(v) for k, v in rec.items()}
+        if any(v is None or not v.strip() for v in vals.values()):
+            empty.append(row)
+        out.append("".join(lit + (vals[name] or "" if name is not None else "") for lit, name, _, _ in parts))
+    if empty:
+        listed = ", ".join(map(str, empty[:MAX_LISTED])) + (f" and {len(empty) - MAX_LISTED} more"
+                                                           if len(empty) > MAX_LISTED else "")
+        return None, [f"{source}: {row_kind}(s) {listed}: an empty value in a column the prompt template uses "
+                      f"({', '.join(dict.fromkeys(fields))}). Fix: fill it in, or drop the row."]
+    return out, []
+
+
 def to_conversations(df: pd.DataFrame, source: str, *, prompt_column: str | None = None,
-                     completion_column: str | None = None, row_kind: str = "row") -> Conversations:
-    """Map a loaded table to message lists, whichever of the three formats it is in (see the module doc)."""
+                     completion_column: str | None = None, row_kind: str = "row",
+                     prompt_template: str | None = None) -> Conversations:
+    """Map a loaded table to message lists, whichever of the three formats it is in (see the module doc); with
+    a `prompt_template`, the user turn is the template filled from each row's columns."""
+    if prompt_template:
+        prompts, problems = fill_template(df, prompt_template, source, row_kind)
+        if prompts is None:
+            return Conversations(df.iloc[:0].assign(messages=[]), "prompt template", {}, problems)
+        df = df.assign(**{_TEMPLATED: prompts})
+        prompt_column = _TEMPLATED
     cols = {str(c).lower(): c for c in df.columns}
     system_col = cols.get("system")
     where = f"{source}"
@@ -108,6 +175,8 @@ def to_conversations(df: pd.DataFrame, source: str, *, prompt_column: str | None
         convs = [[{"role": "user", "content": _text(a) or ""}, {"role": "assistant", "content": _text(b) or ""}]
                  for a, b in zip(df[p], df[c])]
         used = {"prompt": str(p), "completion": str(c)}
+        if p == _TEMPLATED:
+            fmt, used["prompt"] = "prompt template", f"template {prompt_template!r}"
     if system_col is not None and fmt != "messages":
         convs = [([{"role": "system", "content": s}] if (s := _text(v)) and s.strip() else []) + m
                  for v, m in zip(df[system_col], convs)]
@@ -116,7 +185,7 @@ def to_conversations(df: pd.DataFrame, source: str, *, prompt_column: str | None
     if not problems:  # one spelling of each role for the template (` User` -> `user`)
         convs = [[{"role": str(m["role"]).strip().lower(), "content": m["content"]} for m in c] for c in convs]
     keep = [c for c in df.columns if str(c).lower() not in {"messages", "instruction", "input", "output", "system"}
-            and str(c) not in used.values() and str(c).lower() != "split"]
+            and str(c) not in used.values() and str(c).lower() != "split" and c != _TEMPLATED]
     out = df[keep].copy()
     out["messages"] = convs
     if "split" in cols:
