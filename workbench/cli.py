@@ -294,8 +294,9 @@ def cmd_runs(a: argparse.Namespace) -> int:
         return 0
     heads = list(dict.fromkeys(r["headline"] for r in rows))  # each task's headline metric, before and after
     # The majority-class score beside before -> after (tasks without a baseline leave it empty).
-    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step"] +
-                            [c for h in heads for c in (f"{h}_baseline", f"{h}_before", h)]]
+    scores = [c for h in heads for c in (f"{h}_baseline", f"{h}_before", h)]
+    df = pd.DataFrame(rows)[["run", "state", "model", "data", "method", "step"] + scores]
+    df[scores] = df[scores].apply(pd.to_numeric, errors="coerce")  # a missing score prints "-", not None
     print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-"))
     for r in rows:  # a damaged file blanks its own fields above; say what is wrong with it
         for problem in r["problems"]:
