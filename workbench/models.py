@@ -182,6 +182,24 @@ def load_model_config(cfg: ModelConfig) -> Any:
         raise _load_error(path, cfg, e, "config") from None
 
 
+def model_load_args(cfg: ModelConfig, tokenizer: Any = None,
+                    attn_implementation: str | None = None) -> tuple[str, Any, dict[str, Any]]:
+    """(path, model config, from_pretrained keywords) for any head: `model.dropout` applied, the pad token
+    id taken from the tokenizer when the model has none, the safety flags of `_hf_kwargs`."""
+    path = resolve_model_path(cfg.name_or_path)
+    mconf = load_model_config(cfg)
+    if cfg.dropout is not None:
+        for f in DROPOUT_FIELDS:
+            if isinstance(getattr(mconf, f, None), float):
+                setattr(mconf, f, cfg.dropout)
+    if tokenizer is not None and getattr(mconf, "pad_token_id", None) is None:
+        mconf.pad_token_id = tokenizer.pad_token_id
+    kw = _hf_kwargs(cfg, path)
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    return path, mconf, kw
+
+
 def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation: str | None = None,
                     dtype: torch.dtype = torch.float32, tokenizer: Any = None,
                     auto_model: str = "AutoModelForSequenceClassification") -> Any:
@@ -193,20 +211,10 @@ def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation:
     """
     import transformers
 
-    path = resolve_model_path(cfg.name_or_path)
-    mconf = load_model_config(cfg)
+    path, mconf, kw = model_load_args(cfg, tokenizer, attn_implementation)
     mconf.num_labels = len(labels)
     mconf.id2label = dict(enumerate(labels))
     mconf.label2id = {name: i for i, name in enumerate(labels)}
-    if cfg.dropout is not None:
-        for f in DROPOUT_FIELDS:
-            if isinstance(getattr(mconf, f, None), float):
-                setattr(mconf, f, cfg.dropout)
-    if tokenizer is not None and getattr(mconf, "pad_token_id", None) is None:
-        mconf.pad_token_id = tokenizer.pad_token_id
-    kw = _hf_kwargs(cfg, path)
-    if attn_implementation:
-        kw["attn_implementation"] = attn_implementation
     try:
         model, info = getattr(transformers, auto_model).from_pretrained(
             path, config=mconf, dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True, **kw)

@@ -109,6 +109,16 @@ def order_labels(names: set[str] | list[str]) -> list[str]:
 
 
 # --- the whole preparation -----------------------------------------------------------------------
+def cap_max_length(cfg: Any, max_positions: int | None, cut: str) -> tuple[Any, list[str]]:
+    """`cfg` with `max_length` lowered to the model's `max_positions` when it asks for more, and the warning
+    that says so (`cut` ends it, with `{n}` for the new length), as a list (empty when nothing changed)."""
+    if max_positions is None or cfg.max_length <= max_positions:
+        return cfg, []
+    note = (f"data.max_length={cfg.max_length} is more than this model takes ({max_positions} tokens): "
+            + cut.format(n=max_positions))
+    return dataclasses.replace(cfg, max_length=max_positions), [note]
+
+
 def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
                  table: Table | pd.DataFrame | None = None, raise_on_problems: bool = True,
                  max_positions: int | None = None, model_name: str | None = None) -> PreparedData:
@@ -119,12 +129,9 @@ def prepare_data(cfg: DataConfig, seed: int = 42, tokenizer: Any = None, *,
     larger `data.max_length` is lowered to it, with a warning (`PreparedData.max_length` is the result).
     `model_name` (`model.name_or_path`) names the model in the advice when it cannot read the text.
     """
-    capped = None
-    if max_positions is not None and cfg.max_length > max_positions:
-        capped = (f"data.max_length={cfg.max_length} is more than this model takes ({max_positions} tokens): "
-                  f"texts are cut at {max_positions} tokens instead. Fix: set data.max_length to {max_positions} "
-                  f"or less.")
-        cfg = dataclasses.replace(cfg, max_length=max_positions)
+    cfg, capped_list = cap_max_length(cfg, max_positions, "texts are cut at {n} tokens instead. Fix: set "
+                                      "data.max_length to {n} or less.")
+    capped = capped_list[0] if capped_list else None
     if table is None:
         table = read_table(cfg.source, delimiter=cfg.delimiter, encoding=cfg.encoding)
     elif isinstance(table, pd.DataFrame):

@@ -10,7 +10,6 @@ the model's greedy answer (`workbench.generate`) and the example's loss.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from typing import Any, Sequence
@@ -70,14 +69,10 @@ def _rows(rows: Sequence[Any], n: int = 8) -> str:
 def prepare_sft(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_problems: bool = True,
                 max_positions: int | None = None) -> Any:
     """Read, check, split and report conversations (the `Task.prepare` of causal-lm-sft)."""
-    from ...data.prepare import PreparedData, _finish
+    from ...data.prepare import PreparedData, _finish, cap_max_length
     from ...data.report import DataReport
 
-    capped = []
-    if max_positions is not None and cfg.max_length > max_positions:
-        capped.append(f"data.max_length={cfg.max_length} is more than this model takes ({max_positions} tokens): "
-                      f"conversations are cut at {max_positions} tokens instead.")
-        cfg = dataclasses.replace(cfg, max_length=max_positions)
+    cfg, capped = cap_max_length(cfg, max_positions, "conversations are cut at {n} tokens instead.")
     data = load_conversations(cfg.source, cfg)
     rep = DataReport(source=str(cfg.source), format=data.format, columns_found=list(map(str, data.frame.columns)),
                      rows_read=len(data.frame), row_kind="line" if data.frame.index.name == "line" else "row",
@@ -271,19 +266,9 @@ class CausalLMSFT:
         """The pretrained causal LM as is: its own LM head, nothing new (`labels` is unused)."""
         import transformers
 
-        from ...models import DROPOUT_FIELDS, _hf_kwargs, _load_error, load_model_config, resolve_model_path
+        from ...models import _load_error, model_load_args
 
-        path = resolve_model_path(cfg.name_or_path)
-        mconf = load_model_config(cfg)
-        if cfg.dropout is not None:
-            for f in DROPOUT_FIELDS:
-                if isinstance(getattr(mconf, f, None), float):
-                    setattr(mconf, f, cfg.dropout)
-        if tokenizer is not None and getattr(mconf, "pad_token_id", None) is None:
-            mconf.pad_token_id = tokenizer.pad_token_id
-        kw = _hf_kwargs(cfg, path)
-        if attn_implementation:
-            kw["attn_implementation"] = attn_implementation
+        path, mconf, kw = model_load_args(cfg, tokenizer, attn_implementation)
         try:
             return transformers.AutoModelForCausalLM.from_pretrained(
                 path, config=mconf, dtype=dtype if dtype is not None else torch.float32, **kw)

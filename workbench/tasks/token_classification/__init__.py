@@ -55,16 +55,10 @@ def _split(df: pd.DataFrame, size: float, seed: int) -> tuple[pd.DataFrame, pd.D
 def prepare_tagged(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_problems: bool = True,
                    max_positions: int | None = None) -> Any:
     """Read, check, split and report tagged sentences (the `Task.prepare` of token classification)."""
-    import dataclasses
-
-    from ...data.prepare import PreparedData, _finish
+    from ...data.prepare import PreparedData, _finish, cap_max_length
     from ...data.report import DataReport
 
-    capped = []
-    if max_positions is not None and cfg.max_length > max_positions:
-        capped.append(f"data.max_length={cfg.max_length} is more than this model takes ({max_positions} tokens): "
-                      f"sentences are cut at {max_positions} sub-word tokens instead.")
-        cfg = dataclasses.replace(cfg, max_length=max_positions)
+    cfg, capped = cap_max_length(cfg, max_positions, "sentences are cut at {n} sub-word tokens instead.")
     data = load_tagged(cfg.source)
     rep = DataReport(source=str(cfg.source), format=data.format, columns_found=["tokens", "tags"],
                      rows_read=len(data.frame), row_kind=data.row_kind, warnings=capped + list(data.repairs),
