@@ -62,10 +62,6 @@ def _stats(values: Sequence[int]) -> dict[str, Any]:
             "max": int(a.max())}
 
 
-def _rows(rows: Sequence[Any], n: int = 8) -> str:
-    return ", ".join(map(str, rows[:n])) + (f" and {len(rows) - n} more" if len(rows) > n else "")
-
-
 def prepare_sft(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_problems: bool = True,
                 max_positions: int | None = None) -> Any:
     """Read, check, split and report conversations (the `Task.prepare` of causal-lm-sft)."""
@@ -121,6 +117,7 @@ def prepare_sft(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_pro
 
 def _describe(rep: Any, frames: dict[str, pd.DataFrame], cfg: Any, tokenizer: Any) -> None:
     """The data report's findings: turns, token lengths of prompts and answers, truncation, template problems."""
+    from ...data.prepare import _first as _rows  # "1, 2, 3 and 9 more", as classification's report lists rows
     from ...data.report import token_length_stats
 
     rep.rows_used = sum(len(f) for f in frames.values())
