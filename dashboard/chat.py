@@ -67,19 +67,12 @@ def page() -> None:
     histories = st.session_state.setdefault("chat_histories", {})
     history = histories.setdefault(target["path"], [])
     prompt = st.chat_input(f"Message {target['name']}", key="chat_prompt", disabled=bool(problems))
-    if prompt and prompt.strip():
-        turn: dict[str, Any] = {"user": prompt}
-        with widgets.shown_errors(), st.spinner("Writing..."):
-            turn["answer"] = _answer(target["path"], target["stamp"], _conversation(history, prompt, system, "answer"),
-                                     sampling)
-            if compare:
-                turn["base"] = _answer(target["base"], _stamp(target["base"]),
-                                       _conversation(history, prompt, system, "base"), sampling)
-                turn["base_name"] = target["base"]
-        if "answer" in turn:
-            history.append(turn)
     for turn in history:
         _show_turn(turn, target["name"])
+    if prompt and prompt.strip():
+        turn = _new_turn(target, history, prompt, system, sampling, compare)
+        if turn is not None:
+            history.append(turn)
     if history and st.button("Clear the conversation", key="chat_clear", icon=":material/delete_sweep:"):
         histories[target["path"]] = []
         st.rerun()
@@ -167,11 +160,39 @@ def _conversation(history: list[dict[str, Any]], prompt: str, system: str, side:
     return as_conversation(msgs + [{"role": "user", "content": prompt}], system or None)
 
 
-def _answer(path: str, stamp: float, conversation: list[dict[str, str]], sampling: Sampling) -> str:
-    from workbench.generate import generate_answers
+def _stream(where: Any, path: str, stamp: float, conversation: list[dict[str, str]], sampling: Sampling) -> str:
+    """Write the model's answer into `where` token by token as it is generated (`st.write_stream`); return it."""
+    from workbench.generate import iter_answer
 
     model, tok, max_length = generator(path, stamp)
-    return generate_answers(model, tok, [conversation], sampling=sampling, max_length=max_length, batch_size=1)[0]
+    streamed = where.write_stream(iter_answer(model, tok, conversation, sampling=sampling, max_length=max_length))
+    answer = (streamed if isinstance(streamed, str) else "".join(map(str, streamed))).strip()
+    if not answer:
+        where.caption("(an empty answer: the model ended its turn at once)")
+    return answer
+
+
+def _new_turn(target: dict[str, Any], history: list[dict[str, Any]], prompt: str, system: str, sampling: Sampling,
+              compare: bool) -> dict[str, Any] | None:
+    """Show the new prompt and stream the answer(s) to it; the finished turn, or None when generation failed
+    (the error is shown and the history is left as it was)."""
+    turn: dict[str, Any] = {"user": prompt}
+    with st.chat_message("user"):
+        st.text(prompt)
+    with st.chat_message("assistant"), widgets.shown_errors():
+        if compare:
+            left, right = st.columns(2)
+            right.caption(f"Fine-tuned: {target['name']}")
+            left.caption(f"Base model: {target['base']}")
+            turn["answer"] = _stream(right, target["path"], target["stamp"],
+                                     _conversation(history, prompt, system, "answer"), sampling)
+            turn["base"] = _stream(left, target["base"], _stamp(target["base"]),
+                                   _conversation(history, prompt, system, "base"), sampling)
+            turn["base_name"] = target["base"]
+        else:
+            turn["answer"] = _stream(st.container(), target["path"], target["stamp"],
+                                     _conversation(history, prompt, system, "answer"), sampling)
+    return turn if "answer" in turn and ("base" in turn or not compare) else None
 
 
 def _show_turn(turn: dict[str, Any], name: str) -> None:

@@ -90,3 +90,17 @@ def test_chat_takes_the_same_flags_as_generate(flag):
     helps = {name: p.format_help() for name, p in build_parser()._subparsers._group_actions[0].choices.items()
              if name in ("chat", "generate")}
     assert flag in helps["chat"] and flag in helps["generate"]
+
+
+def test_iter_answer_yields_the_answer_piece_by_piece_and_raises_generation_errors(chat_lm):
+    """What the Chat page streams (`st.write_stream`): pieces as they are written, joined the greedy answer."""
+    from workbench.generate import iter_answer
+
+    model, tok, _ = load_generator(str(chat_lm))
+    msgs = [{"role": "user", "content": "the movie was good"}]
+    s = Sampling(max_new_tokens=8)
+    pieces = list(iter_answer(model, tok, msgs, sampling=s, max_length=64))
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == generate_answers(model, tok, [msgs], sampling=s, max_length=64)[0]
+    with pytest.raises(ValueError):  # an error in the generating thread reaches the page, not a silent stop
+        list(iter_answer(model, tok, [{"role": "user", "content": "x"}], sampling=Sampling(max_new_tokens=-1)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +124,34 @@ def stream_answer(model: Any, tokenizer: Any, messages: Messages, on_text: Calla
                              generation_config=generation_config(sampling, stop_token_ids(tokenizer, model), pad),
                              streamer=_Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
     return tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def iter_answer(model: Any, tokenizer: Any, messages: Messages, *, sampling: Sampling = Sampling(),
+                max_length: int = 1024, bf16: bool = False) -> Iterator[str]:
+    """`stream_answer` as an iterator of pieces (for `st.write_stream`): generation runs in a thread and each
+    piece is yielded as soon as it is written; an error in generation is raised here, after the pieces before it."""
+    import queue
+    import threading
+
+    pieces: queue.Queue = queue.Queue()
+    done = object()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            stream_answer(model, tokenizer, messages, pieces.put, sampling=sampling, max_length=max_length, bf16=bf16)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer's thread
+            failed.append(e)
+        finally:
+            pieces.put(done)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while (piece := pieces.get()) is not done:
+        yield piece
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def as_conversation(prompt: str | Messages, system: str | None = None) -> Messages:
