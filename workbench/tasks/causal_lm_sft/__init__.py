@@ -20,6 +20,7 @@ import torch
 
 from ...errors import DataError
 from ..base import DataRole
+from . import packing
 from .encode import IGNORE, SFTCollator, encode_conversation, end_of_turn, template_kind
 from .formats import Conversations, prompt_text, split_last_turn, to_conversations
 from .scoring import generation_scores, paired_bootstrap_chrf, sentence_chrf
@@ -256,7 +257,12 @@ class CausalLMSFT:
         return datasets.Dataset.from_dict(cols)
 
     def collator(self, tokenizer: Any) -> SFTCollator:
-        return SFTCollator(tokenizer)
+        return SFTCollator(tokenizer)  # one conversation per row, or packed rows (`packing`)
+
+    def pack(self, dataset: Any, max_length: int) -> tuple[Any, dict[str, Any]]:
+        """`data.packing`: the encoded training conversations packed into rows of up to `max_length` tokens
+        without attention across them (`packing.pack`), and what packing did."""
+        return packing.pack(dataset, max_length)
 
     def load_model(self, cfg: Any, labels: list[str], *, tokenizer: Any = None, attn_implementation: str | None = None,
                    dtype: Any = None) -> Any:
