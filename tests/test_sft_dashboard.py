@@ -139,7 +139,12 @@ def test_train_page_offers_sft_maps_columns_and_builds_a_lora_config(sft_runs, t
     assert cfg.task == "causal-lm-sft" and cfg.validate() == [] and cfg.peft.method == "lora"
     assert cfg.data.source == chat and cfg.data.text_column is None and cfg.model.name_or_path == str(tiny_llama)
     assert cfg.training.metric_for_best_model == "loss" and cfg.training.learning_rate == 2e-4  # the LoRA rate
-    assert cfg.name == "ui-sft"
+    assert cfg.name == "ui-sft" and cfg.data.packing is False
+    at.checkbox(key="t.data.packing").check()  # packing: an option of this task's data section
+    no_crash(at.run())
+    [b for b in at.button if b.label == "Launch"][0].click()
+    no_crash(at.run())
+    assert launched[-1].data.packing is True and launched[-1].validate() == []
 
     # a prompt/answer table whose columns have no known name: say so, then map them
     table = tmp_path / "qa.csv"

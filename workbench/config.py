@@ -88,6 +88,12 @@ class DataConfig:
     max_length: int = _f(256, "Truncate texts to this many tokens. Batches are padded dynamically, never to this. "
                          "Values above the model's own limit (e.g. 512 positions for MiniLM) are lowered to it, "
                          "with a warning in the data report.", lo=8, hi=2**20, hint="typical: 128-512")
+    packing: bool = _f(False, "causal-lm-sft: pack several training conversations into each row of up to "
+                       "`max_length` tokens (best fit), so fewer, fuller rows carry the same tokens. Each "
+                       "conversation still sees only itself (position ids restart per conversation and the "
+                       "attention mask is block-diagonal) and its first token is never a target of the one "
+                       "before. Training only: validation and test scoring see one conversation per row. The "
+                       "data report says how many rows packing made and how full they are.")
     delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
     encoding: str | None = _f(None, "Force the file encoding. Empty: the byte-order mark's (UTF-8/16/32), else UTF-8, "
                               "then cp1252 with a warning.")
@@ -280,6 +286,9 @@ class RunConfig:
                 template_fields(d.prompt_template)
             except ValueError as e:
                 p.append(f"data.prompt_template: {e}.")
+        if d.packing and task is not None and not hasattr(task, "pack"):
+            p.append(f"data.packing packs conversations for causal-lm-sft; task {self.task} does not pack its "
+                     f"examples: set it to false.")
         if d.text_column and d.label_column and d.text_column == d.label_column:
             p.append(f"data.text_column and data.label_column are both {d.text_column!r}: they must differ.")
         if isinstance(t.max_steps, int) and t.max_steps <= 0 and _finite(t.num_train_epochs) and \

@@ -79,7 +79,10 @@ class WorkbenchTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        self.real_tokens += int(inputs["attention_mask"].sum())
+        # Packed rows (causal-lm-sft's data.packing) carry no attention mask, so their collator counts the
+        # non-padding tokens instead; the count is not a model input.
+        real = inputs.pop("real_tokens", None)
+        self.real_tokens += int(real) if real is not None else int(inputs["attention_mask"].sum())
         loss = super().training_step(model, inputs, num_items_in_batch)
         finite = torch.isfinite(loss).all().float()
         if self.args.world_size > 1:  # every rank must halt together or the others hang

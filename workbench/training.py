@@ -31,6 +31,7 @@ from transformers import TrainingArguments, set_seed
 
 from .checkpoints import intact_checkpoint, pickled_files, set_aside
 from .config import RunConfig
+from .data.report import packing_line
 from .errors import RunError, TrainingHalted, WorkbenchError
 from .evaluate import score_frame
 from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_model_config, load_tokenizer,
@@ -250,6 +251,13 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
 
     train_ds = encode_split(task, prep.train, tok, cfg.data.max_length, model)
     val_ds = encode_split(task, prep.validation, tok, cfg.data.max_length, model) if len(prep.validation) else None
+    if cfg.data.packing:  # training rows only; validation and test keep one example per row
+        train_ds, packed = task.pack(train_ds, cfg.data.max_length)
+        if main:
+            prep.report.details["packing"] = packed
+            write_json_atomic(run.report_file, prep.report.to_dict())
+            run.update_status(packing=packed)
+            print(f"note: {packing_line(packed)}", file=sys.stderr, flush=True)
     # A batch size shrunk by an earlier out-of-memory error is reused on resume.
     batch = (run.status().get("batch_override") if resume else None) or {}
     ckpt = _resume_point(run, main) if resume else None

@@ -191,6 +191,11 @@ def _show_report(r: dict[str, Any], tokenized: bool, model: str) -> None:
                    f"{answers.get('max')}. Only answer tokens carry labels; prompt and system tokens are -100.")
     if d.get("with_system"):
         st.caption(f"{d['with_system']} conversation(s) start with a system message.")
+    if d.get("packing"):
+        from workbench.data.report import packing_line
+
+        st.caption(packing_line(d["packing"]).capitalize() + ": training rows hold several conversations, none "
+                   "attending to another.")
     if r["split_sizes"]:
         st.caption("Splits: " + ", ".join(f"{k} {v:,}" for k, v in r["split_sizes"].items())
                    + f"; duplicates in train {r.get('duplicates', 0)}, test conversations also in train "
@@ -246,8 +251,10 @@ def train_data(task: str) -> dict[str, Any]:
         st.caption(BUILTIN_DATASETS[source].description)
     else:
         _, prompt, answer = _read(source, "train", choice)
+    packing = st.checkbox("pack conversations into full rows", key="t.data.packing",
+                          help=field_help()["data.packing"], persist_state="session")
     return {"data.source": source, "data.text_column": prompt, "data.label_column": answer,
-            "data.text_pair_column": None}
+            "data.text_pair_column": None, "data.packing": bool(packing)}
 
 
 # --- Evaluate page ---------------------------------------------------------------------------------

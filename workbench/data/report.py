@@ -92,6 +92,12 @@ def unknown_token_stats(tokenizer: Any, texts: list[str]) -> dict[str, Any]:
             "examples": [c for c, _ in chars.most_common(10)]}
 
 
+def packing_line(p: dict[str, Any]) -> str:
+    """What `data.packing` did (`details["packing"]`), in one line for the report and the training log."""
+    return (f"packing: {p['rows']:,} training conversations -> {p['packed_rows']:,} rows of up to "
+            f"{p['max_length']} tokens, {p['fill']:.0%} full ({p['tokens']:,} tokens)")
+
+
 def format_report(r: DataReport, verbose: bool = False) -> str:
     """A short, human-readable summary (CLI and notebooks)."""
     out = [f"Data: {r.source} ({r.format}), {r.rows_read} rows read, {r.rows_used} used"]
@@ -118,6 +124,8 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
                        f"tokens median {at.get('p50')}, p95 {at.get('p95')}, max {at.get('max')}; "
                        f"{d.get('template')} chat template, end of turn {d.get('end_of_turn')!r}; "
                        f"{d.get('truncated', 0)} truncated (oldest tokens dropped, last answer kept)")
+    if d.get("packing"):
+        out.append(f"  {packing_line(d['packing'])}")
     if r.class_balance.get("train"):
         total = sum(r.class_balance["train"].values()) or 1
         head = "  train entities: " if d.get("scheme") else "  train classes: "

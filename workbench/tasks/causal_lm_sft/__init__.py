@@ -20,6 +20,7 @@ import torch
 
 from ...errors import DataError
 from ..base import DataRole
+from . import packing
 from .encode import IGNORE, SFTCollator, encode_conversation, end_of_turn, template_kind
 from .formats import Conversations, prompt_text, split_last_turn, to_conversations
 from .scoring import generation_scores, paired_bootstrap_chrf, sentence_chrf
@@ -229,7 +230,9 @@ class CausalLMSFT:
     validation_metrics = ("loss", "perplexity")
     headline = "loss"
     # The LM head of Llama/SmolLM2 shares its weight with the input embeddings: freezing them would freeze the
-    # output layer, the one layer every answer token goes through.
+    # output layer, the one layer every answer token goes through. Tied embeddings, decided here: kept tied. Full
+    # fine-tuning trains the one matrix (SmolLM2: 49,152 x 576 = 28.3M of 134.5M parameters, 113 MB in fp32) and
+    # save_pretrained writes it once, re-tied on load; LoRA leaves it frozen (tests/test_sft_tied.py, README).
     freeze_embeddings_ok = False
     needs_labels = False  # labels.json is []: nothing to classify
     file_formats = "JSONL with `messages`, Alpaca JSON/JSONL, prompt/completion CSV/TSV/JSONL/Parquet"
@@ -256,7 +259,12 @@ class CausalLMSFT:
         return datasets.Dataset.from_dict(cols)
 
     def collator(self, tokenizer: Any) -> SFTCollator:
-        return SFTCollator(tokenizer)
+        return SFTCollator(tokenizer)  # one conversation per row, or packed rows (`packing`)
+
+    def pack(self, dataset: Any, max_length: int) -> tuple[Any, dict[str, Any]]:
+        """`data.packing`: the encoded training conversations packed into rows of up to `max_length` tokens
+        without attention across them (`packing.pack`), and what packing did."""
+        return packing.pack(dataset, max_length)
 
     def load_model(self, cfg: Any, labels: list[str], *, tokenizer: Any = None, attn_implementation: str | None = None,
                    dtype: Any = None) -> Any:

@@ -176,20 +176,33 @@ def prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]], max_length: i
 
 class SFTCollator:
     """Pads each batch on the right to its longest example: input ids with the pad token, attention mask
-    0, labels -100 (so padding never counts in the loss). Other dataset columns (`length`) are dropped."""
+    0, labels -100 (so padding never counts in the loss). Other dataset columns (`length`) are dropped.
+
+    Packed rows (`packing.pack`: features with `position_ids`) are padded the same way but get no attention
+    mask: their `position_ids` (padding numbered as one more sequence) tell the model where each conversation
+    starts, `use_cache=False` keeps transformers' packed-sequence detection on, and `real_tokens` (the tokens
+    that are not padding) is what the trainer's tokens/s counts (`WorkbenchTrainer` takes it out)."""
 
     def __init__(self, tokenizer: Any):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         n = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(features), n), dtype=torch.long)
         labels = torch.full((len(features), n), IGNORE, dtype=torch.long)
+        packed = "position_ids" in features[0]
+        pos = torch.arange(n).repeat(len(features), 1)
         for k, f in enumerate(features):
             m = len(f["input_ids"])
             ids[k, :m] = torch.as_tensor(f["input_ids"])
             mask[k, :m] = 1
             if "labels" in f:
                 labels[k, :m] = torch.as_tensor(f["labels"])
+            if packed:
+                pos[k, :m] = torch.as_tensor(f["position_ids"])
+                pos[k, m:] = torch.arange(n - m)
+        if packed:
+            return {"input_ids": ids, "labels": labels, "position_ids": pos, "use_cache": False,
+                    "real_tokens": int(mask.sum())}
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
