@@ -57,6 +57,12 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, "Run Python code shipped with a hub model. Off unless you trust that model.")
     dropout: float | None = _f(None, "Override the model's dropout probabilities (hidden, attention, classifier). "
                                "Empty keeps the pretrained values.", lo=0, lt=1)
+    pooling: Literal["auto", "mean"] = _f(
+        "auto", "How a decoder classifier (Llama, SmolLM2) turns a text into the one vector its head reads. "
+        "`auto`: the model's own way (the last token for decoders, [CLS] for encoders). `mean`: the average of every "
+        "token's final hidden state, which does not depend on the model gathering the whole text into its last "
+        "token; better on text the model reads poorly (SmolLM2 on Chinese: see the README). Decoders, "
+        "text-classification only; recorded with the run, so its model is read back the same way.")
 
 
 @dataclass
@@ -116,6 +122,11 @@ class TrainingConfig:
                              lo=0, hi=INT_MAX, hint="a step count, or a fraction < 1")
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
         "linear", "How the learning rate decays after warmup.")
+    head_learning_rate: float | None = _f(
+        None, "Peak learning rate of the new task head (a freshly initialised layer), when it should differ from "
+        "learning_rate: a random head on a pretrained model, the more so under LoRA, often needs 5-20x the "
+        "adapters' rate. Empty: learning_rate. Classification and NER.", gt=0, hi=1,
+        hint="typical: 1e-3 to 1e-2, or empty")
     weight_decay: float = _f(0.01, "AdamW weight decay.", lo=0, hi=1, hint="typical: 0 to 0.1")
     max_grad_norm: float = _f(1.0, "Clip gradients to this norm; 0 turns clipping off.", lo=0, hi=1e6,
                               hint="0 turns clipping off")
@@ -289,6 +300,12 @@ class RunConfig:
         if d.packing and task is not None and not hasattr(task, "pack"):
             p.append(f"data.packing packs conversations for causal-lm-sft; task {self.task} does not pack its "
                      f"examples: set it to false.")
+        if self.model.pooling != "auto" and self.task != "text-classification":
+            p.append(f"model.pooling={self.model.pooling!r} chooses how a text classifier reads a text; task "
+                     f"{self.task} predicts per token or writes text: set it to auto.")
+        if t.head_learning_rate is not None and task is not None and not getattr(task, "needs_labels", True):
+            p.append(f"training.head_learning_rate is for a task with a new head (classification, NER); task "
+                     f"{self.task} trains the model's own layers: leave it empty.")
         if d.text_column and d.label_column and d.text_column == d.label_column:
             p.append(f"data.text_column and data.label_column are both {d.text_column!r}: they must differ.")
         if isinstance(t.max_steps, int) and t.max_steps <= 0 and _finite(t.num_train_epochs) and \

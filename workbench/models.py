@@ -221,6 +221,44 @@ def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation:
     except Exception as e:
         raise _load_error(path, cfg, e, "model") from None
     _check_mismatches(model, info.get("mismatched_keys") or (), len(labels), cfg)
+    return apply_pooling(model, cfg)
+
+
+def apply_pooling(model: Any, cfg: ModelConfig) -> Any:
+    """`model.pooling: mean` on a decoder's sequence classifier: its head reads the mean of the final hidden
+    states over the real (attention-mask) tokens instead of the last token's. The model's own `forward` is
+    replaced on this instance only (PEFT's wrappers call it), with the same inputs and outputs; the weights and
+    the saved files are unchanged, and the run's config.yaml records the choice so every load repeats it."""
+    if getattr(cfg, "pooling", "auto") == "auto":
+        return model
+    from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = getattr(model, "score", None)
+    if not is_decoder(model) or backbone is None or not isinstance(head, torch.nn.Module):
+        raise ModelError(f"model.pooling={cfg.pooling!r} works for decoder classifiers (Llama, SmolLM2, Qwen, GPT-2); "
+                         f"{cfg.name_or_path} is a {architecture(model) or 'different'} model that reads its own "
+                         f"summary token. Fix: set model.pooling to auto.")
+
+    def forward(input_ids: Any = None, attention_mask: Any = None, labels: Any = None, inputs_embeds: Any = None,
+                output_attentions: Any = None, output_hidden_states: Any = None, **kw: Any) -> Any:
+        kw.pop("use_cache", None)
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                       output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                       use_cache=False, **kw)
+        h = out.last_hidden_state
+        mask = (attention_mask if attention_mask is not None else torch.ones(h.shape[:2], device=h.device))
+        mask = mask.to(h.dtype).unsqueeze(-1)
+        # the head looked up at each call: PEFT swaps `score` for a wrapper holding the trained copy
+        logits = model.score((h * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
+        return SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                                attentions=out.attentions)
+
+    model.forward = forward
+    model.workbench_pooling = cfg.pooling
     return model
 
 
@@ -379,6 +417,8 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
                                                                           trust_remote_code=trust, **kw)
         except Exception as e:
             raise _load_error(str(d), ModelConfig(name_or_path=str(d)), e, "model") from None
+        if recorded is not None:
+            model = apply_pooling(model, recorded.base)  # as it was trained (config.yaml's model.pooling)
     tok = with_pad_token(AutoTokenizer.from_pretrained(d, trust_remote_code=trust))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id

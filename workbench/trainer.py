@@ -52,18 +52,45 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+HEAD_MODULES = ("score", "classifier")  # the task heads transformers puts on a model (and PEFT copies)
+
+
+def is_head_parameter(name: str) -> bool:
+    """Whether a parameter (by its dotted name) belongs to the task head, not the pretrained body."""
+    return any(part in HEAD_MODULES for part in name.split("."))
+
+
 class WorkbenchTrainer(Trainer):
     """`Trainer` plus a per-step finite-loss check and a count of real (non-padding) tokens."""
 
     real_tokens = 0
 
-    def __init__(self, *args: Any, class_weights: list[float] | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, class_weights: list[float] | None = None, head_learning_rate: float | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
         self.eval_batch_changes: list[int] = []
         # `training.class_weights`: a weighted cross-entropy replaces the model's own loss only when set.
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         if self.class_weights is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the trainer divides it for accumulation
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The stock optimizer, but with `training.head_learning_rate` the task head's parameters (`score`,
+        `classifier`: a fresh layer) get that peak rate; the scheduler scales every group alike."""
+        if self.head_learning_rate is None or self.optimizer is not None:
+            return super().create_optimizer(*([model] if model is not None else []))
+        model = model if model is not None else self.model
+        opt_cls, opt_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((is_head_parameter(name), name in decay), []).append(p)
+        self.optimizer = opt_cls([{"params": ps, "weight_decay": self.args.weight_decay if d else 0.0,
+                                   "lr": self.head_learning_rate if head else self.args.learning_rate}
+                                  for (head, d), ps in groups.items()], **opt_kwargs)
+        return self.optimizer
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

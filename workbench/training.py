@@ -154,7 +154,8 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
                                compute_metrics=functools.partial(task.compute_metrics, labels=labels),
                                # optional: a task whose logits are too big to gather (a causal LM's vocabulary)
                                preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
-                               callbacks=callbacks, class_weights=class_weights)
+                               callbacks=callbacks, class_weights=class_weights,
+                               head_learning_rate=cfg.training.head_learning_rate)
     ref["trainer"] = trainer
     if not progress:  # the run directory is the progress report; no dict lines on stdout
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
