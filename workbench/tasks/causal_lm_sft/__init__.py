@@ -232,6 +232,7 @@ class CausalLMSFT:
     # output layer, the one layer every answer token goes through.
     freeze_embeddings_ok = False
     needs_labels = False  # labels.json is []: nothing to classify
+    reads_prompt_template = True  # `data.prompt_template` makes its prompts (RunConfig.validate asks)
     file_formats = "JSONL with `messages`, Alpaca JSON/JSONL, prompt/completion CSV/TSV/JSONL/Parquet"
     file_extensions = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
