@@ -328,3 +328,56 @@ def test_generate_and_chat_on_a_base_seq2seq_folder(tiny_t5, capsys, monkeypatch
     monkeypatch.setattr("sys.stdin", io.StringIO("the movie was good\nbad\n"))
     assert main(["chat", str(tiny_t5), "--max-new-tokens", "3"]) == 0
     assert "each message is answered alone" in capsys.readouterr().out
+
+
+# --- dashboard -------------------------------------------------------------------------------------
+def test_train_page_offers_seq2seq_with_the_column_mapping(tiny_t5, tmp_path, monkeypatch):
+    """The Train page lists seq2seq (its sections: causal-lm-sft's data choice and column mapping), and a
+    prompt/answer table whose columns have no known name is mapped, then launched as a valid seq2seq config."""
+    import sys
+
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    import dashboard.train
+    from dashboard import sections
+    from dashboard.sections import causal_lm_sft
+    from workbench.tasks import TASKS
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    assert "seq2seq" in sections.trainable_tasks(TASKS)[0]
+    assert sections.hook("seq2seq", "evaluate") is causal_lm_sft.evaluate
+    launched = []
+
+    class Handle:
+        def __init__(self, cfg):
+            self.run = type("R", (), {"name": cfg.name})()
+
+    monkeypatch.setattr(dashboard.train, "launch", lambda cfg: launched.append(cfg) or Handle(cfg))
+    table = tmp_path / "zh_en.csv"
+    table.write_text("zh,en\n" + "".join(f"句子{i},sentence {i}\n" for i in range(20)), encoding="utf-8")
+    at = AppTest.from_string("from dashboard import train\ntrain.page()", default_timeout=120)
+    at.session_state["data_choice"] = {"source": str(table), "task": "causal-lm-sft", "text_column": None,
+                                       "label_column": None, "text_pair_column": None}
+    at.run()
+    at.selectbox(key="train_task").set_value("seq2seq")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("encoder-decoder" in c.value for c in at.caption)  # the task's description and data roles
+    assert at.selectbox(key="train_source").value == str(table)
+    assert any("no prompt column (found: zh, en)" in w.value for w in at.warning)
+    at.selectbox(key=f"train_prompt_{table}").set_value("zh")
+    at.selectbox(key=f"train_answer_{table}").set_value("en")
+    at.radio(key="train_model_kind").set_value("Local folder")
+    at.run()
+    at.text_input(key="train_folder").input(str(tiny_t5))
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.radio(key="t.peft.method").value == "full"  # small encoder-decoders: full fine-tuning by default
+    [b for b in at.button if b.label == "Launch"][0].click()
+    at.run()
+    cfg = launched[-1]
+    assert cfg.task == "seq2seq" and cfg.validate() == [] and cfg.training.metric_for_best_model == "loss"
+    assert (cfg.data.source, cfg.data.text_column, cfg.data.label_column) == (str(table), "zh", "en")
