@@ -381,3 +381,18 @@ def test_train_page_offers_seq2seq_with_the_column_mapping(tiny_t5, tmp_path, mo
     cfg = launched[-1]
     assert cfg.task == "seq2seq" and cfg.validate() == [] and cfg.training.metric_for_best_model == "loss"
     assert (cfg.data.source, cfg.data.text_column, cfg.data.label_column) == (str(table), "zh", "en")
+
+
+def test_workbench_report_on_a_seq2seq_config(tiny_t5, tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.config import RunConfig
+
+    _pairs(40).to_csv(tmp_path / "pairs.csv", index=False)
+    cfg = RunConfig.from_dict({"task": "seq2seq", "model": {"name_or_path": str(tiny_t5)},
+                               "data": {"source": str(tmp_path / "pairs.csv"), "text_column": "review",
+                                        "label_column": "verdict", "max_length": 6}})
+    cfg.to_yaml(tmp_path / "c.yaml")
+    main(["report", str(tmp_path / "c.yaml")])
+    out = capsys.readouterr().out
+    assert "target tokens median 3" in out and "targets truncated (at 6 tokens)" in out, out
+    assert "sources and 0 targets" in out and "source text(s) are longer than data.max_length=6" in out

@@ -48,10 +48,7 @@ def _describe_pairs(prep: Any, tokenizer: Any, max_length: int) -> None:
     rep.token_lengths = token_length_stats(src, max_length, getattr(tokenizer, "name_or_path", ""))
     rep.details.update(template="none (encoder-decoder: the source text as is)", source_tokens=_stats(src),
                        target_tokens=_stats(tgt), sources_truncated=len(cut_src), targets_truncated=len(cut_tgt),
-                       target_max_length=cap, truncated_rows=(cut_src + cut_tgt)[:200],
-                       # the keys causal-lm-sft's report prints (prompt = source, answer = target)
-                       prompt_tokens=_stats(src), answer_tokens=_stats(tgt), truncated=len(cut_src) + len(cut_tgt),
-                       end_of_turn=tokenizer.eos_token)
+                       target_max_length=cap, truncated_rows=(cut_src + cut_tgt)[:200])
     kind = rep.row_kind
     if cut_src:
         rep.warnings.append(f"{len(cut_src)} source text(s) are longer than data.max_length={max_length} tokens "
