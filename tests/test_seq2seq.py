@@ -276,6 +276,12 @@ def test_tiny_bart_lora_run_from_a_config_trains_and_scores(tiny_bart, tmp_path)
     assert (pred["answer_tokens"] == 3).all()  # `great film` / `awful film` + EOS
     rep = json.loads(run.report_file.read_text())
     assert rep["details"]["sources_truncated"] == 0 and rep["details"]["target_tokens"]["max"] == 3
+    from workbench.generate import load_generator  # the adapter on its base, back from the run folder
+
+    model, tok, max_length = load_generator(str(run.path))
+    assert type(model).__name__ == "PeftModelForSeq2SeqLM" and max_length == 32
+    out = TASK.predict_texts(model, tok, ["review : the acting was superb"], [], max_length=max_length)
+    assert list(out.columns) == ["text", "predicted"] and len(out) == 1
 
 
 def test_tiny_t5_full_run_memorises_and_generates(tiny_t5, tmp_path, capsys):
