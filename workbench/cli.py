@@ -174,6 +174,7 @@ def _print_result(run: Any, st: dict[str, Any]) -> None:
         print(f"stopped at step {st.get('step')} with a checkpoint; continue with: workbench resume {path}")
         return
     from .figures.evaluation import METRIC_NAMES
+    from .generate import GENERATORS
     from .tasks import get_task
 
     task = get_task(run.config().task)
@@ -184,7 +185,7 @@ def _print_result(run: Any, st: dict[str, Any]) -> None:
             print(f"test {head} {when} fine-tuning:{' ' * (when == 'after')} {m[head]:.3f}   ({extra}n={m['n']})")
     _print_baseline(ev, head)
     print(f"run: {run.path}  (state: {st.get('state')})")
-    verb = "generate" if task.auto_model == "AutoModelForCausalLM" else "predict"  # a model that writes text
+    verb = "generate" if task.auto_model in GENERATORS else "predict"  # a model that writes text
     print(f"next: workbench eval {path}   |   workbench {verb} {path} \"some text\"")
 
 
@@ -399,7 +400,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
     goes through the model's chat template every turn (so the model sees the history)."""
     import torch
 
-    from .generate import as_conversation, load_generator, stream_answer
+    from .generate import as_conversation, is_encoder_decoder, load_generator, stream_answer
     from .tasks.causal_lm_sft.encode import prompt_ids, template_kind
     _quiet_libraries()
     s = _sampling(a)
@@ -409,6 +410,11 @@ def cmd_chat(a: argparse.Namespace) -> int:
     how = "greedy" if s.temperature == 0 else f"sampling at temperature {s.temperature:g}"
     template = "its chat template" if template_kind(tok) == "model" else "the workbench's plain chat template " \
         "(the tokenizer has none)"
+    # A text-to-text model maps one text to one text: it is not given the history, each message is answered
+    # alone (as `workbench generate` would), so what it writes does not depend on what came before.
+    single = is_encoder_decoder(model)
+    if single:
+        template = "an encoder-decoder: each message is answered alone, the conversation is not kept"
     print(f"chatting with {a.run} ({how}, at most {s.max_new_tokens} new tokens, {template}); {CHAT_HELP}.")
     tty = sys.stdin.isatty()
     history = as_conversation([], a.system)
@@ -434,9 +440,13 @@ def cmd_chat(a: argparse.Namespace) -> int:
             else:
                 print(f"(unknown command {cmd}: {CHAT_HELP})")
             continue
+        if single:
+            history = as_conversation([], a.system)
         history.append({"role": "user", "content": text})
-        n = len(prompt_ids(tok, history, 1 << 30))
-        if n > max_length:
+        n = len(tok(text)["input_ids"]) if single else len(prompt_ids(tok, history, 1 << 30))
+        if n > max_length and single:
+            print(f"(the message is {n} tokens, more than the {max_length} this model reads: its end is left out)")
+        elif n > max_length:
             print(f"(the conversation is {n} tokens, more than the {max_length} this model reads: its oldest "
                   f"tokens are left out; /reset to start over)")
         print("model> " if tty else "", end="", flush=True)
@@ -831,15 +841,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("text", nargs="+")
     grant_flags(p)
-    p = add("generate", cmd_generate, "Write a causal LM's answer to a prompt: a causal-lm-sft run's model, or a "
-            "base model (built-in name, folder, GGUF file, hub id). Greedy unless --temperature > 0.")
-    p.add_argument("run", metavar="RUN_OR_MODEL", help="a causal-lm-sft run directory, or a model")
+    p = add("generate", cmd_generate, "Write a model's answer to a prompt: a causal-lm-sft or seq2seq run's model, "
+            "or a base model (built-in name, folder, GGUF file, hub id; an encoder-decoder such as T5 reads the "
+            "prompt as it is, no chat template). Greedy unless --temperature > 0.")
+    p.add_argument("run", metavar="RUN_OR_MODEL", help="a causal-lm-sft or seq2seq run directory, or a model")
     p.add_argument("prompt", nargs="+", help="one user turn each ('-' reads one prompt per line from stdin)")
     generation_flags(p, "each prompt")
     p = add("chat", cmd_chat, "Talk to a causal LM in the terminal, several turns, each answer streamed as it is "
-            "written: a causal-lm-sft run's model, or a base model (built-in name, folder, GGUF file, hub id). "
-            + CHAT_HELP + ".")
-    p.add_argument("run", metavar="RUN_OR_MODEL", help="a causal-lm-sft run directory, or a model")
+            "written: a causal-lm-sft run's model, or a base model (built-in name, folder, GGUF file, hub id); a "
+            "seq2seq model (T5, BART, Marian) answers each message alone. " + CHAT_HELP + ".")
+    p.add_argument("run", metavar="RUN_OR_MODEL", help="a causal-lm-sft or seq2seq run directory, or a model")
     generation_flags(p, "the conversation")
     add("datasets", cmd_datasets, "List built-in data sets.")
     add("models", cmd_models, "List built-in models.")

@@ -77,11 +77,11 @@ class DataConfig:
     text_pair_column: str | None = _f(None, "Optional second text column for pair tasks (e.g. premise/hypothesis).")
     label_column: str | None = _f(None, "Column with the label (strings or integers). Empty: guessed (label, class, "
                                   "...).")
-    prompt_template: str | None = _f(None, "causal-lm-sft: make the user turn from each row's columns, e.g. "
-                                     "`Translate to English:\\n{chinese}` ({column} is pasted in; `{{` is a literal "
-                                     "brace); the answer is `label_column`. Turns translation or summary pairs into "
-                                     "instruction data. Empty: a built-in's own template (hsk_zh_en, aclsum), else "
-                                     "the prompt column as it is.")
+    prompt_template: str | None = _f(None, "causal-lm-sft, seq2seq: make the user turn (seq2seq: the source text) "
+                                     "from each row's columns, e.g. `Translate to English:\\n{chinese}` ({column} is "
+                                     "pasted in; `{{` is a literal brace); the answer is `label_column`. Turns "
+                                     "translation or summary pairs into instruction data. Empty: a built-in's own "
+                                     "template (hsk_zh_en, aclsum), else the prompt column as it is.")
     split_column: str | None = _f(None, "Optional column whose values (train/validation/test) assign each row a split.")
     validation_size: float = _f(0.1, "Share of rows held out for validation when no validation split is given.",
                                 lo=0, lt=1, hint="a fraction, e.g. 0.1")
@@ -290,9 +290,10 @@ class RunConfig:
                      f"to train on: keep their sum below 1 (e.g. 0.1 and 0.2).")
         if d.prompt_template:
             from .tasks.causal_lm_sft.formats import template_fields
-            if self.task != "causal-lm-sft":
-                p.append(f"data.prompt_template makes instruction data for causal-lm-sft; task {self.task} does not "
-                         f"use it: leave it empty.")
+            if not getattr(task, "reads_prompt_template", False):  # causal-lm-sft, seq2seq
+                users = ", ".join(n for n, t in registered.items() if getattr(t, "reads_prompt_template", False))
+                p.append(f"data.prompt_template makes prompts for {users}; task {self.task} does not use it: "
+                         f"leave it empty.")
             try:
                 template_fields(d.prompt_template)
             except ValueError as e:

@@ -5,6 +5,10 @@ notebooks): the conversation goes through the model's chat template (`causal_lm_
 generation is `model.generate` with the KV cache on, and it stops at the EOS token or the template's
 end-of-turn token (`<|im_end|>`, `<|eot_id|>`). Batches are sorted by prompt length and padded on the left,
 so each batch waits only for its own longest prompt.
+
+An encoder–decoder (T5, BART, Marian: the `seq2seq` task) has no chat template: the conversation is flattened
+into one source text (`tasks.seq2seq.flatten`: a single user turn as it is), the encoder reads it and the
+decoder writes from its start token until EOS (`seq2seq_answers`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import numpy as np
 import torch
 
 Messages = list[dict[str, str]]
+# Transformers classes of models that write text: a run of a task with one of these can be generated from.
+GENERATORS = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,11 @@ def generate_answers(model: Any, tokenizer: Any, conversations: Sequence[Message
 
     if not conversations:
         return []
+    if is_encoder_decoder(model):  # no chat template: the conversation as one source text
+        from .tasks.seq2seq import flatten
+
+        return seq2seq_answers(model, tokenizer, [flatten(c) for c in conversations], sampling=sampling,
+                               max_length=max_length, batch_size=batch_size, bf16=bf16, seed=seed)
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -98,6 +109,48 @@ def generate_answers(model: Any, tokenizer: Any, conversations: Sequence[Message
     return out
 
 
+def is_encoder_decoder(model: Any) -> bool:
+    """T5, BART, Marian (`seq2seq`): the encoder reads the prompt, the decoder writes the answer from scratch."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def seq2seq_stop_ids(tokenizer: Any, model: Any) -> list[int]:
+    """An encoder–decoder's answer ends at its EOS token (the tokenizer's and the model's generation EOS ids)."""
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(gen if isinstance(gen, list) else [gen])]
+    return [i for k, i in enumerate(ids) if isinstance(i, int) and i not in ids[:k]]
+
+
+@torch.inference_mode()
+def seq2seq_answers(model: Any, tokenizer: Any, sources: Sequence[str], *, sampling: Sampling = Sampling(),
+                    max_length: int = 512, batch_size: int = 16, bf16: bool = False,
+                    seed: int | None = None) -> list[str]:
+    """An encoder–decoder's output for each source text, in input order: the text as it is (no chat template;
+    a T5 task prefix is part of it), cut at `max_length` tokens; the decoder starts from the model's
+    `decoder_start_token_id`, keeps its KV cache, and stops at EOS. Batches of similar length, padded right."""
+    from .tasks.classification import autocast_for
+
+    if not sources:
+        return []
+    model.eval()
+    device = next(model.parameters()).device
+    gcfg = generation_config(sampling, seq2seq_stop_ids(tokenizer, model), tokenizer.pad_token_id)
+    if seed is not None:
+        torch.manual_seed(seed)
+    ids = tokenizer(list(sources), max_length=max_length, truncation=True)["input_ids"]
+    order = np.argsort([len(i) for i in ids], kind="stable")[::-1]
+    out: list[str] = [""] * len(ids)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        batch = tokenizer.pad({"input_ids": [ids[j] for j in idx]}, return_tensors="pt")
+        with autocast_for(device, bf16):
+            gen = model.generate(input_ids=batch["input_ids"].to(device),
+                                 attention_mask=batch["attention_mask"].to(device), generation_config=gcfg)
+        for k, j in enumerate(idx):  # the output starts with the decoder start token: a special token, skipped
+            out[j] = tokenizer.decode(gen[k], skip_special_tokens=True).strip()
+    return out
+
+
 @torch.inference_mode()
 def stream_answer(model: Any, tokenizer: Any, messages: Messages, on_text: Callable[[str], None], *,
                   sampling: Sampling = Sampling(), max_length: int = 1024, bf16: bool = False) -> str:
@@ -118,12 +171,21 @@ def stream_answer(model: Any, tokenizer: Any, messages: Messages, on_text: Calla
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.as_tensor([prompt_ids(tokenizer, messages, max_length)], device=device)
+    if is_encoder_decoder(model):  # the source text to the encoder; the decoder's output is all answer
+        from .tasks.seq2seq import flatten
+
+        ids = torch.as_tensor([tokenizer(flatten(messages), max_length=max_length, truncation=True)["input_ids"]],
+                              device=device)
+        stops, start = seq2seq_stop_ids(tokenizer, model), 0
+    else:
+        ids = torch.as_tensor([prompt_ids(tokenizer, messages, max_length)], device=device)
+        stops, start = stop_token_ids(tokenizer, model), ids.shape[1]
     with autocast_for(device, bf16):
+        # skip_prompt: the streamer's first piece is the prompt (a decoder-only model) or the decoder start token
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                             generation_config=generation_config(sampling, stop_token_ids(tokenizer, model), pad),
+                             generation_config=generation_config(sampling, stops, pad),
                              streamer=_Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
-    return tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return tokenizer.decode(gen[0, start:], skip_special_tokens=True).strip()
 
 
 def iter_answer(model: Any, tokenizer: Any, messages: Messages, *, sampling: Sampling = Sampling(),
@@ -166,17 +228,18 @@ def load_generator(run_or_model: str | Path, *, trust_remote_code: bool = False,
     a folder, a GGUF file or a hub id (the base model, to chat with before any fine-tuning)."""
     from .config import ModelConfig
     from .errors import RunError
-    from .models import load_tokenizer, load_trained, resolve_model_path
+    from .models import load_model_config, load_tokenizer, load_trained, resolve_model_path
     from .rundir import RunDir
     from .tasks import get_task
+    from .tasks.classification import model_max_tokens
 
     run = RunDir(run_or_model)
     if run.exists():
         grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
         cfg = run.config(**grants)
-        if cfg.task != "causal-lm-sft":
+        if get_task(cfg.task).auto_model not in GENERATORS:
             raise RunError(f"run {run.name} is a {cfg.task} run: its model classifies, it does not generate text. "
-                           f"Use `workbench predict` for it, or give a causal-lm-sft run or a model.")
+                           f"Use `workbench predict` for it, or give a causal-lm-sft or seq2seq run or a model.")
         if not run.model_dir.exists():
             raise RunError(f"run {run.name} has no final model yet (state: {run.status().get('state')}); wait for "
                            f"it to complete, or resume it.")
@@ -184,7 +247,8 @@ def load_generator(run_or_model: str | Path, *, trust_remote_code: bool = False,
         return model, tok, cfg.data.max_length
     mcfg = ModelConfig(name_or_path=str(run_or_model), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     tok = load_tokenizer(resolve_model_path(mcfg.name_or_path), mcfg)
-    model = get_task("causal-lm-sft").load_model(mcfg, [], tokenizer=tok)
+    seq2seq = bool(getattr(load_model_config(mcfg), "is_encoder_decoder", False))  # T5, BART, Marian
+    model = get_task("seq2seq" if seq2seq else "causal-lm-sft").load_model(mcfg, [], tokenizer=tok)
     model.eval()
-    limit = getattr(model.config, "max_position_embeddings", None)
-    return model, tok, int(min(limit, 2048)) if isinstance(limit, int) and limit > 0 else 2048
+    limit = model_max_tokens(model.config, tok)  # T5 has no position table: its tokenizer's 512
+    return model, tok, int(min(limit, 2048)) if limit else 512 if seq2seq else 2048

@@ -32,6 +32,8 @@ LORA_TARGETS = {
     "bert": ["query", "key", "value"], "roberta": ["query", "key", "value"], "xlm-roberta": ["query", "key", "value"],
     "electra": ["query", "key", "value"], "distilbert": ["q_lin", "k_lin", "v_lin"],
     "deberta-v2": ["query_proj", "key_proj", "value_proj"],
+    # encoder-decoders peft has no default for (it has t5/mt5 ["q", "v"], bart/mbart ["q_proj", "v_proj"])
+    "marian": ["q_proj", "v_proj"],
 }
 
 

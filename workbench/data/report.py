@@ -124,6 +124,12 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
                        f"tokens median {at.get('p50')}, p95 {at.get('p95')}, max {at.get('max')}; "
                        f"{d.get('template')} chat template, end of turn {d.get('end_of_turn')!r}; "
                        f"{d.get('truncated', 0)} truncated (oldest tokens dropped, last answer kept)")
+        st, tt = d.get("source_tokens") or {}, d.get("target_tokens") or {}
+        if st:  # text-to-text (seq2seq): a source and a target per example
+            out.append(f"  source tokens median {st.get('p50')}, p95 {st.get('p95')}, max {st.get('max')}; target "
+                       f"tokens median {tt.get('p50')}, p95 {tt.get('p95')}, max {tt.get('max')}; "
+                       f"{d.get('sources_truncated', 0)} sources and {d.get('targets_truncated', 0)} targets "
+                       f"truncated (at {d.get('target_max_length')} tokens)")
     if d.get("packing"):
         out.append(f"  {packing_line(d['packing'])}")
     if r.class_balance.get("train"):

@@ -49,9 +49,12 @@ from .token_classification import TASK as _token_classification  # noqa: E402
 
 from .causal_lm_sft import TASK as _causal_lm_sft  # noqa: E402
 
+from .seq2seq import TASK as _seq2seq  # noqa: E402
+
 register_task(_classification)
 register_task(_token_classification)
 register_task(_causal_lm_sft)
+register_task(_seq2seq)
 
 __all__ = [
     "CONTRACT",

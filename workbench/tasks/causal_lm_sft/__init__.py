@@ -235,6 +235,7 @@ class CausalLMSFT:
     # save_pretrained writes it once, re-tied on load; LoRA leaves it frozen (tests/test_sft_tied.py, README).
     freeze_embeddings_ok = False
     needs_labels = False  # labels.json is []: nothing to classify
+    reads_prompt_template = True  # `data.prompt_template` makes its prompts (RunConfig.validate asks)
     file_formats = "JSONL with `messages`, Alpaca JSON/JSONL, prompt/completion CSV/TSV/JSONL/Parquet"
     file_extensions = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
