@@ -29,7 +29,8 @@ def test_trainingarguments_names_are_real():
     ta = {f.name for f in dataclasses.fields(TrainingArguments)}
     ours = {f.name for f in dataclasses.fields(RunConfig().training)}
     # Our own additions, which TrainingArguments does not have, are explicit here.
-    assert ours - ta == {"early_stopping_patience", "cpu_speedups", "class_weights"}
+    assert ours - ta == {"early_stopping_patience", "cpu_speedups", "class_weights",
+                        "head_learning_rate"}
 
 
 def test_validation_reports_all_problems_with_fixes():
