@@ -19,7 +19,7 @@ from workbench.rundir import list_runs
 
 from . import widgets
 
-TASK = "causal-lm-sft"
+TASKS = ("causal-lm-sft", "seq2seq")  # the tasks whose runs write text
 ENCODERS = ("bert", "roberta", "deberta", "distilbert", "electra", "xlm-roberta")  # built-ins that cannot write
 SOURCES = ("Fine-tuned run", "Base model")
 HELP = {
@@ -85,12 +85,13 @@ def _pick_target() -> dict[str, Any] | None:
     """The model to talk to: {name, path, stamp, base (the run's starting model, or None)}."""
     kind = st.radio("Talk to", SOURCES, horizontal=True, key="chat_kind")
     if kind == SOURCES[0]:
-        runs = [r for r in list_runs(widgets.runs_folder()) if r.summary().get("task") == TASK]
-        run = widgets.pick_run("Run", runs, key="chat_run", help="causal-lm-sft runs in the runs folder; the "
-                               "fine-tuned model is the one the run saved at the end.")
+        runs = [r for r in list_runs(widgets.runs_folder()) if r.summary().get("task") in TASKS]
+        run = widgets.pick_run("Run", runs, key="chat_run", help="causal-lm-sft and seq2seq runs in the runs "
+                               "folder; the fine-tuned model is the one the run saved at the end. A seq2seq model "
+                               "reads the conversation flattened to one source text.")
         if run is None:
-            st.info(f"No {TASK} runs in {widgets.runs_folder()} yet: train one (Train page, task {TASK}), or talk "
-                    f"to a base model.", icon=":material/info:")
+            st.info(f"No causal-lm-sft or seq2seq runs in {widgets.runs_folder()} yet: train one (Train page), "
+                    f"or talk to a base model.", icon=":material/info:")
             return None
         if not run.model_dir.exists():
             st.info(f"{run.name} has no final model yet ({run.status().get('state')}): it appears here once the "

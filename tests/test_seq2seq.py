@@ -284,7 +284,7 @@ def test_tiny_bart_lora_run_from_a_config_trains_and_scores(tiny_bart, tmp_path)
     assert list(out.columns) == ["text", "predicted"] and len(out) == 1
 
 
-def test_tiny_t5_full_run_memorises_and_generates(tiny_t5, tmp_path, capsys):
+def test_tiny_t5_full_run_memorises_and_generates(tiny_t5, tmp_path, capsys, monkeypatch):
     from workbench.cli import main
     from workbench.config import RunConfig
     from workbench.rundir import new_run_dir
@@ -319,6 +319,19 @@ def test_tiny_t5_full_run_memorises_and_generates(tiny_t5, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "great film"  # greedy, stops at EOS
     assert main(["predict", str(run.path), "a dull script"]) == 0
     assert "awful film" in capsys.readouterr().out
+
+    # the dashboard's Chat page lists the run and streams its answer
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_string("from dashboard import chat\nchat.page()", default_timeout=120).run()
+    at.selectbox(key="chat_run").set_value("t5-full")
+    at.run()
+    at.chat_input(key="chat_prompt").set_value("the acting was superb")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [(m.name, [e.value for e in (*m.text, *m.markdown)]) for m in at.chat_message] == \
+        [("user", ["the acting was superb"]), ("assistant", ["great film"])]
 
 
 def test_generate_and_chat_on_a_base_seq2seq_folder(tiny_t5, capsys, monkeypatch):
