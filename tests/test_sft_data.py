@@ -32,6 +32,8 @@ WHEELS = {
         {"id": "hsk2-0001", "hsk_level": 2, "topic": "food", "chinese": "我喜欢吃米饭。",
          "translation": {"en": "I like to eat rice."}},
         {"id": "hsk2-0002", "hsk_level": 2, "topic": "food", "chinese": "", "translation": {"en": "(nothing)"}},
+        {"id": "hsk2-0003", "hsk_level": 2, "topic": "food", "chinese": "海底有很多鱼。",
+         "translation": {"en": "Placeholder"}},
     ], ensure_ascii=False)),
     "chitchat-dataset": ("chitchat_dataset/dataset.json", json.dumps({
         # two speakers; A's two messages are one turn; B's empty message is dropped; A's last turn is dropped
@@ -82,7 +84,8 @@ def test_hsk_zh_en_is_translation_instructions_from_its_wheel(fake_wheels):
     conv = load_conversations("hsk_zh_en", DataConfig(source="hsk_zh_en"))
     assert fake_wheels == ["hsk-sentences-audio==1.0.0"]
     assert conv.format == "prompt template" and not conv.problems
-    # the repeated pair and the pair without Chinese are dropped; the default template makes the user turn
+    # the repeated pair, the pair without Chinese and the one whose English is "placeholder" are dropped; the
+    # default template makes the user turn
     assert list(conv.frame["messages"]) == [
         [{"role": "user", "content": "Translate to English:\n老师，您好！"},
          {"role": "assistant", "content": "Hello, teacher!"}],
@@ -177,7 +180,7 @@ def test_the_real_wheels_give_the_stated_sizes(monkeypatch):
     """The numbers in the descriptions, on the real tables when the asset cache holds them (no download here)."""
     monkeypatch.setenv("WORKBENCH_HOME", os.environ.get("WORKBENCH_TEST_HOME") or str(Path.home() / ".cache/workbench"))
     cached = assets.assets_dir() / "datasets"
-    sizes = {"hsk_zh_en": 4352, "chitchat": 3678, "aclsum": 750}
+    sizes = {"hsk_zh_en": 4287, "chitchat": 3678, "aclsum": 750}
     have = [n for n in sizes if (cached / f"{n}.parquet").exists()]
     if not have:
         pytest.skip("no SFT built-in in the asset cache (`workbench download hsk_zh_en chitchat aclsum`)")
@@ -185,3 +188,22 @@ def test_the_real_wheels_give_the_stated_sizes(monkeypatch):
         conv = load_conversations(n, DataConfig(source=n))
         assert len(conv.frame) == sizes[n] and not conv.problems, n
         assert f"{sizes[n]:,}" in assets.BUILTIN_DATASETS[n].description
+
+
+def test_one_answer_to_many_prompts_is_a_warning_naming_the_rows():
+    """The real hsk_zh_en had 65 pairs whose English was "placeholder"; a tuned model learned to say it."""
+    from workbench.tasks.causal_lm_sft import repeated_answers
+
+    def conv(q, a):
+        return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+    rows = [conv(f"question {i}", f"answer {i}") for i in range(100)]
+    rows[3], rows[17], rows[40], rows[41], rows[90] = (conv(f"q{i}", " Placeholder") for i in range(5))
+    frame = pd.DataFrame({"messages": rows})
+    (w,) = repeated_answers(frame, "line")
+    assert w.startswith("5 training conversations (5.0%) have the same answer 'placeholder' to different prompts "
+                        "(line 3, 17, 40, 41, 90)") and "drop those rows" in w
+    assert repeated_answers(frame.drop(index=[90])) == []  # 4: below the floor of 5
+    same = pd.DataFrame({"messages": [conv("same question", "yes")] * 6 +
+                         [conv(f"question {i}", f"answer {i}") for i in range(94)]})
+    assert repeated_answers(same) == []  # one prompt repeated is a duplicate (reported as such), not this

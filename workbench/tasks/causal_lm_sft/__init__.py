@@ -134,6 +134,7 @@ def _describe(rep: Any, frames: dict[str, pd.DataFrame], cfg: Any, tokenizer: An
         if rep.leakage[s]:
             rep.warnings.append(f"leakage: {rep.leakage[s]} {s} conversation(s) also appear in train.")
     rep.duplicates = int(keys["train"].duplicated().sum())
+    rep.warnings += repeated_answers(frames["train"], rep.row_kind)
     if tokenizer is None:
         return
     eot = end_of_turn(tokenizer)
@@ -177,6 +178,27 @@ def _describe(rep: Any, frames: dict[str, pd.DataFrame], cfg: Any, tokenizer: An
                             f"({kind} {_rows([f'{r} ({s})' for s, r in cut])}): their oldest tokens (the left side "
                             f"of the prompt) are dropped so the last answer stays whole. Raise data.max_length to "
                             f"keep them.")
+
+
+def repeated_answers(train: pd.DataFrame, kind: str = "row", share: float = 0.01, least: int = 5) -> list[str]:
+    """Warnings for one answer given to many different prompts (at least `least` and `share` of the training
+    conversations): a stand-in such as `placeholder` or `N/A`, or a canned reply, which the model learns to say."""
+    from ...data.prepare import _first as _rows
+
+    if train.empty:
+        return []
+    answers = train["messages"].map(lambda c: " ".join(str(c[-1]["content"]).split()).lower())
+    prompts = train["messages"].map(lambda c: json.dumps(c[:-1], ensure_ascii=False, sort_keys=True))
+    out = []
+    for answer, n in answers.value_counts().items():
+        if n < max(least, share * len(train)):
+            break
+        same = answers == answer
+        if prompts[same].nunique() > 1:
+            out.append(f"{n} training conversations ({n / len(train):.1%}) have the same answer {answer[:60]!r} to "
+                       f"different prompts ({kind} {_rows(list(train.index[same]))}): if it is a stand-in for a "
+                       f"missing answer, drop those rows, or the model learns to say it.")
+    return out[:5]
 
 
 # --- the task ------------------------------------------------------------------------------------
