@@ -113,3 +113,44 @@ def test_the_head_gets_its_own_learning_rate(tiny_llama, tmp_path):
     # without it, the stock optimizer: one rate for all
     plain = WorkbenchTrainer(model=model, args=args).create_optimizer()
     assert {g["lr"] for g in plain.param_groups} == {1e-3}
+
+
+def test_train_page_offers_pooling_for_a_decoder_and_mean_for_chinese_builtins(tiny_llama, tiny_bert, tmp_path,
+                                                                               monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    import dashboard.train
+
+    launched = []
+
+    class Handle:
+        def __init__(self, cfg):
+            self.run = type("R", (), {"name": cfg.name})()
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(dashboard.train, "launch", lambda cfg: launched.append(cfg) or Handle(cfg))
+    csv = tmp_path / "s.csv"
+    make_sentiment_frame(60).to_csv(csv, index=False)
+    at = AppTest.from_string("from dashboard import train\ntrain.page()", default_timeout=120)
+    at.session_state["data_choice"] = {"source": str(csv), "task": "text-classification", "text_column": "text",
+                                       "label_column": "label", "text_pair_column": None}
+    at.run()
+    at.radio(key="train_model_kind").set_value("Local folder")
+    at.run()
+    at.text_input(key="train_folder").input(str(tiny_bert))
+    at.run()
+    assert not at.exception and "t.model.pooling" not in [r.key for r in at.radio]  # an encoder reads [CLS]
+    at.text_input(key="train_folder").input(str(tiny_llama))
+    at.run()
+    pooling = at.radio(key="t.model.pooling")
+    assert pooling.value == "auto" and pooling.help.startswith("How a decoder classifier")  # an English file
+    pooling.set_value("mean")
+    at.text_input(key="train_name").input("pooled")
+    at.run()
+    [b for b in at.button if b.label == "Launch"][0].click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert launched[0].model.pooling == "mean" and launched[0].validate() == []
+    at.selectbox(key="train_source").set_value("chinese_reviews")  # a Chinese built-in: mean is preselected
+    at.run()
+    assert at.radio(key="t.model.pooling").value == "mean"

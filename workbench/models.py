@@ -290,10 +290,11 @@ def architecture(model: Any) -> str:
 
 
 def is_decoder(model: Any) -> bool:
-    """Decoder-only models (Llama, GPT-2, Qwen) classify from the last token; encoders from the first."""
+    """Decoder-only models (Llama, GPT-2, Qwen) classify from the last token; encoders from the first. Takes
+    a model or its config."""
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                         MODEL_FOR_MASKED_LM_MAPPING_NAMES)
-    mt = getattr(model.config, "model_type", "")
+    mt = getattr(getattr(model, "config", model), "model_type", "")
     # BERT-likes are in the causal-LM table too (BertLMHeadModel); a masked-LM entry marks an encoder.
     return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
