@@ -15,7 +15,7 @@ of one round one after another, so they share the machine's load; ratios, not se
               format (`prompt`: the user turn, `completion`: the assistant turn), which gives completion-only loss.
   model       built-in `smollm2-135m` (SmolLM2-135M-Instruct, Llama), fp32 weights, LoRA r 16, alpha 32, dropout
               0.05 on q/k/v/o_proj (the workbench's choice for Llama, `workbench.models.LORA_TARGETS`, given to
-              TRL as `peft_config`).
+              TRL as `peft_config`); both start from the same adapter weights (seed 42; checked every run).
   training    1 epoch, batch 16, max_length 96, AdamW (adamw_torch_fused), lr 2e-4, warmup 0.1, linear decay,
               weight decay 0.01, gradient clipping 1.0, seed 42, the precision the workbench picks on this machine
               (`workbench.training.precision`: bf16 autocast where the CPU has it; TRL's own default is bf16 too),
@@ -25,13 +25,16 @@ of one round one after another, so they share the machine's load; ratios, not se
               (b+) (b) plus length-grouped batches, the workbench's batch order (like-for-like for that choice);
               (c)  the workbench: `run_training` from a RunConfig (task causal-lm-sft, peft lora);
               (c-) (c) with `training.cpu_speedups: false` (PyTorch's dropout, transformers' SDPA attention).
+  labels      checked every run, token for token on all training rows and on one collated batch: TRL's input
+              ids are the workbench's, TRL labels no prompt token, and every token the workbench labels (the answer
+              and its <|im_end|>) TRL labels too; TRL also labels the newline the template writes after <|im_end|>.
   measured    train wall time (the trainer's `train_runtime`), trained (non-padding) tokens per second, and the
               held-out loss per answer token on the same test rows, computed after training by ONE function
               (`heldout_loss` below: the workbench's labels and `token_nll`, fp32, no autocast) for every model.
   generation  greedy answers to test prompts (64 by default, max_new_tokens 32, batch 16, fp32, left padding, KV
               cache), `workbench.generate.generate_answers` vs `model.generate` on the same prompts in input order,
               the base model for both; answer tokens per second (the answers re-tokenised, the same count for both),
-              fastest of 3 alternating, and whether the answers are identical.
+              fastest of 2 alternating after a one-batch warm-up, and whether the answers are identical.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 TARGETS = {"tokens_per_s_ratio": 1.25, "loss_diff_pct": 2.0}
+GEN_REPEATS = 2  # timed generation rounds, after a one-batch warm-up of each (the slowest part per token on a CPU)
 MODEL, DATA = "smollm2-135m", "hsk_zh_en"
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 LEARNING_RATE, WARMUP, WEIGHT_DECAY, MAX_GRAD_NORM, OPTIM, SEED = 2e-4, 0.1, 0.01, 1.0, "adamw_torch_fused", 42
@@ -66,7 +70,6 @@ DIFFERENCES = [
     "template writes after <|im_end|> (see the label check)",
     "truncation beyond max_length: the workbench drops the prompt's oldest tokens (the answer stays whole), TRL "
     "cuts the end (keep_start); counted below",
-    "the LoRA adapters start from different random draws (each trainer seeds, then draws at its own moment)",
     "TRL's own: a fused LM head (only labelled positions go through the output layer), per-step entropy and "
     "token-accuracy metrics; gradient checkpointing, on by default in TRL, is off in (b) as in the workbench",
 ]
@@ -181,6 +184,22 @@ def _label_check(tok: Any, trl_rows: Any, wb_rows: Any, trl_collator: Any, batch
     return out
 
 
+def _same_lora_init(start: dict[str, Any], path: str) -> bool:
+    """Whether adapters that started at `start` (name -> tensor) start where the workbench's do: `run_training`
+    seeds, loads the model (which draws nothing) and then calls `apply_lora`, so its adapters are those of
+    `set_seed` + `apply_lora` here."""
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from workbench.config import PeftConfig
+    from workbench.models import apply_lora
+    set_seed(SEED)
+    ref = apply_lora(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), PeftConfig(method="lora", **LORA),
+                     task_type="CAUSAL_LM")
+    theirs = {n: p for n, p in ref.named_parameters() if "lora_" in n}
+    return start.keys() == theirs.keys() and all(torch.equal(start[n], theirs[n]) for n in start)
+
+
 def _trl(quick: bool, grouped: bool) -> dict:
     """(b)/(b+): TRL's SFTTrainer on the workbench's rows, in TRL's conversational prompt/completion format."""
     import datasets
@@ -217,10 +236,13 @@ def _trl(quick: bool, grouped: bool) -> dict:
     res: dict[str, Any] = {"precision": "bf16" if prec["bf16"] else "fp32",
                            "completion_only_loss": bool(trainer.completion_only_loss),
                            "at_max_length": int(sum(n >= s["max_length"] for n in lengths))}
-    if not grouped:  # the label check, once
+    if not grouped:  # the label check and the adapters' starting point, once
         wb_rows = get_task("causal-lm-sft").encode(prep.train, wb_tok, s["max_length"])
         res["label_check"] = _label_check(wb_tok, trainer.train_dataset, wb_rows, trainer.data_collator, s["batch"])
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     wall = float(trainer.train().metrics["train_runtime"])
+    if not grouped:  # compared after training: the reference's set_seed must not move training's random state
+        res["lora_init_identical"] = _same_lora_init(start, path)
     real = int(trainer._total_train_tokens)  # TRL's count of attention-mask tokens it trained on
     res.update(wall_s=wall, real_tokens=real, tokens_per_s=real / wall, steps=int(trainer.state.global_step),
                **heldout_loss(trainer.model, wb_tok, [list(m) for m in prep.test["messages"]], s["max_length"]))
@@ -268,10 +290,10 @@ def _generation(quick: bool, repeats: int) -> dict:
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
 
     @torch.inference_mode()
-    def plain() -> list[str]:  # the recipe of the transformers docs: left padding, batches in input order
+    def plain(n: int = len(texts)) -> list[str]:  # as the transformers docs write it: left padding, input order
         answers = []
-        for i in range(0, len(texts), s["gen_batch"]):
-            enc = tok(texts[i:i + s["gen_batch"]], return_tensors="pt", padding=True, padding_side="left",
+        for i in range(0, n, s["gen_batch"]):
+            enc = tok(texts[i:min(i + s["gen_batch"], n)], return_tensors="pt", padding=True, padding_side="left",
                       add_special_tokens=False)
             out = model.generate(**enc, max_new_tokens=s["max_new_tokens"], do_sample=False, use_cache=True,
                                  eos_token_id=stops, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
@@ -280,17 +302,19 @@ def _generation(quick: bool, repeats: int) -> dict:
                                                             skip_special_tokens=True)]
         return answers
 
-    def workbench() -> list[str]:
-        return generate_answers(model, tok, convs, sampling=Sampling(max_new_tokens=s["max_new_tokens"]),
+    def workbench(n: int = len(convs)) -> list[str]:
+        return generate_answers(model, tok, convs[:n], sampling=Sampling(max_new_tokens=s["max_new_tokens"]),
                                 batch_size=s["gen_batch"], bf16=False)
 
     runs = {"plain": plain, "workbench": workbench}
-    answers = {name: fn() for name, fn in runs.items()}  # warm-up, and the answers compared
+    for fn in runs.values():  # warm-up: one batch each
+        fn(s["gen_batch"])
     best = {name: float("inf") for name in runs}
+    answers: dict[str, list[str]] = {}
     for _ in range(repeats):  # alternate; the fastest of each counts
         for name, fn in runs.items():
             t0 = time.perf_counter()
-            fn()
+            answers[name] = fn()
             best[name] = min(best[name], time.perf_counter() - t0)
     n_tok = {name: sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in ans)
              for name, ans in answers.items()}
@@ -333,11 +357,13 @@ def main() -> int:
         import transformers
         transformers.logging.set_verbosity_error()
         warnings.filterwarnings("ignore")
-        gen_reps = 1 if a.quick else 3
+        gen_reps = 1 if a.quick else GEN_REPEATS
         print("RESULT " + json.dumps(_child(a.part, a.quick, gen_reps), default=float))
         return 0
 
     import torch
+
+    from workbench.models import LORA_TARGETS
     s = _sizes(a.quick)
     results: dict[str, dict] = {}
     t_start = time.time()
@@ -404,10 +430,12 @@ def main() -> int:
     print("\nWhat the workbench does differently from (b):")
     for d in DIFFERENCES:
         print(f"  - {d}")
+    same = "the same" if B["lora_init_identical"] else "NOT the same (another random draw)"
+    print(f"  - LoRA adapters: {same} starting weights in (b) and (c) (checked: `lora_init_identical`)")
     print(f"  - precision: the same for every row ({B['precision']}; `workbench.training.precision` on this machine)")
 
     print(f"\nGeneration, {G['prompts']} test prompts, greedy, max_new_tokens {s['max_new_tokens']}, batch "
-          f"{s['gen_batch']}, fp32, base model (fastest of {1 if a.quick else 3}):")
+          f"{s['gen_batch']}, fp32, base model (fastest of {1 if a.quick else GEN_REPEATS}):")
     print(f"  model.generate (input order, left padding)   {G['plain_s']:6.2f} s  {G['plain_tokens']:5d} answer "
           f"tokens  {G['plain_tokens_per_s']:7.1f} tok/s")
     print(f"  workbench generate_answers                   {G['workbench_s']:6.2f} s  {G['workbench_tokens']:5d} "
@@ -434,18 +462,20 @@ def main() -> int:
               f"{'' if c['pass'] is None else 'PASS' if c['pass'] else 'FAIL'}")
     ok = checks[0]["pass"] and checks[1]["pass"]
     print(f"{'PASS' if ok else 'FAIL'}: tokens/s {ratio:.2f}x TRL's (target >= {TARGETS['tokens_per_s_ratio']:g}) at a "
-          f"held-out loss {diff:+.2f}% from TRL's (target within +-{TARGETS['loss_diff_pct']:g}%)")
+          f"held-out loss {diff:+.2f}% from TRL's (target within +-{TARGETS['loss_diff_pct']:g}%; negative: the "
+          f"workbench's is lower)")
     print(f"{'PASS' if G['identical'] == G['prompts'] else 'FAIL'}: generation answers identical "
           f"({G['identical']}/{G['prompts']}); generate_answers {gen_ratio:.2f}x model.generate's tokens/s")
     if a.quick:
         print("(--quick: sizes too small for the targets to mean anything; this only keeps the script working)")
 
     out = {"quick": a.quick, "repeats": reps, "settings": {
-        "model": MODEL, "data": DATA, **s, "lora": LORA, "target_modules": "q_proj,k_proj,v_proj,o_proj",
+        "model": MODEL, "data": DATA, **s, "lora": LORA, "target_modules": LORA_TARGETS["llama"],
         "learning_rate": LEARNING_RATE, "warmup": WARMUP, "weight_decay": WEIGHT_DECAY, "max_grad_norm": MAX_GRAD_NORM,
         "optim": OPTIM, "seed": SEED, "precision": B["precision"], "torch_threads": torch.get_num_threads()},
         "workbench_differences": DIFFERENCES, "label_check": lc, "training": results, "generation": G,
-        "checks": checks, "pass": ok, "load_end": load_end[:2], "machine": platform.machine(),
+        "lora_init_identical": B["lora_init_identical"], "checks": checks, "pass": ok, "load_end": load_end[:2],
+        "machine": platform.machine(),
         "cores": os.cpu_count()}
     for key in results:
         results[key].pop("label_check", None)

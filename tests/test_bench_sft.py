@@ -46,6 +46,7 @@ def test_bench_sft_quick_prints_the_table_and_writes_its_json(tmp_path):
     assert lc["prompt_tokens_labelled_by_trl"] == 0, lc
     assert lc["labelled_both"] == lc["labelled_workbench"] > 0, lc
     assert lc["batch"]["labelled_same_token"] == lc["batch"]["labelled_workbench"] > 0, lc
+    assert res["lora_init_identical"] is True  # both trainers' adapters start from the same weights
     gen = res["generation"]
     assert gen["prompts"] == 8 and gen["plain_tokens"] > 0 and gen["workbench_tokens"] > 0, gen
     assert {c["name"] for c in res["checks"]} >= {"(c) / (b) tokens/s", "held-out loss (c) vs (b), %"}
