@@ -3,6 +3,7 @@
     python benchmarks/bench_sft.py              # default sizes (est. 10 min on 2 idle CPU cores)
     python benchmarks/bench_sft.py --quick      # a small smoke version (tests/test_bench_sft.py runs it; no targets)
     python benchmarks/bench_sft.py --repeats 3  # each training row the fastest of 3, alternating (3x the time)
+    python benchmarks/bench_sft.py --fp32       # also (b=) and (c-) in fp32 (two more, slower, trainings)
     python benchmarks/bench_sft.py --json out.json
 
 Each measurement runs in its own process (a fresh model, no patches left over from another trainer), the trainings
@@ -23,6 +24,8 @@ of one round one after another, so they share the machine's load; ratios, not se
               (b)  TRL `SFTTrainer` with those settings and TRL's defaults otherwise, except gradient checkpointing
                    (TRL turns it on by default; the workbench never does, and it only trades time for memory);
               (b+) (b) plus length-grouped batches, the workbench's batch order (like-for-like for that choice);
+              (b=) (b+) given the workbench's token ids and labels (a tokenised data set, which TRL takes as it
+                   is): like-for-like for the labels, which differ by the newline after <|im_end|> (below);
               (c)  the workbench: `run_training` from a RunConfig (task causal-lm-sft, peft lora);
               (c-) (c) with `training.cpu_speedups: false` (PyTorch's dropout, transformers' SDPA attention).
   labels      checked every run, token for token on all training rows and on one collated batch: TRL's input
@@ -67,11 +70,15 @@ DIFFERENCES = [
     "another random stream) and attention written out instead of SDPA (same maths) -> row (c-) is the workbench "
     "without them",
     "labels: the workbench labels each answer and its <|im_end|>; TRL's completion also holds the newline the "
-    "template writes after <|im_end|> (see the label check)",
+    "template writes after <|im_end|> (see the label check): one more, easy, token per answer in the mean loss "
+    "-> row (b=) is (b+) trained on the workbench's ids and labels",
     "truncation beyond max_length: the workbench drops the prompt's oldest tokens (the answer stays whole), TRL "
-    "cuts the end (keep_start); counted below",
-    "TRL's own: a fused LM head (only labelled positions go through the output layer), per-step entropy and "
-    "token-accuracy metrics; gradient checkpointing, on by default in TRL, is off in (b) as in the workbench",
+    "cuts the end (keep_start); counted above",
+    "TRL's own: its loss goes through a fused, chunked LM head (`trl.trainer.utils.add_fused_lm_head`: log-"
+    "probabilities tile by tile, bf16 tiles under autocast, recomputed in the backward pass; on a CPU it still "
+    "scores every position), the workbench's through transformers' loss (logits upcast to fp32); TRL also "
+    "computes entropy and token accuracy every step. Gradient checkpointing, on by default in TRL, is off in (b) "
+    "as in the workbench. `--fp32` adds (b=) and (c-) in fp32: the same problem without bf16's rounding",
 ]
 
 
@@ -83,7 +90,7 @@ def _sizes(quick: bool) -> dict[str, int]:
             "max_new_tokens": 32, "gen_batch": 16}
 
 
-def _config(quick: bool, workdir: str, speedups: bool = True) -> Any:
+def _config(quick: bool, workdir: str, speedups: bool = True, fp32: bool = False) -> Any:
     """(c)'s RunConfig; its data section and seed also define the rows every row trains and is scored on."""
     from workbench.config import RunConfig
     s = _sizes(quick)
@@ -96,7 +103,8 @@ def _config(quick: bool, workdir: str, speedups: bool = True) -> Any:
                      "per_device_eval_batch_size": s["batch"], "learning_rate": LEARNING_RATE,
                      "warmup_steps": WARMUP, "weight_decay": WEIGHT_DECAY, "max_grad_norm": MAX_GRAD_NORM,
                      "optim": OPTIM, "lr_scheduler_type": "linear", "seed": SEED, "eval_strategy": "no",
-                     "save_strategy": "no", "use_cpu": True, "cpu_speedups": speedups},
+                     "save_strategy": "no", "use_cpu": True, "cpu_speedups": speedups,
+                     "bf16": False if fp32 else "auto"},
         "peft": {"method": "lora", **LORA}})
 
 
@@ -200,8 +208,9 @@ def _same_lora_init(start: dict[str, Any], path: str) -> bool:
     return start.keys() == theirs.keys() and all(torch.equal(start[n], theirs[n]) for n in start)
 
 
-def _trl(quick: bool, grouped: bool) -> dict:
-    """(b)/(b+): TRL's SFTTrainer on the workbench's rows, in TRL's conversational prompt/completion format."""
+def _trl(quick: bool, grouped: bool, workbench_labels: bool = False, fp32: bool = False) -> dict:
+    """(b)/(b+): TRL's SFTTrainer on the workbench's rows, in TRL's conversational prompt/completion format;
+    (b=): (b+) given the workbench's token ids and labels instead (TRL takes a tokenised data set as it is)."""
     import datasets
     import torch
     from peft import LoraConfig
@@ -220,7 +229,7 @@ def _trl(quick: bool, grouped: bool) -> dict:
         msgs = [list(m) for m in frame["messages"]]
         return datasets.Dataset.from_dict({"prompt": [m[:-1] for m in msgs], "completion": [m[-1:] for m in msgs]})
 
-    prec = precision(RunConfig.from_dict({"training": {"use_cpu": True}}))
+    prec = precision(RunConfig.from_dict({"training": {"use_cpu": True, "bf16": False if fp32 else "auto"}}))
     work = tempfile.mkdtemp(prefix="bench_sft_trl_")
     args = SFTConfig(output_dir=work, num_train_epochs=s["epochs"], per_device_train_batch_size=s["batch"],
                      learning_rate=LEARNING_RATE, warmup_steps=WARMUP, lr_scheduler_type="linear",
@@ -230,14 +239,14 @@ def _trl(quick: bool, grouped: bool) -> dict:
                      train_sampling_strategy="group_by_length" if grouped else "random")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     lora = LoraConfig(task_type="CAUSAL_LM", target_modules=LORA_TARGETS["llama"], **LORA)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=to_trl(prep.train), processing_class=tok,
-                         peft_config=lora)
+    wb_rows = get_task("causal-lm-sft").encode(prep.train, wb_tok, s["max_length"])
+    train = wb_rows.select_columns(["input_ids", "labels"]) if workbench_labels else to_trl(prep.train)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok, peft_config=lora)
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     res: dict[str, Any] = {"precision": "bf16" if prec["bf16"] else "fp32",
                            "completion_only_loss": bool(trainer.completion_only_loss),
                            "at_max_length": int(sum(n >= s["max_length"] for n in lengths))}
     if not grouped:  # the label check and the adapters' starting point, once
-        wb_rows = get_task("causal-lm-sft").encode(prep.train, wb_tok, s["max_length"])
         res["label_check"] = _label_check(wb_tok, trainer.train_dataset, wb_rows, trainer.data_collator, s["batch"])
     start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     wall = float(trainer.train().metrics["train_runtime"])
@@ -250,14 +259,14 @@ def _trl(quick: bool, grouped: bool) -> dict:
     return res
 
 
-def _workbench(quick: bool, speedups: bool) -> dict:
+def _workbench(quick: bool, speedups: bool, fp32: bool = False) -> dict:
     """(c)/(c-): `run_training`, then the run's model loaded back as a user would (`load_trained`)."""
     from workbench.models import load_trained
     from workbench.rundir import new_run_dir
     from workbench.training import run_training
     s = _sizes(quick)
     work = tempfile.mkdtemp(prefix="bench_sft_wb_")
-    cfg = _config(quick, work, speedups)
+    cfg = _config(quick, work, speedups, fp32)
     run = new_run_dir(cfg)
     run_training(cfg, run, progress=False)
     summary = run.metrics().query("kind == 'summary'").iloc[-1]
@@ -330,22 +339,29 @@ def _generation(quick: bool, repeats: int) -> dict:
 
 def _child(part: str, quick: bool, repeats: int) -> dict:
     fn = {"b": lambda: _trl(quick, grouped=False), "b+": lambda: _trl(quick, grouped=True),
+          "b=": lambda: _trl(quick, grouped=True, workbench_labels=True),
           "c": lambda: _workbench(quick, speedups=True), "c-": lambda: _workbench(quick, speedups=False),
+          "b=32": lambda: _trl(quick, grouped=True, workbench_labels=True, fp32=True),
+          "c-32": lambda: _workbench(quick, speedups=False, fp32=True),
           "generate": lambda: _generation(quick, repeats)}
     res = fn[part]()
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 
 
-ROWS = [("b", "(b) TRL SFTTrainer"), ("b+", "(b+) TRL + length-grouped batches"), ("c", "(c) workbench default"),
+ROWS = [("b", "(b) TRL SFTTrainer"), ("b+", "(b+) TRL + length-grouped batches"),
+        ("b=", "(b=) (b+) on the workbench's labels"), ("c", "(c) workbench default"),
         ("c-", "(c-) workbench, cpu_speedups off")]
+FP32_ROWS = [("b=32", "(b=) in fp32"), ("c-32", "(c-) in fp32")]  # --fp32
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few steps on a handful of rows (a smoke test)")
-    ap.add_argument("--repeats", type=int, default=1, help="rounds of the four trainings, alternating; the fastest "
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of the five trainings, alternating; the fastest "
                     "of each counts (default 1: about 10 minutes on 2 cores)")
+    ap.add_argument("--fp32", action="store_true", help="also run (b=) and (c-) in fp32: the same training "
+                    "problem in both trainers, without bf16's rounding (two more, slower, trainings)")
     ap.add_argument("--json", default="bench_sft.json", help="where to write the results (default: ./bench_sft.json)")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -391,7 +407,7 @@ def main() -> int:
           f"warmup {WARMUP}, linear, weight decay {WEIGHT_DECAY}, clip {MAX_GRAD_NORM}, seed {SEED}; generation "
           f"{s['gen_prompts']} prompts, max_new_tokens {s['max_new_tokens']}, batch {s['gen_batch']}", flush=True)
     for _ in range(reps):  # round robin: each round's runs are close in time, so they share the machine's mood
-        for part, _label in ROWS:
+        for part, _label in ROWS + (FP32_ROWS if a.fp32 else []):
             run_part(part)
     run_part("generate")
     load_end = os.getloadavg()
@@ -403,7 +419,7 @@ def main() -> int:
           f"{'' if reps == 1 else f'; each row fastest of {reps}'}")
     print(f"{'recipe':36s} {'prec':>5s} {'steps':>5s} {'wall s':>7s} {'real tok/s':>10s} {'x (b)':>6s} "
           f"{'held-out loss':>13s} {'vs (b) %':>8s} {'peak RSS MB':>11s}")
-    for key, label in ROWS:
+    for key, label in ROWS + (FP32_ROWS if a.fp32 else []):
         r = results[key]
         print(f"{label:36s} {r['precision']:>5s} {r['steps']:5d} {r['wall_s']:7.1f} {r['tokens_per_s']:10.0f} "
               f"{r['tokens_per_s'] / B['tokens_per_s']:6.2f} {r['loss']:13.4f} "
@@ -411,6 +427,11 @@ def main() -> int:
     print(f"{'base model (no training)':36s} {'fp32':>5s} {'':>5s} {'':>7s} {'':>10s} {'':>6s} {G['base_loss']:13.4f}")
     print(f"held-out loss: one function for every row (fp32, per answer token, {B['answer_tokens']} answer tokens); "
           f"the workbench run's own eval.json says {C['run_eval_loss']:.4f} (its {C['precision']} scoring)")
+    if a.fp32:
+        d32 = 100 * (results["c-32"]["loss"] - results["b=32"]["loss"]) / results["b=32"]["loss"]
+        d16 = 100 * (results["c-"]["loss"] - results["b="]["loss"]) / results["b="]["loss"]
+        print(f"(b=) and (c-): the same ids, labels, batch order and starting adapters; held-out loss (c-) vs (b=) "
+              f"{d16:+.3f}% in {B['precision']}, {d32:+.3f}% in fp32")
     if len({results[k]["real_tokens"] for k, _ in ROWS}) > 1:
         print(f"note: the rows trained on different numbers of real tokens "
               f"({', '.join(str(results[k]['real_tokens']) for k, _ in ROWS)}): the encodings differ")
@@ -455,6 +476,10 @@ def main() -> int:
                "pass": abs(diff) <= TARGETS["loss_diff_pct"]},
               {"name": "(c) / (b+) tokens/s", "value": C["tokens_per_s"] / results["b+"]["tokens_per_s"],
                "target": "-", "pass": None},
+              {"name": "(c) / (b=) tokens/s", "value": C["tokens_per_s"] / results["b="]["tokens_per_s"],
+               "target": "-", "pass": None},
+              {"name": "held-out loss (c) vs (b=), %", "target": "-", "pass": None,
+               "value": 100 * (C["loss"] - results["b="]["loss"]) / results["b="]["loss"]},
               {"name": "generation workbench / plain", "value": gen_ratio, "target": "-", "pass": None}]
     print(f"\n{'check':30s} {'value':>8s} {'target':>12s}")
     for c in checks:

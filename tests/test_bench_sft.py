@@ -24,7 +24,8 @@ def test_bench_sft_quick_prints_the_table_and_writes_its_json(tmp_path):
     out = p.stdout
     assert p.returncode == 0, out[-3000:] + p.stderr[-3000:]
     for line in ("settings: smollm2-135m + LoRA r 16, alpha 32", "LoRA SFT: smollm2-135m, hsk_zh_en 32 train / 8 test",
-                 "(b) TRL SFTTrainer", "(b+) TRL + length-grouped batches", "(c) workbench default",
+                 "(b) TRL SFTTrainer", "(b+) TRL + length-grouped batches", "(b=) (b+) on the workbench's labels",
+                 "(c) workbench default",
                  "(c-) workbench, cpu_speedups off", "base model (no training)", "What the workbench does differently",
                  "length-grouped batches", "training.cpu_speedups", "Generation, 8 test prompts",
                  "(c) / (b) tokens/s", "held-out loss (c) vs (b), %", "answers identical"):
@@ -34,7 +35,7 @@ def test_bench_sft_quick_prints_the_table_and_writes_its_json(tmp_path):
 
     res = json.loads(out_file.read_text())
     assert res["quick"] is True and res["settings"]["train"] == 32 and res["settings"]["lora"]["r"] == 16
-    for key in ("b", "b+", "c", "c-"):
+    for key in ("b", "b+", "b=", "c", "c-"):
         row = res["training"][key]
         assert row["wall_s"] > 0 and row["tokens_per_s"] > 0 and row["steps"] == 4, (key, row)
         assert math.isfinite(row["loss"]) and 0 < row["loss"] < 20, (key, row)
