@@ -1,6 +1,6 @@
 """LoRA SFT of SmolLM2: the workbench against TRL's `SFTTrainer`, its generation against `model.generate`, in one run.
 
-    python benchmarks/bench_sft.py              # default sizes (est. 10 min on 2 idle CPU cores)
+    python benchmarks/bench_sft.py              # default sizes (est. 10-12 min on 2 idle CPU cores)
     python benchmarks/bench_sft.py --quick      # a small smoke version (tests/test_bench_sft.py runs it; no targets)
     python benchmarks/bench_sft.py --repeats 3  # each training row the fastest of 3, alternating (3x the time)
     python benchmarks/bench_sft.py --fp32       # also (b=) and (c-) in fp32 (two more, slower, trainings)
@@ -359,7 +359,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few steps on a handful of rows (a smoke test)")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of the five trainings, alternating; the fastest "
-                    "of each counts (default 1: about 10 minutes on 2 cores)")
+                    "of each counts (default 1: about 10-12 minutes on 2 idle cores)")
     ap.add_argument("--fp32", action="store_true", help="also run (b=) and (c-) in fp32: the same training "
                     "problem in both trainers, without bf16's rounding (two more, slower, trainings)")
     ap.add_argument("--json", default="bench_sft.json", help="where to write the results (default: ./bench_sft.json)")
@@ -498,7 +498,8 @@ def main() -> int:
         "model": MODEL, "data": DATA, **s, "lora": LORA, "target_modules": LORA_TARGETS["llama"],
         "learning_rate": LEARNING_RATE, "warmup": WARMUP, "weight_decay": WEIGHT_DECAY, "max_grad_norm": MAX_GRAD_NORM,
         "optim": OPTIM, "seed": SEED, "precision": B["precision"], "torch_threads": torch.get_num_threads()},
-        "workbench_differences": DIFFERENCES, "label_check": lc, "training": results, "generation": G,
+        "workbench_differences": DIFFERENCES, "label_check": lc, "generation": G,
+        "training": {k: v for k, v in results.items() if k != "generate"},
         "lora_init_identical": B["lora_init_identical"], "checks": checks, "pass": ok, "load_end": load_end[:2],
         "machine": platform.machine(),
         "cores": os.cpu_count()}

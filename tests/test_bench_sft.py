@@ -35,6 +35,7 @@ def test_bench_sft_quick_prints_the_table_and_writes_its_json(tmp_path):
 
     res = json.loads(out_file.read_text())
     assert res["quick"] is True and res["settings"]["train"] == 32 and res["settings"]["lora"]["r"] == 16
+    assert set(res["training"]) == {"b", "b+", "b=", "c", "c-"}, list(res["training"])
     for key in ("b", "b+", "b=", "c", "c-"):
         row = res["training"][key]
         assert row["wall_s"] > 0 and row["tokens_per_s"] > 0 and row["steps"] == 4, (key, row)
