@@ -18,7 +18,8 @@ from . import widgets
 def show(cfg: RunConfig) -> list[str]:
     """Draw the data check and the estimate for `cfg`; return the data problems (they block Launch)."""
     source = cfg.data.source
-    if source in BUILTIN_DATASETS and not (assets_dir() / "datasets" / f"{source}.parquet").exists():
+    cached = source in BUILTIN_DATASETS and (assets_dir() / "datasets" / BUILTIN_DATASETS[source].cache_name).exists()
+    if source in BUILTIN_DATASETS and not cached:
         st.info(f"{source} is not downloaded yet: the run fetches it first. Open it on the Data page to see "
                 f"its report and a time estimate before launching.", icon=":material/download:")
         report, train_rows = None, None

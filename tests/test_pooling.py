@@ -40,6 +40,13 @@ def test_mean_pooling_reads_the_mean_of_the_real_tokens_whatever_the_padding(tin
                                 ["neg", "pos"], tokenizer=tok)
         stock.score.load_state_dict(model.score.state_dict())
         assert not torch.allclose(stock.eval()(**enc).logits, out.logits, atol=1e-3)
+        # a copy (nn.DataParallel's replicas, deepcopy) reads its own weights, not the original's
+        import copy
+
+        twin = copy.deepcopy(model)
+        twin.score.weight.mul_(2)
+        assert torch.allclose(twin(**enc).logits, _mean_logits(twin, enc), atol=1e-5)
+        assert torch.allclose(twin(**enc).logits, 2 * out.logits, atol=1e-5)
 
 
 def test_mean_pooling_is_refused_for_an_encoder_and_for_other_tasks(tiny_bert):
@@ -70,11 +77,18 @@ def test_a_mean_pooled_run_is_read_back_mean_pooled(tiny_llama, tmp_path, method
         "data": {"source": str(data), "max_length": 32},
         "training": {"max_steps": 3, "learning_rate": 1e-3, "head_learning_rate": 1e-2, "eval_strategy": "no",
                      "save_strategy": "no", "logging_steps": 1},
-        "peft": {"method": method}})
+        "peft": {"method": method, "merge_adapter": method == "lora"}})
     run = run_training(cfg, new_run_dir(cfg), progress=False)
+    if method == "lora":  # the merged export is read back mean-pooled too, giving the adapter's logits
+        merged, mtok = load_trained(run.model_dir / "merged")
+        adapter, _ = load_trained(run.model_dir)
+        enc = mtok(["the movie was good", "awful"], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            assert merged.workbench_pooling == "mean"
+            assert torch.allclose(merged(**enc).logits, adapter(**enc).logits, atol=1e-4)
     model, tok = load_trained(run.model_dir)
     inner = model.get_base_model() if method == "lora" else model
-    assert inner.workbench_pooling == "mean"
+    assert inner.workbench_pooling == "mean" and type(inner).__name__ == "LlamaForSequenceClassification"
     enc = tok(["the movie was good", "awful"], padding=True, return_tensors="pt")
     with torch.no_grad():
         got = model(**enc).logits
@@ -151,6 +165,11 @@ def test_train_page_offers_pooling_for_a_decoder_and_mean_for_chinese_builtins(t
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert launched[0].model.pooling == "mean" and launched[0].validate() == []
+    at.text_input(key="train_folder").input(str(tiny_bert))  # the radio is not drawn for one rerun...
+    at.run()
+    at.text_input(key="train_folder").input(str(tiny_llama))
+    at.run()
+    assert at.radio(key="t.model.pooling").value == "mean"  # ...and the choice is still there
     at.selectbox(key="train_source").set_value("chinese_reviews")  # a Chinese built-in: mean is preselected
     at.run()
     assert at.radio(key="t.model.pooling").value == "mean"

@@ -104,3 +104,28 @@ def test_iter_answer_yields_the_answer_piece_by_piece_and_raises_generation_erro
     assert "".join(pieces).strip() == generate_answers(model, tok, [msgs], sampling=s, max_length=64)[0]
     with pytest.raises(ValueError):  # an error in the generating thread reaches the page, not a silent stop
         list(iter_answer(model, tok, [{"role": "user", "content": "x"}], sampling=Sampling(max_new_tokens=-1)))
+
+
+def test_an_abandoned_stream_stops_generating(chat_lm):
+    """The Chat page's script is stopped when the user acts mid-answer: closing the iterator must end the
+    generation (the chat_lm never writes EOS, so it would otherwise run to max_new_tokens)."""
+    import time
+
+    from workbench.generate import iter_answer
+
+    model, tok, _ = load_generator(str(chat_lm))
+    steps = []
+    hook = model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        it = iter_answer(model, tok, [{"role": "user", "content": "the movie was good"}],
+                         sampling=Sampling(max_new_tokens=200), max_length=64)
+        next(it)
+        it.close()
+        for _ in range(100):  # until the worker thread has stopped calling the model
+            n = len(steps)
+            time.sleep(0.05)
+            if len(steps) == n:
+                break
+        assert len(steps) < 50, len(steps)
+    finally:
+        hook.remove()

@@ -181,7 +181,7 @@ def test_the_real_wheels_give_the_stated_sizes(monkeypatch):
     monkeypatch.setenv("WORKBENCH_HOME", os.environ.get("WORKBENCH_TEST_HOME") or str(Path.home() / ".cache/workbench"))
     cached = assets.assets_dir() / "datasets"
     sizes = {"hsk_zh_en": 4287, "chitchat": 3678, "aclsum": 750}
-    have = [n for n in sizes if (cached / f"{n}.parquet").exists()]
+    have = [n for n in sizes if (cached / assets.BUILTIN_DATASETS[n].cache_name).exists()]
     if not have:
         pytest.skip("no SFT built-in in the asset cache (`workbench download hsk_zh_en chitchat aclsum`)")
     for n in have:

@@ -466,7 +466,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     from .assets import BUILTIN_DATASETS
     from .paths import assets_dir
     for d in BUILTIN_DATASETS.values():
-        cached = (assets_dir() / "datasets" / f"{d.name}.parquet").exists()
+        cached = (assets_dir() / "datasets" / d.cache_name).exists()
         print(f"{d.name:18s} {'cached ' if cached else 'fetched on first use'}  {d.description}")
     print("\nOr give a file (CSV, TSV, JSON, JSONL, Parquet) as data.source, or `hub:NAME` when online.")
     print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")

@@ -191,17 +191,30 @@ def stream_answer(model: Any, tokenizer: Any, messages: Messages, on_text: Calla
 def iter_answer(model: Any, tokenizer: Any, messages: Messages, *, sampling: Sampling = Sampling(),
                 max_length: int = 1024, bf16: bool = False) -> Iterator[str]:
     """`stream_answer` as an iterator of pieces (for `st.write_stream`): generation runs in a thread and each
-    piece is yielded as soon as it is written; an error in generation is raised here, after the pieces before it."""
+    piece is yielded as soon as it is written; an error in generation is raised here, after the pieces before it.
+    Closing the iterator early (Streamlit stops a script when the user acts mid-answer) stops the generation at
+    its next piece, so an abandoned answer does not keep the CPU busy."""
     import queue
     import threading
 
     pieces: queue.Queue = queue.Queue()
     done = object()
     failed: list[BaseException] = []
+    stop = threading.Event()
+
+    class _Abandoned(Exception):
+        pass
+
+    def put(piece: str) -> None:
+        if stop.is_set():
+            raise _Abandoned  # raised inside model.generate's streamer: generation ends here
+        pieces.put(piece)
 
     def work() -> None:
         try:
-            stream_answer(model, tokenizer, messages, pieces.put, sampling=sampling, max_length=max_length, bf16=bf16)
+            stream_answer(model, tokenizer, messages, put, sampling=sampling, max_length=max_length, bf16=bf16)
+        except _Abandoned:
+            pass
         except BaseException as e:  # noqa: BLE001 - handed to the consumer's thread
             failed.append(e)
         finally:
@@ -209,8 +222,11 @@ def iter_answer(model: Any, tokenizer: Any, messages: Messages, *, sampling: Sam
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    while (piece := pieces.get()) is not done:
-        yield piece
+    try:
+        while (piece := pieces.get()) is not done:
+            yield piece
+    finally:
+        stop.set()
     thread.join()
     if failed:
         raise failed[0]

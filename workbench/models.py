@@ -226,40 +226,52 @@ def load_classifier(cfg: ModelConfig, labels: list[str], *, attn_implementation:
     return apply_pooling(model, cfg)
 
 
-def apply_pooling(model: Any, cfg: ModelConfig) -> Any:
-    """`model.pooling: mean` on a decoder's sequence classifier: its head reads the mean of the final hidden
-    states over the real (attention-mask) tokens instead of the last token's. The model's own `forward` is
-    replaced on this instance only (PEFT's wrappers call it), with the same inputs and outputs; the weights and
-    the saved files are unchanged, and the run's config.yaml records the choice so every load repeats it."""
-    if getattr(cfg, "pooling", "auto") == "auto":
-        return model
+def _mean_pooled_forward(self: Any, input_ids: Any = None, attention_mask: Any = None, labels: Any = None,
+                         inputs_embeds: Any = None, output_attentions: Any = None, output_hidden_states: Any = None,
+                         **kw: Any) -> Any:
+    """A decoder classifier's forward with the head on the mean of the final hidden states over the real
+    (attention-mask) tokens; same inputs and outputs as the model's own."""
     from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
-    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    head = getattr(model, "score", None)
-    if not is_decoder(model) or backbone is None or not isinstance(head, torch.nn.Module):
+    kw.pop("use_cache", None)
+    out = getattr(self, self.base_model_prefix)(
+        input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+        output_attentions=output_attentions, output_hidden_states=output_hidden_states, use_cache=False, **kw)
+    h = out.last_hidden_state
+    mask = (attention_mask if attention_mask is not None else torch.ones(h.shape[:2], device=h.device))
+    mask = mask.float().unsqueeze(-1)  # counted in fp32: a bf16 sum of ones is inexact above 256 tokens
+    pooled = ((h.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)).to(h.dtype)
+    logits = self.score(pooled)  # looked up at each call: PEFT swaps `score` for a wrapper with the trained copy
+    loss = None
+    if labels is not None:
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
+    return SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                            attentions=out.attentions)
+
+
+_MEAN_POOLED: dict[type, type] = {}
+
+
+def apply_pooling(model: Any, cfg: ModelConfig) -> Any:
+    """`model.pooling: mean` on a decoder's sequence classifier: its head reads the mean of the final hidden
+    states over the real tokens instead of the last token's. The model becomes an instance of a subclass of its
+    own class with the same name whose `forward` is `_mean_pooled_forward` (a class method, so replicas made by
+    `nn.DataParallel` and PEFT's wrappers use their own weights); the weights and the saved files are unchanged.
+    Only the workbench reads the choice back (config.yaml and workbench_model.json record it): plain
+    transformers loads the saved folder with the last-token head."""
+    if getattr(cfg, "pooling", "auto") == "auto":
+        return model
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if not is_decoder(model) or base is None or not isinstance(getattr(model, "score", None), torch.nn.Module):
         raise ModelError(f"model.pooling={cfg.pooling!r} works for decoder classifiers (Llama, SmolLM2, Qwen, GPT-2); "
                          f"{cfg.name_or_path} is a {architecture(model) or 'different'} model that reads its own "
                          f"summary token. Fix: set model.pooling to auto.")
-
-    def forward(input_ids: Any = None, attention_mask: Any = None, labels: Any = None, inputs_embeds: Any = None,
-                output_attentions: Any = None, output_hidden_states: Any = None, **kw: Any) -> Any:
-        kw.pop("use_cache", None)
-        out = backbone(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                       output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                       use_cache=False, **kw)
-        h = out.last_hidden_state
-        mask = (attention_mask if attention_mask is not None else torch.ones(h.shape[:2], device=h.device))
-        mask = mask.to(h.dtype).unsqueeze(-1)
-        # the head looked up at each call: PEFT swaps `score` for a wrapper holding the trained copy
-        logits = model.score((h * mask).sum(1) / mask.sum(1).clamp(min=1.0))
-        loss = None
-        if labels is not None:
-            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
-        return SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
-                                                attentions=out.attentions)
-
-    model.forward = forward
+    cls = type(model)
+    if cls not in _MEAN_POOLED.values():
+        if cls not in _MEAN_POOLED:
+            _MEAN_POOLED[cls] = type(cls.__name__, (cls,), {"forward": _mean_pooled_forward,
+                                                            "__module__": cls.__module__})
+        model.__class__ = _MEAN_POOLED[cls]
     model.workbench_pooling = cfg.pooling
     return model
 

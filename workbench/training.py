@@ -335,6 +335,9 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
             merged = final.merge_and_unload()
             merged.save_pretrained(run.model_dir / "merged", safe_serialization=True)
             tok.save_pretrained(run.model_dir / "merged")
+            # its own record too, so the workbench reads it back as trained (model.pooling, the task, labels)
+            write_json_atomic(run.model_dir / "merged" / "workbench_model.json",
+                              {"labels": prep.labels, "task": cfg.task, "method": "full", "model": cfg.model.__dict__})
             final = merged
         run.update_status(phase="scoring the test split after fine-tuning")
         if len(prep.test):

@@ -118,7 +118,7 @@ def train_data(task: str) -> dict[str, Any]:
     st.caption("Columns: " + (f"text `{cols['text_column']}`, label `{cols['label_column']}` (from the Data page)"
                               if cols else "guessed from the column names (set them on the Data page)"))
     columns = {f"data.{k}": cols.get(k) for k in ("text_column", "label_column", "text_pair_column")}
-    return {"data.source": source, **columns, **_pooling(source)}
+    return {"data.source": source, **columns, **(_pooling(source) if task == "text-classification" else {})}
 
 
 def _pooling(source: str) -> dict[str, Any]:
@@ -137,8 +137,10 @@ def _pooling(source: str) -> dict[str, Any]:
     if st.session_state.get("pooling_for") != source:  # a new data set: its recommendation, then the user's choice
         st.session_state["pooling_for"] = source
         st.session_state["t.model.pooling"] = "mean" if builtin is not None and builtin.language != "en" else "auto"
+    if "t.model.pooling" not in st.session_state:  # Streamlit drops a widget's value when it was not drawn
+        st.session_state["t.model.pooling"] = "mean" if builtin is not None and builtin.language != "en" else "auto"
     choice = st.radio("What the classification head reads", ["auto", "mean"], key="t.model.pooling",
-                      horizontal=True, help=field_help()["model.pooling"],
+                      horizontal=True, help=field_help()["model.pooling"], persist_state="session",
                       format_func=lambda v: {"auto": "the last token (the model's own)",
                                              "mean": "the mean of all tokens"}[v])
     return {"model.pooling": choice}
