@@ -9,6 +9,7 @@ import streamlit as st
 
 from workbench.assets import BUILTIN_DATASETS
 from workbench.config import RunConfig
+from workbench.errors import WorkbenchError
 from workbench.estimate import estimate_run, format_bytes, format_estimate, gpu_memory_note, local_model_dir
 from workbench.paths import assets_dir
 
@@ -42,7 +43,11 @@ def show(cfg: RunConfig) -> list[str]:
                                                             if report["labels"] else "")
                    + (f"; {len(report['warnings'])} warning(s) on the Data page" if report["warnings"] else "") + ".")
     if train_rows is not None:
-        _estimate(cfg, report, train_rows)
+        try:
+            _estimate(cfg, report, train_rows)
+        except WorkbenchError as e:  # a model that cannot do this task: say so, and keep Launch off
+            st.error(f"Model: {e}", icon=":material/block:")
+            return [str(e)]
     return []
 
 

@@ -415,3 +415,26 @@ def test_workbench_report_on_a_seq2seq_config(tiny_t5, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "target tokens median 3" in out and "targets truncated (at 6 tokens)" in out, out
     assert "sources and 0 targets" in out and "source text(s) are longer than data.max_length=6" in out
+
+
+def test_train_page_says_when_the_model_cannot_do_seq2seq(tiny_bert, tmp_path):
+    """An encoder (MiniLM, BERT) chosen for seq2seq: the estimate cannot build it, so the page says why and
+    what to do, never a traceback (CI hit this once MiniLM was in the asset cache)."""
+    from streamlit.testing.v1 import AppTest
+
+    table = tmp_path / "zh_en.csv"
+    table.write_text("prompt,completion\n" + "".join(f"句子{i},sentence {i}\n" for i in range(20)), encoding="utf-8")
+    at = AppTest.from_string("from dashboard import train\ntrain.page()", default_timeout=120)
+    at.session_state["data_choice"] = {"source": str(table), "task": "causal-lm-sft", "text_column": None,
+                                       "label_column": None, "text_pair_column": None}
+    at.run()
+    at.selectbox(key="train_task").set_value("seq2seq")
+    at.run()
+    assert at.selectbox(key="train_source").value == str(table)
+    at.radio(key="train_model_kind").set_value("Local folder")
+    at.run()
+    at.text_input(key="train_folder").input(str(tiny_bert))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("a bert model cannot be used for seq2seq" in e.value and "Fix: choose a model made for seq2seq" in
+               e.value for e in at.error), [e.value for e in at.error]

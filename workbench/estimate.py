@@ -109,8 +109,14 @@ def count_parameters(config: Any, num_labels: int, peft: Any = None, task: Any =
     task = task if task is not None else get_task("text-classification")
     config = copy.deepcopy(config)
     config.num_labels = max(2, num_labels)
-    with torch.device("meta"):
-        model = getattr(transformers, task.auto_model).from_config(config)
+    try:
+        with torch.device("meta"):
+            model = getattr(transformers, task.auto_model).from_config(config)
+    except ValueError:  # transformers: this architecture has no such head (a BERT as a seq2seq model)
+        from .errors import ModelError
+        raise ModelError(f"a {getattr(config, 'model_type', '?')} model cannot be used for {task.name}: it needs a "
+                         f"model transformers builds as {task.auto_model}. Fix: choose a model made for "
+                         f"{task.name}.") from None
     total = sum(p.numel() for p in model.parameters())
     if peft is None or peft.method != "lora":
         freeze = getattr(peft, "freeze_embeddings", False) and task.freeze_embeddings_ok
