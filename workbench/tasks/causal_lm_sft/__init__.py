@@ -321,7 +321,7 @@ class CausalLMSFT:
                 batch_size: int = 64, bf16: bool = False) -> pd.DataFrame:
         """The per-example table: prompt, reference (the last assistant turn), the model's greedy answer to the
         conversation before it, and the example's loss over all its answer tokens (teacher-forced)."""
-        from ...generate import Sampling, generate_answers
+        from ...generate import generate_answers
 
         eot = end_of_turn(tokenizer)
         msgs = [list(m) for m in frame["messages"]]
@@ -336,18 +336,9 @@ class CausalLMSFT:
         # Generation stops at the end of the turn; the cap only bounds a model that never ends its turn
         # (an untrained one), at twice the longest reference: anything longer is wrong by then.
         longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs), default=1)
-        sampling = Sampling(max_new_tokens=int(min(MAX_NEW_TOKENS, max(16, 2 * longest + 8))))
-        answers = generate_answers(model, tokenizer, list(prompts), sampling=sampling, max_length=max_length,
-                                   batch_size=min(batch_size, 32), bf16=bf16)
-        out = pd.DataFrame({"row": frame.index.to_numpy(), "text": [prompt_text(p) for p in prompts],
-                            "gold": list(refs), "predicted": answers, "loss": loss, "answer_tokens": count,
-                            "chrf": sentence_chrf(answers, refs),
-                            "correct": [_norm(a) == _norm(r) for a, r in zip(answers, refs)],
-                            "turns": [sum(m["role"] != "system" for m in c) for c in msgs], "messages": msgs})
-        for c in frame.columns:
-            if c not in ("messages",) and c not in out:
-                out[c] = frame[c].to_numpy()
-        return out
+        answers = generate_answers(model, tokenizer, list(prompts), sampling=answer_sampling(longest),
+                                   max_length=max_length, batch_size=min(batch_size, 32), bf16=bf16)
+        return answer_table(frame, msgs, [prompt_text(p) for p in prompts], list(refs), answers, loss, count)
 
     def predict_texts(self, model: Any, tokenizer: Any, texts: Sequence[str], labels: list[str], *,
                       max_length: int = 256, batch_size: int = 16, bf16: bool = False) -> pd.DataFrame:
@@ -399,6 +390,28 @@ class CausalLMSFT:
 
     def align_labels(self, frame: pd.DataFrame, labels: list[str], source: str) -> pd.DataFrame:
         return frame  # no labels: any conversations can be scored by any causal LM
+
+
+def answer_sampling(longest_reference: int) -> Any:
+    """Greedy decoding for scoring a split: generation stops at the end of the turn (or EOS); the cap only
+    bounds a model that never ends it, at twice the longest reference (anything longer is wrong by then)."""
+    from ...generate import Sampling
+
+    return Sampling(max_new_tokens=int(min(MAX_NEW_TOKENS, max(16, 2 * longest_reference + 8))))
+
+
+def answer_table(frame: pd.DataFrame, msgs: list[Any], texts: list[str], refs: list[str], answers: list[str],
+                 loss: np.ndarray, count: np.ndarray) -> pd.DataFrame:
+    """The per-example predictions table of a text-writing task (causal-lm-sft, seq2seq): the prompt shown,
+    reference, answer, teacher-forced loss, sentence chrF, exact match, turns, and the data's other columns."""
+    out = pd.DataFrame({"row": frame.index.to_numpy(), "text": texts, "gold": refs, "predicted": answers,
+                        "loss": loss, "answer_tokens": count, "chrf": sentence_chrf(answers, refs),
+                        "correct": [_norm(a) == _norm(r) for a, r in zip(answers, refs)],
+                        "turns": [sum(m["role"] != "system" for m in c) for c in msgs], "messages": msgs})
+    for c in frame.columns:
+        if c not in ("messages",) and c not in out:
+            out[c] = frame[c].to_numpy()
+    return out
 
 
 def answer_slices(pred: pd.DataFrame, max_values: int = 20) -> pd.DataFrame:

@@ -20,8 +20,7 @@ import torch
 
 from ...errors import ModelError
 from ..base import DataRole
-from ..causal_lm_sft import MAX_NEW_TOKENS, CausalLMSFT, _norm, _stats, prepare_sft
-from ..causal_lm_sft.scoring import sentence_chrf
+from ..causal_lm_sft import MAX_NEW_TOKENS, CausalLMSFT, _stats, answer_sampling, answer_table, prepare_sft
 from .encode import (IGNORE, MODEL_INPUTS, Seq2SeqCollator, encode_pairs, flatten, source_text, target_cap,
                      target_nll, token_counts)
 
@@ -144,23 +143,15 @@ class Seq2Seq(CausalLMSFT):
                 batch_size: int = 64, bf16: bool = False) -> pd.DataFrame:
         """causal-lm-sft's per-example table: source, reference (the target), the greedy output (stopping at
         EOS), the teacher-forced loss per target token and the count of target tokens, chrF, exact match."""
-        from ...generate import Sampling, seq2seq_answers
+        from ...generate import seq2seq_answers
 
         msgs = [list(m) for m in frame["messages"]]
         sources, refs = [source_text(m) for m in msgs], [m[-1]["content"] for m in msgs]
         loss, count = example_losses(model, tokenizer, sources, refs, max_length, batch_size, bf16)
         longest = max(token_counts(tokenizer, refs, target=True), default=1)
-        sampling = Sampling(max_new_tokens=int(min(MAX_NEW_TOKENS, max(16, 2 * longest + 8))))
-        answers = seq2seq_answers(model, tokenizer, sources, sampling=sampling, max_length=max_length,
-                                  batch_size=min(batch_size, 32), bf16=bf16)
-        out = pd.DataFrame({"row": frame.index.to_numpy(), "text": sources, "gold": refs, "predicted": answers,
-                            "loss": loss, "answer_tokens": count, "chrf": sentence_chrf(answers, refs),
-                            "correct": [_norm(a) == _norm(r) for a, r in zip(answers, refs)],
-                            "turns": [sum(m["role"] != "system" for m in c) for c in msgs], "messages": msgs})
-        for c in frame.columns:
-            if c not in ("messages",) and c not in out:
-                out[c] = frame[c].to_numpy()
-        return out
+        answers = seq2seq_answers(model, tokenizer, sources, sampling=answer_sampling(longest),
+                                  max_length=max_length, batch_size=min(batch_size, 32), bf16=bf16)
+        return answer_table(frame, msgs, sources, refs, answers, loss, count)
 
     def predict_texts(self, model: Any, tokenizer: Any, texts: Sequence[str], labels: list[str], *,
                       max_length: int = 256, batch_size: int = 16, bf16: bool = False) -> pd.DataFrame:
