@@ -152,6 +152,31 @@ def _hsk_zh_en() -> pd.DataFrame:
     return df.drop_duplicates(subset=["chinese", "english"]).reset_index(drop=True)
 
 
+def duie_sentences() -> pd.DataFrame:
+    """The DuIE sentences of `casrel-datautils` (an sdist): `text`, `spo` (its triples, each {subject, predicate,
+    object, subject_type, object_type}; every subject and object string occurs in its sentence) and a `split`
+    per sentence (train 80% / validation 10% / test 10%, fixed by a hash of the text), so `duie_qa` and `duie_re`,
+    both made from these sentences, hold out the same sentences and no sentence is in two splits."""
+    import hashlib
+
+    raw = _read_member(fetch_package(Package("casrel-datautils", "1.1.5", sdist=True)), "data/test.json")
+    rows = []
+    for line in raw.decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        text = str(r.get("text") or "").strip()
+        spo = [{k: str(t.get(k) or "").strip() for k in ("subject", "predicate", "object", "subject_type",
+                                                          "object_type")} for t in r.get("spo_list") or []]
+        spo = [t for t in spo if t["subject"] and t["object"] and t["subject"] in text and t["object"] in text]
+        if text and spo:
+            rows.append((text, spo))
+    df = pd.DataFrame(rows, columns=["text", "spo"]).drop_duplicates(subset="text").reset_index(drop=True)
+    bucket = df["text"].map(lambda t: int(hashlib.sha256(t.encode("utf-8")).hexdigest()[:8], 16) % 10)
+    df["split"] = bucket.map(lambda b: "test" if b == 0 else "validation" if b == 1 else "train")
+    return df
+
+
 def chitchat_messages(turns: list[list[dict[str, Any]]]) -> list[dict[str, str]] | None:
     """One chitchat conversation as user/assistant turns: whoever writes first is the user, the other the
     assistant; a sender's consecutive messages are one turn (lines joined), empty messages dropped, a trailing
