@@ -177,6 +177,33 @@ def duie_sentences() -> pd.DataFrame:
     return df
 
 
+# duie_qa's question for each DuIE relation (subject -> object); the answer is the object's span in the sentence.
+DUIE_QUESTIONS = {
+    "作者": "{s}的作者是谁？", "主演": "{s}的主演有谁？", "出生日期": "{s}的出生日期是哪天？", "歌手": "{s}的歌手是谁？",
+    "出版社": "{s}是哪家出版社出版的？", "出生地": "{s}出生在哪里？", "导演": "{s}的导演是谁？",
+    "成立日期": "{s}是什么时候成立的？", "民族": "{s}是什么民族？", "毕业院校": "{s}毕业于哪所学校？",
+    "国籍": "{s}的国籍是什么？", "所属专辑": "{s}收录在哪张专辑里？", "连载网站": "{s}在哪个网站连载？",
+    "作曲": "{s}的作曲是谁？", "作词": "{s}的作词是谁？", "上映时间": "{s}是什么时候上映的？",
+    "出品公司": "{s}是哪家公司出品的？", "创立了": "{s}创立了什么？",
+}
+
+
+def _duie_qa() -> pd.DataFrame:
+    rows = []
+    for _, r in duie_sentences().iterrows():
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for t in r["spo"]:
+            grouped.setdefault((t["subject"], t["predicate"]), [])
+            if t["object"] not in grouped[(t["subject"], t["predicate"])]:
+                grouped[(t["subject"], t["predicate"])].append(t["object"])
+        for (subj, pred), objects in grouped.items():
+            template = DUIE_QUESTIONS.get(pred, "{s}的" + pred + "是什么？")
+            rows.append({"question": template.format(s=subj), "context": r["text"],
+                         "answers": [{"text": o, "answer_start": r["text"].find(o)} for o in objects],
+                         "relation": pred, "subject": subj, "split": r["split"]})
+    return pd.DataFrame(rows)
+
+
 def chitchat_messages(turns: list[list[dict[str, Any]]]) -> list[dict[str, str]] | None:
     """One chitchat conversation as user/assistant turns: whoever writes first is the user, the other the
     assistant; a sender's consecutive messages are one turn (lines joined), empty messages dropped, a trailing
@@ -292,6 +319,13 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
                        task="causal-lm-sft",
                        prompt_template="Summarize the {aspect} of this paper in one sentence.\n\n{abstract}",
                        completion_column="summary"),
+        BuiltinDataset("duie_qa", "Chinese extractive QA templated from real sentences: 13,417 DuIE sentences (news "
+                       "and encyclopaedia text, 17 relations) give 22,977 questions, one per (subject, relation) of "
+                       "a sentence's triples, asked from a template per relation (`{subject}的作者是谁？`); the "
+                       "answer is the object's span in the sentence (all objects count as right answers when there "
+                       "are several). Every question is answerable. Split by sentence, train 80 / validation 10 / "
+                       "test 10 (the same sentences as duie_re's). Extra column: relation. From the "
+                       "`casrel-datautils` sdist.", _duie_qa, language="zh", task="question-answering"),
     ]
 }
 

@@ -357,7 +357,23 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .predict import Predictor
     _quiet_libraries()
     texts = a.text if a.text != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+    from .errors import DataError
     p = Predictor.from_run(a.run, **_grants(a))
+    context = a.context
+    if a.context_file:
+        from .data.io import decode
+        path = Path(a.context_file).expanduser()
+        if not path.is_file():
+            raise DataError(f"--context-file {a.context_file}: no such file. Give a text file holding the context.")
+        context, _ = decode(path.read_bytes(), path.name)
+    if context is not None:
+        if p.task.name != "question-answering":
+            raise DataError(f"--context is for question-answering runs; {a.run} is a {p.task.name} run.")
+        out = p.predict(texts, contexts=[context] * len(texts))
+        for _, row in out.iterrows():
+            where = f"[{row['start']}:{row['end']}]" if row["start"] >= 0 else ""
+            print(f"{row['predicted']}\t{where}\t{row['text'][:80]}")
+        return 0
     out = p.predict(texts)
     if "p_" + p.labels[0] not in out:  # a task whose answer is not one class per text (e.g. entities)
         for _, row in out.iterrows():
@@ -837,9 +853,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--data", help="a labelled file to score instead of the stored test split")
     grant_flags(p)
-    p = add("predict", cmd_predict, "Classify texts with a run's fine-tuned model ('-' reads lines from stdin).")
+    p = add("predict", cmd_predict, "Classify texts with a run's fine-tuned model ('-' reads lines from stdin); "
+            "for a question-answering run, the texts are questions about --context.")
     p.add_argument("run")
     p.add_argument("text", nargs="+")
+    p.add_argument("--context", help="question-answering: the text to find the answers in")
+    p.add_argument("--context-file", help="question-answering: a text file holding the context")
     grant_flags(p)
     p = add("generate", cmd_generate, "Write a model's answer to a prompt: a causal-lm-sft or seq2seq run's model, "
             "or a base model (built-in name, folder, GGUF file, hub id; an encoder-decoder such as T5 reads the "

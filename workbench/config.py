@@ -100,6 +100,15 @@ class DataConfig:
                        "attention mask is block-diagonal) and its first token is never a target of the one "
                        "before. Training only: validation and test scoring see one conversation per row. The "
                        "data report says how many rows packing made and how full they are.")
+    doc_stride: int = _f(128, "question-answering: a context longer than one window (data.max_length tokens with "
+                         "the question) is split into overlapping windows; consecutive windows share this many "
+                         "tokens, so an answer cut by one window's edge is whole in the next.", lo=0, hi=2**20,
+                         hint="typical: a quarter to a third of max_length")
+    max_answer_length: int = _f(30, "question-answering: the longest answer span predicted, in tokens.", lo=1,
+                                hi=2**20, hint="typical: 30 (SQuAD); more for Chinese in a byte-level tokenizer")
+    null_threshold: float = _f(0.0, "question-answering, for models trained with unanswerable questions: answer "
+                               "nothing when the no-answer score beats the best span's by more than this (SQuAD "
+                               "2.0's threshold; raise it to answer more often).", lo=-1e6, hi=1e6)
     delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
     encoding: str | None = _f(None, "Force the file encoding. Empty: the byte-order mark's (UTF-8/16/32), else UTF-8, "
                               "then cp1252 with a warning.")
@@ -288,6 +297,10 @@ class RunConfig:
         if _finite(d.validation_size, d.test_size) and d.validation_size + d.test_size >= 1:
             p.append(f"data.validation_size + data.test_size = {d.validation_size + d.test_size:g} leaves nothing "
                      f"to train on: keep their sum below 1 (e.g. 0.1 and 0.2).")
+        if self.task == "question-answering" and _finite(d.doc_stride, d.max_length) and \
+                d.doc_stride * 2 > d.max_length:
+            p.append(f"data.doc_stride={d.doc_stride} is more than half of data.max_length={d.max_length}: each window "
+                     f"would hold little new context. Fix: a quarter to a third of max_length (e.g. 128 for 384).")
         if d.prompt_template:
             from .tasks.causal_lm_sft.formats import template_fields
             if not getattr(task, "reads_prompt_template", False):  # causal-lm-sft, seq2seq

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ class Predictor:
         self.model, self.tokenizer, self.labels = model, tokenizer, labels
         self.max_length, self.bf16 = max_length, bf16
         self.task = get_task(task)
+        self.task_settings: dict[str, Any] = {}  # question answering: the run's doc_stride, max_answer_length, ...
 
     @classmethod
     def from_run(cls, run: str | Path | RunDir, bf16: bool | None = None, *, trust_remote_code: bool = False,
@@ -42,6 +43,10 @@ class Predictor:
             from .training import precision
             bf16 = precision(cfg)["bf16"]
         n = model.config.num_labels
+        if cfg.task == "question-answering":  # the start/end head has 2 outputs; the labels are answer kinds
+            p = cls(model, tok, r.labels(), cfg.data.max_length, bf16, cfg.task)
+            p.task_settings = {k: getattr(cfg.data, k) for k in ("doc_stride", "max_answer_length", "null_threshold")}
+            return p
         return cls(model, tok, r.model_labels(n) or [model.config.id2label[i] for i in range(n)],
                    cfg.data.max_length, bf16, cfg.task)
 
@@ -54,11 +59,15 @@ class Predictor:
         return predict_proba(self.model, self.tokenizer, texts, pairs, max_length=self.max_length,
                              batch_size=batch_size, bf16=self.bf16)
 
-    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64) -> pd.DataFrame:
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64, *,
+                contexts: Sequence[str] | None = None) -> pd.DataFrame:
+        """One row per text; `contexts` (one per text) for question answering, where the texts are questions."""
         predict_texts = getattr(self.task, "predict_texts", None)
         if predict_texts is not None:  # a task that reads raw text its own way (a tagger splits it into words)
+            kw = {"contexts": list(contexts) if contexts is not None else None, **self.task_settings} \
+                if self.task.name == "question-answering" else {}
             return predict_texts(self.model, self.tokenizer, list(texts), self.labels, max_length=self.max_length,
-                                 batch_size=batch_size, bf16=self.bf16)
+                                 batch_size=batch_size, bf16=self.bf16, **kw)
         if getattr(self.task, "predict_proba", None) is None:  # any task: its table, without references
             frame = pd.DataFrame({"text": list(texts)} | ({"text_pair": list(pairs)} if pairs is not None else {}))
             return self.task.predict(self.model, self.tokenizer, frame, self.labels, max_length=self.max_length,
