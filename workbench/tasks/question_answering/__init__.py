@@ -31,7 +31,7 @@ from ..base import DataRole
 from .encode import (MODEL_INPUTS, Answer, QACollator, Windows, best_answer, make_windows, question_text,
                      training_labels, window_logits)
 from .formats import QAData, read_qa
-from .scoring import answer_tokens, best_over
+from .scoring import best_over
 
 SPAN, NO_ANSWER = "span", "no answer"
 ERROR_TYPES = ("no answer given", "answered the unanswerable", "wrong place", "too long", "too short", "overlapping")
@@ -63,8 +63,8 @@ def question_type(q: str) -> str:
     谁/什么时候/哪里/哪/什么/多少/几 (Chinese); "other" when there is none."""
     s = q.lower()
     for zh, name in (("什么时候", "什么时候 (when)"), ("哪一年", "什么时候 (when)"), ("谁", "谁 (who)"),
-                     ("哪里", "哪里 (where)"), ("哪", "哪 (which)"), ("什么", "什么 (what)"), ("多少", "多少 (how many)"),
-                     ("几", "几 (how many)")):
+                     ("哪里", "哪里 (where)"), ("哪", "哪 (which)"), ("什么", "什么 (what)"),
+                     ("多少", "多少 (how many)"), ("几", "几 (how many)")):
         if zh in s:
             return name
     m = re.search(r"\b(what|who|whom|whose|when|where|which|how|why)\b", s)

@@ -3,8 +3,9 @@
 A context longer than the window is split into windows of at most `max_length` tokens (question included)
 that share `doc_stride` tokens with the next one (the tokenizer's `return_overflowing_tokens` / `stride`),
 each with its offset mapping back to the context's characters. Training labels are per window: the answer's
-first and last token when the whole answer is inside the window, else both point at the null position (the
-first token: [CLS] for an encoder) — also for an unanswerable question. At prediction every window is read,
+first and last token (for byte-level BPE, the first character's last byte piece: `span_positions`) when the
+whole answer is inside the window, else both point at the null position (the first token: [CLS] for an
+encoder) — also for an unanswerable question. At prediction every window is read,
 the `n_best` highest start and end logits of each are paired into spans inside one window's context (so no
 span crosses a window edge) of at most `max_answer_length` tokens, and the best-scoring span over all windows
 wins; when the model was trained with unanswerable questions, the empty answer wins instead if the null score
@@ -90,11 +91,16 @@ def make_windows(tokenizer: Any, questions: Sequence[str], contexts: Sequence[st
 
 def span_positions(offsets: list[tuple[int, int] | None], start_char: int, end_char: int) -> tuple[int, int] | None:
     """The first and last token of the characters [start_char, end_char) when all of them are in this window's
-    context, else None. A character split over several byte-level tokens starts at its first one."""
+    context, else None."""
     ctx = [i for i, o in enumerate(offsets) if o is not None]
     if not ctx or offsets[ctx[0]][0] > start_char or offsets[ctx[-1]][1] < end_char:
         return None
-    start = next((i for i in ctx if offsets[i][1] > start_char), None)
+    # The answer starts at the LAST token holding its first character: byte-level BPE (SmolLM2) splits a CJK
+    # character into 2-3 byte pieces with the same offsets, and a decoder has read the whole character only at
+    # its last piece (the first byte is shared by thousands of characters). One token per character elsewhere.
+    start = next((i for i in reversed(ctx) if offsets[i][0] <= start_char < offsets[i][1]), None)
+    if start is None:
+        start = next((i for i in ctx if offsets[i][1] > start_char), None)
     end = next((i for i in reversed(ctx) if offsets[i][0] < end_char), None)
     if start is None or end is None or end < start:
         return None

@@ -135,8 +135,9 @@ def normalise(df: pd.DataFrame, name: str, row_kind: str, question_column: str |
         missing = [role for role, col in (("question", q), ("context", c), ("answer", a)) if col is None]
         if missing:
             raise DataError(f"{name}: no {' / '.join(missing)} column. Question answering reads a question, its "
-                            f"context and the answer text with its character offset (`answer_start`) per row, e.g. "
-                            f"{{\"context\": \"...\", \"question\": \"...\", \"answer\": \"...\", \"answer_start\": 12}}, "
+                            f"context and the answer text with its character offset (`answer_start`) per row, "
+                            f"e.g. {{\"context\": \"...\", \"question\": \"...\", \"answer\": \"...\", "
+                            f"\"answer_start\": 12}}, "
                             f"or a SQuAD JSON file (data/paragraphs/qas). Columns found: {', '.join(cols)}.")
         df = df.assign(line=df.index.to_numpy())
     out_rows, repairs = [], []
