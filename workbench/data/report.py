@@ -145,8 +145,9 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
             out.append(f"  leakage: {n} {split} text(s) also appear in train")
     t = r.token_lengths
     if t:
+        fate = "are read in overlapping windows" if t.get("windowed") else "get truncated"
         out.append(f"  tokens ({t.get('tokenizer', '')}): median {t['p50']}, p95 {t['p95']}, max {t['max']}; "
-                   f"{t['truncated']} text(s) longer than max_length={t['max_length']} get truncated")
+                   f"{t['truncated']} text(s) longer than max_length={t['max_length']} {fate}")
     u = r.unknown_tokens
     if u and u.get("unknown"):
         lost = f", {u['chars_lost_share']:.0%} of the characters lost" if u.get("chars_lost_share") is not None else ""

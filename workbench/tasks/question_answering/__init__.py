@@ -174,6 +174,7 @@ def _describe(rep: Any, frames: dict[str, pd.DataFrame], labels: list[str], cfg:
                                           add_special_tokens=False)["input_ids"]]
     whole = [c + q + tokenizer.num_special_tokens_to_add(pair=True) for c, q in zip(ctx_tokens, q_tokens)]
     rep.token_lengths = token_length_stats(whole, cfg.max_length, getattr(tokenizer, "name_or_path", ""))
+    rep.token_lengths["windowed"] = True  # longer pairs are split into windows, not cut
     long = [r for r, n in zip(sample["line"], whole) if n > cfg.max_length]
     if long:
         try:
