@@ -272,3 +272,13 @@ def test_tiny_llama_reads_answers_end_to_end(tiny_llama, tmp_path, capsys):
     assert "errors by type" in capsys.readouterr().out
     assert main(["eval", str(run.path)]) == 0
     assert "exact_match" in capsys.readouterr().out
+
+
+def test_the_qa_head_gets_its_own_learning_rate():
+    from workbench.trainer import is_head_parameter
+
+    assert is_head_parameter("base_model.model.qa_outputs.modules_to_save.default.weight")
+    assert not is_head_parameter("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight")
+    cfg = RunConfig.from_dict({"task": "question-answering", "data": {"max_length": 128, "doc_stride": 32},
+                               "training": {"head_learning_rate": 1e-3}})
+    assert cfg.validate() == []

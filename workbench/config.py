@@ -317,7 +317,8 @@ class RunConfig:
         if self.model.pooling != "auto" and self.task != "text-classification":
             p.append(f"model.pooling={self.model.pooling!r} chooses how a text classifier reads a text; task "
                      f"{self.task} predicts per token or writes text: set it to auto.")
-        if t.head_learning_rate is not None and task is not None and not getattr(task, "needs_labels", True):
+        if t.head_learning_rate is not None and task is not None and \
+                not getattr(task, "new_head", getattr(task, "needs_labels", True)):
             p.append(f"training.head_learning_rate is for a task with a new head (classification, NER); task "
                      f"{self.task} trains the model's own layers: leave it empty.")
         if d.text_column and d.label_column and d.text_column == d.label_column:

@@ -52,7 +52,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-HEAD_MODULES = ("score", "classifier")  # the task heads transformers puts on a model (and PEFT copies)
+HEAD_MODULES = ("score", "classifier", "qa_outputs")  # the task heads transformers puts on a model (and PEFT copies)
 
 
 def is_head_parameter(name: str) -> bool:

@@ -344,6 +344,7 @@ class QuestionAnswering:
     headline = "f1"
     freeze_embeddings_ok = True
     needs_labels = False
+    new_head = True  # a fresh start/end head (`qa_outputs`): training.head_learning_rate applies
     file_formats = "SQuAD JSON (data/paragraphs/qas), or JSONL/CSV with context, question, answer, answer_start"
     file_extensions = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
     readout = "answer"  # attention and saliency read the predicted answer's start token
