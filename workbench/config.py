@@ -103,6 +103,10 @@ class DataConfig:
     delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
     encoding: str | None = _f(None, "Force the file encoding. Empty: the byte-order mark's (UTF-8/16/32), else UTF-8, "
                               "then cp1252 with a warning.")
+    negative_ratio: float = _f(1.0, "relation-extraction, DuIE sentences (`text` + `spo_list`): pairs of a sentence's "
+                               "entities with no triple between them become `no_relation` examples, at most this many "
+                               "times the pairs with a relation (a seeded sample); 0 makes none. A flat table keeps "
+                               "its rows as given.", lo=0, hi=1e6, hint="typical: 0.5 to 3")
 
 
 @dataclass
