@@ -7,6 +7,7 @@ to fix it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -340,11 +341,18 @@ def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> 
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
                          f"Linear modules it has: {linear[:12]}.")
+    new_tokens = list(getattr(model, "workbench_trainable_token_ids", None) or [])
     lcfg = LoraConfig(task_type=TaskType[task_type], r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
                       lora_dropout=peft_cfg.lora_dropout, target_modules=targets,
-                      trainable_token_indices=list(getattr(model, "workbench_trainable_token_ids", None) or []) or None)
+                      trainable_token_indices=new_tokens or None)
     with _peft_quiet():
-        return get_peft_model(model, lcfg)
+        wrapped = get_peft_model(model, lcfg)
+    if new_tokens:
+        # peft saves the whole resized embedding table with the adapter (113 MB for SmolLM2) because the vocabulary
+        # grew; the only rows that differ from the base are the new tokens', saved anyway as trainable tokens, and
+        # `load_trained` rebuilds the table from the run's tokenizer before loading the adapter.
+        wrapped.save_pretrained = functools.partial(wrapped.save_pretrained, save_embedding_layers=False)
+    return wrapped
 
 
 @contextmanager

@@ -89,7 +89,8 @@ def find_span(text: str, entity: str, start: Any, where: str, role: str, bad: _C
     occurrence (the first that does not overlap `avoid`, the other entity's span). None after recording why."""
     off = _offset(start)
     if isinstance(off, str) or (isinstance(off, int) and off < 0):
-        bad.add("offset", f"{where}: {role}_start={_clip(str(start))!r} is not a character offset (an integer >= 0).",
+        shown = off if isinstance(off, int) else repr(_clip(str(start)))
+        bad.add("offset", f"{where}: {role}_start={shown} is not a character offset (an integer >= 0).",
                 f"give the 0-based position of the {role} in the sentence, or leave the cell empty to find it.")
         return None
     if off is not None:
