@@ -292,6 +292,8 @@ def test_tiny_relation_run_end_to_end(tiny_bert, tmp_path, capsys):
     assert "expected one <S>" in capsys.readouterr().err
     assert main(["errors", str(run.path)]) == 0
     assert "errors by kind" in capsys.readouterr().out
+    assert main(["eval", str(run.path)]) == 0  # re-scored from the stored predictions: the same numbers
+    assert f"f1 {ev['after']['f1']:.4f}" in capsys.readouterr().out
 
 
 def test_lora_run_trains_and_reloads_the_marker_embeddings(tiny_llama, tmp_path):
@@ -301,7 +303,7 @@ def test_lora_run_trains_and_reloads_the_marker_embeddings(tiny_llama, tmp_path)
     from workbench.rundir import new_run_dir
     from workbench.training import run_training
 
-    cfg = _cfg(tmp_path, tiny_llama, "lora", "re-lora")
+    cfg = _cfg(tmp_path, tiny_llama, "lora", "re-lora").override({"peft.merge_adapter": True})
     run = run_training(cfg, new_run_dir(cfg), progress=False)
     adapter = json.loads((run.model_dir / "adapter_config.json").read_text())
     from safetensors import safe_open
@@ -323,3 +325,7 @@ def test_lora_run_trains_and_reloads_the_marker_embeddings(tiny_llama, tmp_path)
     before = run.predictions("after")
     assert again["predicted"].tolist() == before["predicted"].tolist()
     np.testing.assert_allclose(again["loss"].to_numpy(), before["loss"].to_numpy(), rtol=1e-4, atol=1e-5)
+    merged, mtok = load_trained(run.model_dir / "merged")  # the merged export: a plain transformers folder
+    assert marker_ids(mtok) == ids and merged.get_input_embeddings().weight.shape[0] == len(mtok)
+    same = task.predict(merged, mtok, frame, json.loads(run.labels_file.read_text()), max_length=24)
+    np.testing.assert_allclose(same["loss"].to_numpy(), before["loss"].to_numpy(), rtol=1e-4, atol=1e-5)
