@@ -108,7 +108,8 @@ def _duie_lines() -> list[dict]:
         {"text": "李柏光从北京大学毕业，生于广东", "spo_list": [
             {"subject": "李柏光", "predicate": "毕业院校", "object": "北京大学", "subject_type": "人物",
              "object_type": "学校"},
-            {"subject": "李柏光", "predicate": "出生地", "object": "广东", "subject_type": "人物", "object_type": "地点"}]},
+            {"subject": "李柏光", "predicate": "出生地", "object": "广东", "subject_type": "人物",
+             "object_type": "地点"}]},
         {"text": "《红楼梦》的作者是曹雪芹", "spo_list": [
             {"subject": "红楼梦", "predicate": "作者", "object": "曹雪芹", "subject_type": "图书作品",
              "object_type": "人物"}]},
@@ -123,7 +124,8 @@ def test_duie_sentences_become_pairs_with_a_seeded_share_of_no_relation():
     pos = f[f.label_name != NO_RELATION]
     assert sorted(zip(pos.subject, pos.object, pos.label_name)) == [
         ("李柏光", "北京大学", "毕业院校"), ("李柏光", "广东", "出生地"), ("红楼梦", "曹雪芹", "作者")]
-    # every other ordered pair of a sentence's entities: 3 entities -> 6 ordered pairs - 2 with a triple = 4; then 2 - 1 = 1
+    # every other ordered pair of a sentence's entities: 3 entities -> 6 ordered pairs - 2 with a triple = 4;
+    # then 2 - 1 = 1
     neg = f[f.label_name == NO_RELATION]
     assert len(neg) == 5 and ("北京大学", "李柏光") in set(zip(neg.subject, neg.object))
     assert ("北京大学", "广东") in set(zip(neg.subject, neg.object))
@@ -139,7 +141,7 @@ def test_duie_sentences_become_pairs_with_a_seeded_share_of_no_relation():
     assert len(samples) > 1  # ... but a sample, not always the same pairs
 
 
-def test_the_builtin_duie_re_config_prepares_with_the_ratio(tmp_path):
+def test_a_duie_file_prepares_with_the_configured_ratio_split_by_sentence(tmp_path):
     """A DuIE JSONL file through the task's prepare: pairs, negatives at data.negative_ratio, split by sentence."""
     p = tmp_path / "duie.jsonl"
     lines = _duie_lines() * 10
@@ -151,7 +153,7 @@ def test_the_builtin_duie_re_config_prepares_with_the_ratio(tmp_path):
     assert prep.labels[0] == NO_RELATION and set(prep.labels) == {NO_RELATION, "毕业院校", "出生地", "作者"}
     assert not set(prep.train.sentence) & set(prep.test.sentence)  # no sentence in two splits
     assert prep.report.leakage == {"validation": 0, "test": 0}
-    assert "<S:人物>李柏光</S:人物>" in prep.train.text.iloc[0] or "<S:" in prep.train.text.iloc[0]
+    assert allp.text.str.contains("<S:人物>李柏光</S:人物>从<O:学校>北京大学</O:学校>", regex=False).any()
     assert prep.report.details["negatives"] == 15 and prep.report.details["format"] == "duie"
 
 

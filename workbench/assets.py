@@ -298,7 +298,7 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
                        prompt_template="Summarize the {aspect} of this paper in one sentence.\n\n{abstract}",
                        completion_column="summary"),
         BuiltinDataset("duie_re", "Chinese relation extraction from the DuIE sentences of `casrel-datautils` (17 "
-                       "relations such as 毕业院校, 作者, 出生地): one example per (subject, object) pair with a triple, "
+                       "relations, e.g. 作者, 出生地): one example per (subject, object) pair with a triple, "
                        "plus as many `no_relation` pairs, a seeded sample of the sentence's other entity pairs (either "
                        "direction). Columns text, subject, object, relation, offsets and entity types; split by "
                        "sentence (train/validation/test 80/10/10, the same sentences as `duie_qa`).", _duie_re,

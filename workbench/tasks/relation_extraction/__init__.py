@@ -79,7 +79,8 @@ def prepare_relations(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_
                                  "entities.")
     split_col = cfg.split_column or "split"
     data, table = read_relations(cfg.source, cfg, seed, keep=[split_col])
-    rep = DataReport(source=table.source, format=f"{table.format} ({'DuIE sentences' if data.format == 'duie' else 'relation table'})",
+    shape = "DuIE sentences" if data.format == "duie" else "relation table"
+    rep = DataReport(source=table.source, format=f"{table.format} ({shape})",
                      columns_found=[str(c) for c in table.df.columns], rows_read=len(table.df),
                      row_kind=table.row_kind, warnings=capped + data.warnings, problems=list(data.problems))
     rep.details.update(data.details, format=data.format)
@@ -171,7 +172,8 @@ def _describe(rep: Any, frames: dict[str, pd.DataFrame], labels: list[str], cfg:
                                         0.0 for s, f in frames.items()}
     train = frames["train"]
     rep.details["entity_types"] = {role: {str(k) or "(none)": int(v) for k, v in
-                                          train[f"{role}_type"].value_counts().items()} for role in ("subject", "object")}
+                                          train[f"{role}_type"].value_counts().items()}
+                                   for role in ("subject", "object")}
     rep.details["sentences"] = {s: int(f["sentence"].nunique()) for s, f in frames.items()}
     key = ["sentence", "subject", "subject_start", "object", "object_start"]
     rep.duplicates = int(train.duplicated(subset=key).sum())
@@ -252,7 +254,8 @@ class RelationExtraction:
     headline = "f1"
     freeze_embeddings_ok = False  # the new marker embeddings must learn
     readout = "sequence"
-    file_formats = "a table (CSV/TSV/JSON/JSONL/Parquet: text, subject, object, relation) or DuIE JSONL (text, spo_list)"
+    file_formats = ("a table (CSV/TSV/JSON/JSONL/Parquet: text, subject, object, relation) or DuIE JSONL (text, "
+                    "spo_list)")
     file_extensions = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
     def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
