@@ -298,14 +298,16 @@ def test_tiny_relation_run_end_to_end(tiny_bert, tmp_path, capsys):
     assert f"f1 {ev['after']['f1']:.4f}" in capsys.readouterr().out
 
 
-def test_lora_run_trains_and_reloads_the_marker_embeddings(tiny_llama, tmp_path):
+@pytest.mark.parametrize("pooling", ["auto", "mean"])
+def test_lora_run_trains_and_reloads_the_marker_embeddings(tiny_llama, tmp_path, pooling):
     import torch
 
     from workbench.models import load_trained
     from workbench.rundir import new_run_dir
     from workbench.training import run_training
 
-    cfg = _cfg(tmp_path, tiny_llama, "lora", "re-lora").override({"peft.merge_adapter": True})
+    cfg = _cfg(tmp_path, tiny_llama, "lora", f"re-lora-{pooling}").override({"peft.merge_adapter": True,
+                                                                            "model.pooling": pooling})
     run = run_training(cfg, new_run_dir(cfg), progress=False)
     adapter = json.loads((run.model_dir / "adapter_config.json").read_text())
     from safetensors import safe_open

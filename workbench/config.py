@@ -61,8 +61,9 @@ class ModelConfig:
         "auto", "How a decoder classifier (Llama, SmolLM2) turns a text into the one vector its head reads. "
         "`auto`: the model's own way (the last token for decoders, [CLS] for encoders). `mean`: the average of every "
         "token's final hidden state, which does not depend on the model gathering the whole text into its last "
-        "token; better on text the model reads poorly (SmolLM2 on Chinese: see the README). Decoders, "
-        "text-classification only; recorded with the run, so its model is read back the same way.")
+        "token; better on text the model reads poorly (SmolLM2 on Chinese: see the README). Decoders; "
+        "text-classification and relation-extraction (the sequence classifiers); recorded with the run, so its "
+        "model is read back the same way.")
 
 
 @dataclass
@@ -305,7 +306,7 @@ class RunConfig:
         if d.packing and task is not None and not hasattr(task, "pack"):
             p.append(f"data.packing packs conversations for causal-lm-sft; task {self.task} does not pack its "
                      f"examples: set it to false.")
-        if self.model.pooling != "auto" and self.task != "text-classification":
+        if self.model.pooling != "auto" and getattr(task, "auto_model", None) != "AutoModelForSequenceClassification":
             p.append(f"model.pooling={self.model.pooling!r} chooses how a text classifier reads a text; task "
                      f"{self.task} predicts per token or writes text: set it to auto.")
         if t.head_learning_rate is not None and task is not None and not getattr(task, "needs_labels", True):

@@ -5,7 +5,8 @@ The "entity marker" method of Baldini Soares et al. (2019): the two entities are
 marker is one new special token of the tokenizer (`encode`), and the model's embeddings grow to hold them.
 
 Readout: the pooled output of a standard `AutoModelForSequenceClassification` ([CLS] for an encoder, the last
-token for a decoder), not the marker positions. Baldini Soares et al. found "entity start" (the hidden states
+token for a decoder, or for a decoder with `model.pooling: mean` the mean over every token, the markers' own
+states included), not the marker positions. Baldini Soares et al. found "entity start" (the hidden states
 at `<S>` and `<O>`, concatenated) a few F1 points better, but it needs a custom head; the pooled output keeps a
 run an ordinary transformers folder, so prediction, attention maps, the merged export and `workbench predict`
 work unchanged, and the markers still steer it: every token attends to them in an encoder, and a decoder's last
