@@ -267,6 +267,11 @@ def _aclsum() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _duie_re() -> pd.DataFrame:
+    from .tasks.relation_extraction.formats import expand_duie
+    return expand_duie(duie_sentences().rename(columns={"spo": "spo_list"}), negative_ratio=1.0, seed=0)
+
+
 @dataclass(frozen=True)
 class BuiltinDataset:
     name: str
@@ -327,6 +332,12 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
                        "are several). Every question is answerable. Split by sentence, train 80 / validation 10 / "
                        "test 10 (the same sentences as duie_re's). Extra column: relation. From the "
                        "`casrel-datautils` sdist.", _duie_qa, language="zh", task="question-answering"),
+        BuiltinDataset("duie_re", "Chinese relation extraction from the DuIE sentences of `casrel-datautils` (17 "
+                       "relations, e.g. 作者, 出生地): one example per (subject, object) pair with a triple, "
+                       "plus as many `no_relation` pairs, a seeded sample of the sentence's other entity pairs (either "
+                       "direction). Columns text, subject, object, relation, offsets and entity types; split by "
+                       "sentence (train/validation/test 80/10/10, the same sentences as `duie_qa`).", _duie_re,
+                       language="zh", task="relation-extraction"),
     ]
 }
 

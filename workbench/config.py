@@ -61,8 +61,9 @@ class ModelConfig:
         "auto", "How a decoder classifier (Llama, SmolLM2) turns a text into the one vector its head reads. "
         "`auto`: the model's own way (the last token for decoders, [CLS] for encoders). `mean`: the average of every "
         "token's final hidden state, which does not depend on the model gathering the whole text into its last "
-        "token; better on text the model reads poorly (SmolLM2 on Chinese: see the README). Decoders, "
-        "text-classification only; recorded with the run, so its model is read back the same way.")
+        "token; better on text the model reads poorly (SmolLM2 on Chinese: see the README). Decoders; "
+        "text-classification and relation-extraction (the sequence classifiers); recorded with the run, so its "
+        "model is read back the same way.")
 
 
 @dataclass
@@ -112,6 +113,10 @@ class DataConfig:
     delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
     encoding: str | None = _f(None, "Force the file encoding. Empty: the byte-order mark's (UTF-8/16/32), else UTF-8, "
                               "then cp1252 with a warning.")
+    negative_ratio: float = _f(1.0, "relation-extraction, DuIE sentences (`text` + `spo_list`): pairs of a sentence's "
+                               "entities with no triple between them become `no_relation` examples, at most this many "
+                               "times the pairs with a relation (a seeded sample); 0 makes none. A flat table keeps "
+                               "its rows as given.", lo=0, hi=1e6, hint="typical: 0.5 to 3")
 
 
 @dataclass
@@ -314,7 +319,7 @@ class RunConfig:
         if d.packing and task is not None and not hasattr(task, "pack"):
             p.append(f"data.packing packs conversations for causal-lm-sft; task {self.task} does not pack its "
                      f"examples: set it to false.")
-        if self.model.pooling != "auto" and self.task != "text-classification":
+        if self.model.pooling != "auto" and getattr(task, "auto_model", None) != "AutoModelForSequenceClassification":
             p.append(f"model.pooling={self.model.pooling!r} chooses how a text classifier reads a text; task "
                      f"{self.task} predicts per token or writes text: set it to auto.")
         if t.head_learning_rate is not None and task is not None and \

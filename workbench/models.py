@@ -7,6 +7,7 @@ to fix it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -328,7 +329,9 @@ def lora_targets(model: Any, peft_cfg: PeftConfig) -> list[str]:
 def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> Any:
     """Wrap with LoRA adapters; the task head stays fully trainable (PEFT's SEQ_CLS/TOKEN_CLS do that).
 
-    `task_type` is the task's `peft.TaskType` name (`Task.peft_task_type`)."""
+    `task_type` is the task's `peft.TaskType` name (`Task.peft_task_type`). Token ids a task's `load_model` left
+    on the model as `workbench_trainable_token_ids` (relation extraction's entity markers: new tokens whose
+    embedding rows start untrained) are trained too and saved with the adapter (peft's `trainable_token_indices`)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = lora_targets(model, peft_cfg)
@@ -338,10 +341,18 @@ def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> 
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
                          f"Linear modules it has: {linear[:12]}.")
+    new_tokens = list(getattr(model, "workbench_trainable_token_ids", None) or [])
     lcfg = LoraConfig(task_type=TaskType[task_type], r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
-                      lora_dropout=peft_cfg.lora_dropout, target_modules=targets)
+                      lora_dropout=peft_cfg.lora_dropout, target_modules=targets,
+                      trainable_token_indices=new_tokens or None)
     with _peft_quiet():
-        return get_peft_model(model, lcfg)
+        wrapped = get_peft_model(model, lcfg)
+    if new_tokens:
+        # peft saves the whole resized embedding table with the adapter (113 MB for SmolLM2) because the vocabulary
+        # grew; the only rows that differ from the base are the new tokens', saved anyway as trainable tokens, and
+        # `load_trained` rebuilds the table from the run's tokenizer before loading the adapter.
+        wrapped.save_pretrained = functools.partial(wrapped.save_pretrained, save_embedding_layers=False)
+    return wrapped
 
 
 @contextmanager
@@ -418,12 +429,15 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
     recorded = read_run_model(d, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     trust = recorded.base.trust_remote_code if recorded else False
     task = get_task(recorded.task if recorded else "text-classification")
+    # First, so a base model is rebuilt for the run's tokenizer (tokens a task added, e.g. entity markers).
+    tok = with_pad_token(AutoTokenizer.from_pretrained(d, trust_remote_code=trust))
     if (d / "adapter_config.json").exists():
         from peft import PeftModel
         if recorded is None:
             raise ModelError(f"{d} holds a LoRA adapter but no workbench_model.json naming its base model and labels. "
                              f"Fix: give the whole run's model folder as written by the workbench.")
-        model = task.load_model(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype)
+        model = task.load_model(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype,
+                                tokenizer=tok)
         with _peft_quiet():
             model = PeftModel.from_pretrained(model, d)
     else:
@@ -434,7 +448,6 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
             raise _load_error(str(d), ModelConfig(name_or_path=str(d)), e, "model") from None
         if recorded is not None:
             model = apply_pooling(model, recorded.base)  # as it was trained (config.yaml's model.pooling)
-    tok = with_pad_token(AutoTokenizer.from_pretrained(d, trust_remote_code=trust))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()

@@ -52,12 +52,14 @@ from .causal_lm_sft import TASK as _causal_lm_sft  # noqa: E402
 from .seq2seq import TASK as _seq2seq  # noqa: E402
 
 from .question_answering import TASK as _question_answering  # noqa: E402
+from .relation_extraction import TASK as _relation_extraction  # noqa: E402
 
 register_task(_classification)
 register_task(_token_classification)
 register_task(_causal_lm_sft)
 register_task(_seq2seq)
 register_task(_question_answering)
+register_task(_relation_extraction)
 
 __all__ = [
     "CONTRACT",
