@@ -80,7 +80,7 @@ def prepare_qa(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_prob
     cfg, capped = cap_max_length(cfg, max_positions, "windows are cut at {n} tokens instead.")
     data = read_qa(cfg.source, encoding=cfg.encoding, delimiter=cfg.delimiter)
     rep = DataReport(source=str(cfg.source), format=data.format, columns_found=list(data.frame.columns),
-                     rows_read=len(data.frame), row_kind=data.row_kind, warnings=capped + list(data.repairs),
+                     rows_read=data.rows_read, row_kind=data.row_kind, warnings=capped + list(data.repairs),
                      problems=list(data.problems))
     rep.columns = {"question": "question", "context": "context", "answer": "answer"}
     frames: dict[str, pd.DataFrame] = {}
@@ -96,7 +96,7 @@ def prepare_qa(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_prob
             other = read_qa(src, encoding=cfg.encoding, delimiter=cfg.delimiter)
             rep.warnings += [f"{role} file: {w}" for w in other.repairs]
             rep.problems += [f"{role} file: {p}" for p in other.problems]
-            rep.rows_read += len(other.frame)
+            rep.rows_read += other.rows_read
             frames[role] = other.frame
     empty = PreparedData(*(pd.DataFrame(),) * 3, labels=[], report=rep)
     if rep.problems:

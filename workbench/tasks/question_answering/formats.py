@@ -29,6 +29,7 @@ class QAData:
     frame: pd.DataFrame
     format: str
     row_kind: str = "line"
+    rows_read: int = 0  # questions in the source, the ones with problems included
     repairs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -203,7 +204,7 @@ def normalise(df: pd.DataFrame, name: str, row_kind: str, question_column: str |
     frame = pd.DataFrame(out_rows)
     if len(frame):
         frame.index = frame["line"].to_numpy()
-    return QAData(frame, fmt, row_kind, repairs, problems)
+    return QAData(frame, fmt, row_kind, len(df), repairs, problems)
 
 
 def _occurrences(context: str, text: str) -> list[int]:
