@@ -370,8 +370,8 @@ def _examples(pred: pd.DataFrame) -> None:
     r = pred.loc[by_row[row]]
     st.html(f"<p><b>Question:</b> {html.escape(str(r['question']))}</p>")
     m = st.columns(4)
-    m[0].metric("Exact match", f"{float(r['exact_match']):.0f}")
-    m[1].metric("F1", f"{float(r['f1']):.2f}")
+    m[0].metric("Exact match (this question)", f"{float(r['exact_match']):.0f}")
+    m[1].metric("F1 (this question)", f"{float(r['f1']):.2f}")
     m[2].metric("Error", str(r["error_type"]))
     m[3].metric("Windows read", int(r.get("windows", 1) or 1))
     st.html(context_html(str(r["context"]), _gold_spans(r["gold_answers"]), (int(r["pred_start"]), int(r["pred_end"])))
