@@ -721,7 +721,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
         return _answer_attention(a, model, tok)
     if a.context is not None:
         raise WorkbenchError(att.NOT_QA)
-    a.max_tokens = a.max_tokens or 128
+    a.max_tokens = 128 if a.max_tokens is None else a.max_tokens
     windows = att.token_windows(tok, a.text, a.pair, max_tokens=a.max_tokens, task=task)
     index = 0 if a.window is None else a.window
     if a.token is not None and att.readout_kind(task) == "word":
@@ -812,7 +812,8 @@ def _answer_attention(a: argparse.Namespace, model: Any, tok: Any) -> int:
     if a.token is not None:
         raise WorkbenchError(att.ANSWER_READOUT)
     qa = att.qa_settings(a.run)
-    size = a.max_tokens or qa.max_length  # the run's window: exactly what `workbench predict` reads
+    # By default the run's own window: exactly what `workbench predict` reads.
+    size = qa.max_length if a.max_tokens is None else a.max_tokens
     res = att.attention_maps(model, tok, a.text, a.pair, context=a.context, max_tokens=size, window=a.window, qa=qa)
     who = "base model (untrained head)" if a.base else "model"
     r = res.readout_index
