@@ -7,6 +7,11 @@ bring torch with them, so they are imported where used: the rest of the dashboar
 A token-classification (NER) model predicts at every word: the page shows every word's tag and a word
 picker, and the maps and saliency are read out at the chosen word (`workbench.attention.with_readout`,
 no second forward pass).
+
+A question-answering run reads a question in a context: the page offers both boxes, reads the context in the
+windows prediction uses (the run's data.max_length and doc_stride), shows the predicted answer highlighted in
+the context, and reads the maps and saliency out at the answer's start token (its start logit, for saliency)
+in the window that holds it (`workbench.attention.read_answer`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def page() -> None:
             return
         run = widgets.pick_run("Run", runs, key="att_run")
         source, stamp = str(run.path), widgets.model_stamp(run)
+        if _task_of(run) == "question-answering":
+            _answer_page(run, source, stamp)
+            return
     else:
         source = _pretrained_source()
         if source is None:
@@ -278,3 +286,139 @@ def _saliency_result(source: str, stamp: float, text: str, max_tokens: int, wind
 
     model, tok = load_for_attention(source)
     return token_saliency(model, tok, text, method=method, max_tokens=max_tokens, window=window, word=word)
+
+
+# --- question answering: a question and a context, read out at the answer's start token ----------------
+def _task_of(run: Any) -> str:
+    try:
+        return str(run.summary().get("task") or "")
+    except Exception:  # noqa: BLE001 - a damaged run: the Runs page says so; treat it as a classifier here
+        return ""
+
+
+def _answer_page(run: Any, source: str, stamp: float) -> None:
+    """A question and a context (typed, or a test question of the run); the answer highlighted in the context;
+    the maps, rollout, base-vs-tuned and saliency from the answer's start token."""
+    from dashboard.sections.question_answering import context_html, legend_html
+
+    question, context = _choose_question(run)
+    if not question.strip() or not context.strip():
+        st.info("Type a question and the context to find its answer in.")
+        return
+    window = None
+    try:
+        result = first = _qa_attention(source, stamp, False, question, context, None)
+        if result.qa_windows > 1:
+            window = st.select_slider("Window", list(range(result.qa_windows)), result.qa_window, key="att_qa_window",
+                                      help="The context is longer than one window of the run's data.max_length "
+                                           "tokens: prediction reads it in overlapping windows (data.doc_stride). "
+                                           "The one holding the answer is shown first.")
+            result = _qa_attention(source, stamp, False, question, context, window)
+    except WorkbenchError as e:
+        st.error(str(e), icon=":material/error:")
+        return
+    span = result.answer_span if result.answer else None
+    st.html(context_html(context, (), span) + legend_html())
+    r = result.readout_index
+    if result.answer_tokens:
+        where = f"its start token **{_md(result.tokens[r])}** (position {r})"
+    elif result.answer:
+        where = (f"this window's best start token **{_md(result.tokens[r])}** (position {r}); the answer is in "
+                 f"window {first.qa_window}")
+    else:
+        where = f"the no-answer position **{_md(result.tokens[r])}** (position {r})"
+    st.markdown(f"Answer: **{_md(result.predicted)}** · attention and saliency are read from {where}, start "
+                f"probability {result.start_prob:.2f}.")
+    if result.notice:
+        st.caption(result.notice)
+    from workbench.figures.attention import rollout_heatmap
+
+    tabs = st.tabs(TABS, key="att_tab", on_change="rerun")
+    if tabs[0].open:
+        with tabs[0]:
+            _qa_maps(source, stamp, question, context, window)
+    if tabs[1].open:
+        tabs[1].plotly_chart(rollout_heatmap(result), key="att_rollout")
+    if tabs[2].open:
+        with tabs[2]:
+            from workbench.attention import attention_difference
+            from workbench.figures.attention import attention_difference_heatmap
+
+            layer = st.select_slider("Layer (or all layers)", ["all"] + list(range(result.n_layers)), "all",
+                                     key="att_diff_layer")
+            with widgets.shown_errors():  # the base model on the same window, read at the same token
+                base = _qa_attention(source, stamp, True, question, context, result.qa_window, r)
+                diff = attention_difference(base, result, None if layer == "all" else int(layer))
+                st.plotly_chart(attention_difference_heatmap(diff, result.tokens), key="att_diff")
+    if tabs[3].open:
+        with tabs[3]:
+            from workbench.figures.attention import saliency_figure
+
+            method = st.radio("Method", ["ig", "grad"], horizontal=True, key="att_sal_method",
+                              format_func={"ig": "integrated gradients", "grad": "gradient × input"}.get)
+            with widgets.shown_errors():
+                sal = _qa_saliency(source, stamp, question, context, result.qa_window, r, method)
+                st.caption(f"Which tokens of the question and the context raised (red) or lowered (blue) the start "
+                           f"logit at token {r} ({result.tokens[r]!r}), where the answer starts.")
+                st.plotly_chart(saliency_figure(sal), key="att_saliency")
+
+
+def _choose_question(run: Any) -> tuple[str, str]:
+    picked = st.radio("Question", ["Type a question", "From the test questions"], horizontal=True,
+                      key="att_qa_kind")
+    if picked == "From the test questions" and run.predictions_file.exists():
+        try:
+            pred = run.predictions("after")
+        except Exception as e:  # noqa: BLE001 - a torn or foreign file: type a question instead
+            st.info(str(e))
+            pred = None
+        if pred is not None and {"question", "context", "f1"} <= set(pred):
+            pool = pred.sort_values("f1").head(50)
+            labels = {int(i): f"F1 {float(r.f1):.2f} · {str(r.question)[:60]} → {str(r.predicted)[:30]}"
+                      for i, r in pool.iterrows()}
+            i = st.selectbox("Test question (lowest F1 first)", list(labels), format_func=labels.get,
+                             key="att_qa_example")
+            return str(pool.loc[i, "question"]), str(pool.loc[i, "context"])
+    question = st.text_input("Question", key="att_question", placeholder="Who directed it?")
+    context = st.text_area("Context", key="att_context", height=120,
+                           placeholder="The text that holds the answer.")
+    return question, context
+
+
+@st.fragment
+def _qa_maps(source: str, stamp: float, question: str, context: str, window: int | None) -> None:
+    from workbench.figures.attention import attention_heatmap, readout_bar
+
+    result = _qa_attention(source, stamp, False, question, context, window)
+    a, b = st.columns([3, 1])
+    layer = a.slider("Layer", 0, result.n_layers - 1, result.n_layers - 1, key="att_layer")
+    head = b.selectbox("Head", [MEAN] + list(range(result.n_heads)), key="att_head")
+    h = None if head == MEAN else int(head)
+    left, right = st.columns(2)
+    left.plotly_chart(attention_heatmap(result, layer, h), key="att_heatmap")
+    right.plotly_chart(readout_bar(result, layer, h), key="att_readout")
+
+
+@st.cache_resource(max_entries=16, show_spinner="Reading the context...")
+def _qa_attention(source: str, stamp: float, base: bool, question: str, context: str, window: int | None,
+                  position: int | None = None) -> Any:
+    """The run's windows (its data.max_length, doc_stride), the answer over all of them, and the attention of
+    the shown window read at the answer's start token (or `position`)."""
+    from workbench.attention import attention_maps, load_for_attention, qa_settings
+
+    model, tok = load_for_attention(source, base=base)
+    qa = qa_settings(source)
+    return attention_maps(model, tok, question, context=context, max_tokens=qa.max_length, window=window,
+                          position=position, qa=qa)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Computing saliency...")
+def _qa_saliency(source: str, stamp: float, question: str, context: str, window: int, position: int,
+                 method: str) -> Any:
+    from workbench.attention import load_for_attention, qa_settings
+    from workbench.saliency import token_saliency
+
+    model, tok = load_for_attention(source)
+    qa = qa_settings(source)
+    return token_saliency(model, tok, question, context=context, method=method, max_tokens=qa.max_length,
+                          window=window, position=position, qa=qa)

@@ -123,10 +123,12 @@ def _apply_task_defaults(task: str, model: str) -> None:
 
 def _task_defaults(task: str) -> dict[str, Any]:
     """Settings whose default belongs to another task: the metric that picks the best checkpoint must be
-    one the task reports (a tagger has no `accuracy`), so it becomes the task's headline metric."""
+    one the task reports (a tagger has no `accuracy`), so it becomes the task's headline metric, or the one its
+    validation passes compute in its stead (question answering: `span_f1`; answer F1 needs the test split)."""
     t = TASKS.get(task)
     metric = RunConfig().training.metric_for_best_model
-    return {"training.metric_for_best_model": t.headline} if t is not None and metric not in t.directions else {}
+    best = getattr(t, "validation_headline", getattr(t, "headline", None))
+    return {"training.metric_for_best_model": best} if t is not None and metric not in t.directions else {}
 
 
 def _model_section() -> str:

@@ -7,7 +7,10 @@ forward pass is numpy, so the figures, the dashboard and notebooks share one tes
 Where the prediction is read (the "readout token", `workbench.readout`) is the task's business: a text
 classifier reads one token per text ([CLS], or the last token of a decoder); a token classifier
 predicts at every word, so the readout is a chosen word's first sub-word (last, for a decoder) and
-`with_readout` moves it without another forward pass.
+`with_readout` moves it without another forward pass. A question-answering model reads a question and a
+context in the windows its prediction uses (`read_answer`: `question_answering.encode.make_windows`, the
+run's doc_stride); the window shown is the one holding the predicted answer, and the readout is the
+answer's start token (where its start logit is read).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 from .errors import ModelError, RunError, WorkbenchError
 from .models import is_decoder
 from .tasks.token_classification.encode import reading_piece, word_positions
-from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
+from .readout import (ANSWER_READOUT, NOT_QA, ONE_PER_TEXT, answer_end_position, answer_position, choose_readout,
+                      model_task, readout_kind, word_tags)
 
 # Shown instead of tokens that are only whitespace, so an axis label is never blank.
 _WHITESPACE = {"\n": "⏎", "\t": "⇥", " ": "␣", "\r": "⏎"}
@@ -60,6 +64,13 @@ class AttentionResult:
     word_positions: list[int | None] = field(default_factory=list)  # "word": each word's reading piece, or None
     token_probs: np.ndarray | None = None  # "word": (seq, classes) probabilities at every shown token
     readout_word: int | None = None  # "word": the word read out (None for a special token)
+    answer: str | None = None  # "answer": the predicted answer over all windows ("" for no answer)
+    answer_span: tuple[int, int] = (-1, -1)  # "answer": its characters in the context (-1, -1: no answer)
+    answer_tokens: tuple[int, int] | None = None  # "answer": its first and last token here (None: not here)
+    start_logits: np.ndarray | None = None  # "answer": the start logit of every shown token
+    qa_window: int = 0  # "answer": which of the context's windows is shown
+    qa_windows: int = 0  # "answer": how many windows the context is read in
+    context_span: tuple[int, int] = (0, 0)  # "answer": the context's characters in the shown window
 
     @property
     def window_label(self) -> str:
@@ -87,7 +98,17 @@ class AttentionResult:
         return int(self.attentions.shape[1])
 
     @property
+    def start_prob(self) -> float | None:
+        """"answer": the start probability of the readout token (softmax over the shown window's start logits)."""
+        if self.start_logits is None:
+            return None
+        z = np.exp(self.start_logits - self.start_logits.max())
+        return float(z[self.readout_index] / z.sum())
+
+    @property
     def predicted(self) -> str | None:
+        if self.readout == "answer":
+            return self.answer or "(no answer)"
         if self.probs is None or not self.labels:
             return None
         return self.labels[int(np.argmax(self.probs))]
@@ -368,7 +389,18 @@ def class_labels(model: Any) -> list[str]:
 
 def with_readout(result: AttentionResult, word: int | None = None, position: int | None = None) -> AttentionResult:
     """The same attention read out at another token (a token classifier's word or token position); the
-    maps are unchanged, so no forward pass is needed. For a text classifier, only the default is valid."""
+    maps are unchanged, so no forward pass is needed. For a text classifier, only the default is valid; a
+    question-answering model takes a `position` (default: the answer's start token)."""
+    if result.readout == "answer":
+        if word is not None:
+            raise WorkbenchError(ANSWER_READOUT)
+        if position is None:
+            return result
+        p = int(position)
+        if not 0 <= p < len(result.tokens):
+            raise WorkbenchError(f"token position {p} does not exist: {len(result.tokens)} tokens are shown "
+                                 f"(0..{len(result.tokens) - 1}).")
+        return dataclasses.replace(result, readout_index=p)
     if result.readout != "word" or result.token_probs is None:
         if word is not None or position is not None:
             raise WorkbenchError(ONE_PER_TEXT)
@@ -380,18 +412,29 @@ def with_readout(result: AttentionResult, word: int | None = None, position: int
 
 # --- the forward pass ------------------------------------------------------------------------------
 def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
-                   window: tuple[int, int] | None = None, word: int | None = None,
-                   position: int | None = None) -> AttentionResult:
+                   window: tuple[int, int] | int | None = None, word: int | None = None,
+                   position: int | None = None, context: str | None = None,
+                   qa: "QASettings | None" = None) -> AttentionResult:
     """Attention of every layer and head for one input (one forward pass, no gradients).
 
     For a token classifier, `word` / `position` choose the readout token (see `choose_readout`); the
     default is the first word predicted as an entity. A text classifier takes neither.
+
+    A question-answering model reads `text` as the question about `context`, in windows of `max_tokens`
+    tokens (its run's data.max_length gives exactly what prediction reads) with `qa`'s doc_stride
+    (`read_answer`); `window` is then a window's index (default: the one holding the predicted answer) and
+    the readout is the answer's start token (`position` moves it).
     """
     impl = getattr(model.config, "_attn_implementation", None)
     if impl != "eager":
         raise ModelError(f"This model uses {impl!r} attention, which returns no attention weights. Fix: load it "
                          f"with `workbench.attention.load_for_attention(...)` or attn_implementation='eager'.")
     task = model_task(model)
+    if readout_kind(task) == "answer":
+        return _answer_attention(model, tokenizer, text, context, max_tokens=max_tokens, window=window,
+                                 word=word, position=position, qa=qa, text_pair=text_pair)
+    if context is not None:
+        raise WorkbenchError(NOT_QA)
     if readout_kind(task) != "word" and (word is not None or position is not None):
         raise WorkbenchError(ONE_PER_TEXT)
     enc = encode_text(tokenizer, text, text_pair, max_tokens=max_tokens, window=window, task=task,
@@ -415,6 +458,144 @@ def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None 
         model_type=getattr(model.config, "model_type", ""), truncated=enc.truncated, notice=enc.notice,
         window=enc.window, special=enc.special, input_ids=enc.input_ids, probs=probs, labels=class_labels(model),
         n_tokens=enc.n_tokens)
+
+
+# --- question answering: read out at the predicted answer's start token ---------------------------
+@dataclass(frozen=True)
+class QASettings:
+    """How a question-answering run reads a context (its data.* settings; `qa_settings` reads a run's)."""
+
+    max_length: int = 384  # the window, question included, in tokens
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    null_threshold: float = 0.0
+    allow_null: bool = False  # the run was trained with unanswerable questions, so "no answer" is possible
+
+
+def qa_settings(source: str | Path | Any) -> QASettings:
+    """A question-answering run's reading settings (a run directory or its `model` folder), else the defaults.
+    Only numbers are read from the run's untrusted files."""
+    from .config import DataConfig, RunConfig
+    from .rundir import RunDir
+
+    d = DataConfig()
+    p = Path(getattr(source, "path", source)).expanduser()
+    for run in (p, p.parent):
+        if (run / "config.yaml").is_file() and not (run / "config.json").exists():
+            try:
+                cfg = RunConfig.from_yaml(run / "config.yaml").data
+                labels = RunDir(run).labels()
+            except Exception:
+                break  # a damaged run: its other pages say so; read with the defaults here
+            return QASettings(int(cfg.max_length), int(cfg.doc_stride), int(cfg.max_answer_length),
+                              float(cfg.null_threshold), "no answer" in labels)
+    return QASettings(int(d.max_length), int(d.doc_stride), int(d.max_answer_length), float(d.null_threshold))
+
+
+@dataclass
+class QAReading:
+    """A question read in its context as prediction reads it, and the window to show."""
+
+    enc: EncodedText  # the shown window
+    answer: Any  # the best answer over all windows (`question_answering.encode.Answer`)
+    window: int  # the shown window's index
+    n_windows: int
+    readout: int  # token position in the shown window: the answer's start (or this window's best start)
+    answer_tokens: tuple[int, int] | None  # the answer's first and last token in the shown window
+    start_logits: np.ndarray
+    end_logits: np.ndarray
+    context_span: tuple[int, int]  # the context's characters in the shown window
+    doc_stride: int
+
+
+def read_answer(model: Any, tokenizer: Any, question: str, context: str | None, *, max_length: int = 384,
+                qa: QASettings | None = None, window: int | None = None) -> QAReading:
+    """Predict the answer the way `workbench predict` does (`make_windows`, `window_logits`, `best_answer` over
+    every window) and pick the window to show: `window` (an index), else the one holding the answer (the
+    first when there is none). The readout is the answer's start token in it; in another window, the start of
+    that window's own best span; with no answer, the null position (where "no answer" is read)."""
+    from .tasks.classification import model_max_tokens
+    from .tasks.question_answering import N_BEST
+    from .tasks.question_answering.encode import best_answer, make_windows, window_logits
+
+    qa = qa or QASettings()
+    if context is None:
+        raise WorkbenchError("A question-answering model reads a question and a context: give the context "
+                             "(context=..., or --context \"the text that holds the answer\" on the command line).")
+    if not str(question).strip() or not str(context).strip():
+        raise WorkbenchError("The question or the context is empty: give a question and the text to find its "
+                             "answer in.")
+    max_length = min(int(max_length), model_max_tokens(model.config, tokenizer) or int(max_length))
+    stride = min(qa.doc_stride, max_length // 2)
+    win = make_windows(tokenizer, [question], [context], max_length, stride)
+    logits = window_logits(model, tokenizer, win)
+    per = [(s, e, win.offsets[w], win.null_index[w]) for w, (s, e) in enumerate(logits)]
+    answer = best_answer(context, per, n_best=N_BEST, max_answer_length=qa.max_answer_length,
+                         allow_null=qa.allow_null, null_threshold=qa.null_threshold)
+    n = len(win)
+    if window is None:
+        w = answer.window if answer.window >= 0 else 0
+    else:
+        if not -n <= int(window) < n:
+            raise WorkbenchError(f"window {window} does not exist: this context is read in {n} window"
+                                 f"{'s' if n != 1 else ''} of {max_length} tokens (0..{n - 1}). Fix: choose a window "
+                                 f"from 0 to {n - 1}, or leave it out to see the one holding the answer.")
+        w = int(window) % n
+    s, e = logits[w]
+    offsets = win.offsets[w]
+    here = answer if w == answer.window else best_answer(context, [per[w]], n_best=N_BEST,
+                                                          max_answer_length=qa.max_answer_length)
+    readout = answer_tokens = None
+    if here.text:
+        readout = answer_position(offsets, s, here.start)
+        end = answer_end_position(offsets, e, readout, here.end) if readout is not None else None
+        answer_tokens = (readout, end) if readout is not None and end is not None and w == answer.window else None
+    if readout is None:
+        readout = win.null_index[w]
+    ids = list(win.columns["input_ids"][w])
+    tti = win.columns.get("token_type_ids")
+    ctx = [o for o in offsets if o is not None]
+    span = (ctx[0][0], ctx[-1][1]) if ctx else (0, 0)
+    notice = ""
+    if n > 1:
+        notice = (f"The context is longer than one window ({max_length} tokens with the question): it is read in {n} "
+                  f"windows overlapping by {stride} tokens. Showing window {w} (context characters {span[0]}–"
+                  f"{span[1]}){', the one holding the answer' if w == answer.window else ''}.")
+    special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+    enc = EncodedText(input_ids=ids, token_type_ids=list(tti[w]) if tti is not None else None,
+                      tokens=readable_tokens(tokenizer, ids), special=[bool(x) for x in special],
+                      truncated=n > 1, notice=notice, window=(0, len(ids)), n_tokens=len(ids))
+    return QAReading(enc, answer, w, n, int(readout), answer_tokens, np.asarray(s), np.asarray(e), span, stride)
+
+
+def _answer_attention(model: Any, tokenizer: Any, question: str, context: str | None, *, max_tokens: int,
+                      window: Any, word: int | None, position: int | None, qa: QASettings | None,
+                      text_pair: str | None) -> AttentionResult:
+    if word is not None:
+        raise WorkbenchError(ANSWER_READOUT)
+    if text_pair is not None:
+        raise WorkbenchError("A question-answering model reads a question and a context: give the context as "
+                             "context= (--context), not as a second text (--pair).")
+    if window is not None and not isinstance(window, (int, np.integer)):
+        raise WorkbenchError(f"window={window!r}: a question-answering model's windows are numbered (0, 1, ...), "
+                             f"as the context is read in overlapping windows; give a window's index.")
+    reading = read_answer(model, tokenizer, question, context, max_length=max_tokens, qa=qa, window=window)
+    enc = reading.enc
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model(**enc.tensors(device), output_attentions=True)
+    if not out.attentions:
+        raise ModelError(f"{type(model).__name__} returned no attention weights; eager attention is required.")
+    att = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
+    a = reading.answer
+    result = AttentionResult(
+        tokens=enc.tokens, attentions=att, readout_index=reading.readout,
+        model_type=getattr(model.config, "model_type", ""), truncated=enc.truncated, notice=enc.notice,
+        window=enc.window, special=enc.special, input_ids=enc.input_ids, n_tokens=enc.n_tokens, readout="answer",
+        labels=["answer start", "answer end"], answer=a.text, answer_span=(a.start, a.end),
+        answer_tokens=reading.answer_tokens, start_logits=out.start_logits[0].float().cpu().numpy(),
+        qa_window=reading.window, qa_windows=reading.n_windows, context_span=reading.context_span)
+    return with_readout(result, position=position)
 
 
 # --- the prediction for the whole text ------------------------------------------------------------

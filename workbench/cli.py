@@ -717,6 +717,11 @@ def cmd_attention(a: argparse.Namespace) -> int:
     # Loads are cached: the base and the tuned model are each read once, whatever is asked for.
     model, tok = att.load_for_attention(a.run, base=a.base, **_grants(a))
     task = att.model_task(model)
+    if att.readout_kind(task) == "answer":
+        return _answer_attention(a, model, tok)
+    if a.context is not None:
+        raise WorkbenchError(att.NOT_QA)
+    a.max_tokens = 128 if a.max_tokens is None else a.max_tokens
     windows = att.token_windows(tok, a.text, a.pair, max_tokens=a.max_tokens, task=task)
     index = 0 if a.window is None else a.window
     if a.token is not None and att.readout_kind(task) == "word":
@@ -788,6 +793,65 @@ def cmd_attention(a: argparse.Namespace) -> int:
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
         what = f"class {sal.target_label}" if w is None else f"tag {sal.target_label} of word {w} {res.words[w]!r}"
         print(f"saliency ({a.saliency}) for {what}{gap}:")
+        for i, t, _ in att.top_tokens(abs(sal.scores), sal.tokens, a.top, sal.special):
+            print(f"  {i:4d}  {t:20s} {float(sal.scores[i]):+.3f}")
+    path = figs.write_figures_html(out, a.out, title=f"Attention: {Path(str(a.run)).name}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _answer_attention(a: argparse.Namespace, model: Any, tok: Any) -> int:
+    """`workbench attention` for a question-answering run: the question (`text`) read in `--context` as
+    prediction reads it; the attention and saliency from the predicted answer's start token."""
+    from . import attention as att
+    from .figures import attention as figs
+
+    if a.context is None:
+        raise WorkbenchError(f"{a.run} is a question-answering model: give the text to find the answer in, "
+                             f"`workbench attention RUN \"question\" --context \"the text\"`.")
+    if a.token is not None:
+        raise WorkbenchError(att.ANSWER_READOUT)
+    qa = att.qa_settings(a.run)
+    # By default the run's own window: exactly what `workbench predict` reads.
+    size = qa.max_length if a.max_tokens is None else a.max_tokens
+    res = att.attention_maps(model, tok, a.text, a.pair, context=a.context, max_tokens=size, window=a.window, qa=qa)
+    who = "base model (untrained head)" if a.base else "model"
+    r = res.readout_index
+    where = f"context characters {res.answer_span[0]}:{res.answer_span[1]}" if res.answer else "no span beat it"
+    print(f"{who} answers: {res.predicted}  ({where})")
+    if res.qa_windows > 1:
+        print(f"note: {res.notice}")
+    if size != qa.max_length:
+        print(f"note: windows of {size} tokens (--max-tokens); prediction reads windows of {qa.max_length}.")
+    start = "the answer's start token" if res.answer_tokens else \
+        ("the null position (no answer)" if not res.answer else "this window's best start token")
+    print(f"readout: {start} {res.tokens[r]!r} (position {r}, start probability {res.start_prob:.3f})")
+
+    def show(title: str, weights: Any, fmt: str = ".3f") -> None:
+        print(title)
+        for i, t, v in att.top_tokens(weights, res.tokens, a.top, res.special):
+            print(f"  {i:4d}  {t:20s} {v:{fmt}}")
+
+    out = [figs.attention_heatmap(res, a.layer, a.head), figs.readout_bar(res, a.layer, a.head),
+           figs.rollout_heatmap(res)]
+    show(f"top tokens attended from {res.tokens[r]} (position {r}), layer {a.layer % res.n_layers}, "
+         f"{'head average' if a.head is None else f'head {a.head}'}:",
+         att.select(att.readout_attention(res), a.layer, a.head))
+    show("top tokens by attention rollout (all layers):", att.attention_rollout(res.attentions)[r])
+    if a.diff:  # the other model on the same window, read out at the same token
+        other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text,
+                                   context=a.context, max_tokens=size, window=res.qa_window, position=r, qa=qa)
+        base_res, tuned_res = (res, other) if a.base else (other, res)
+        diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
+        out.append(figs.attention_difference_heatmap(diff, res.tokens))
+        show("readout attention most increased by fine-tuning:", diff[r], "+.3f")
+    if a.saliency:
+        from .saliency import token_saliency
+        sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, context=a.context,
+                             method=a.saliency, max_tokens=size, window=res.qa_window, position=r, qa=qa)
+        out.append(figs.saliency_figure(sal))
+        gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
+        print(f"saliency ({a.saliency}) of the {sal.target_label}{gap}:")
         for i, t, _ in att.top_tokens(abs(sal.scores), sal.tokens, a.top, sal.special):
             print(f"  {i:4d}  {t:20s} {float(sal.scores[i]):+.3f}")
     path = figs.write_figures_html(out, a.out, title=f"Attention: {Path(str(a.run)).name}")
@@ -915,11 +979,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diff", action="store_true", help="add the change in attention (fine-tuned minus base)")
     p.add_argument("--saliency", choices=["ig", "grad"], help="add token saliency of the fine-tuned model's "
                    "prediction: integrated gradients or gradient x input")
-    p.add_argument("--max-tokens", type=int, default=128, help="show at most this many tokens at once (default "
-                   "128); a longer text is split into windows of this size")
+    p.add_argument("--max-tokens", type=int, default=None, help="show at most this many tokens at once (default "
+                   "128; a question-answering run: its data.max_length, the window prediction reads); a longer "
+                   "text is split into windows of this size")
     p.add_argument("--window", type=int, help="which window of a longer text to show, 0-based "
-                   "(default 0: the start, or with --token the window that holds that word; -1: the end); "
+                   "(default 0: the start, or with --token the window that holds that word, or for a "
+                   "question-answering run the window holding the predicted answer; -1: the end); "
                    "the output lists them")
+    p.add_argument("--context", help="question-answering runs: the text to find the answer to the question "
+                   "(`text`) in; the attention is read from the predicted answer's start token")
     p.add_argument("--top", type=int, default=5, help="tokens to list (default 5)")
     p.add_argument("--token", type=int, metavar="N", help="token-classification (NER) models: the word to explain, "
                    "0-based (default: the first word predicted as an entity, else the first word)")

@@ -3,8 +3,10 @@
 A text classifier reads one token per text ([CLS], or the last token of a decoder); a token classifier
 predicts at every word, so what is explained is a chosen word's prediction, read at its first sub-word
 (its last for a decoder, which has read the whole word only there; where the task trains and predicts
-it). Which of the two a model is comes from its task (`Task.readout`), found from the model's head
-through the task registry.
+it). An extractive question-answering model predicts a span by a start and an end logit per token: what
+is explained is the predicted answer's start token (`answer_position`), in the window that holds it.
+Which of these a model is comes from its task (`Task.readout`), found from the model's head through the
+task registry.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from .errors import WorkbenchError
 OUTSIDE = "O"
 ONE_PER_TEXT = ("This model predicts one class per text, read at a fixed token; there is no token to choose. "
                 "Choosing a token (--token) applies to token-classification (NER) models.")
+ANSWER_READOUT = ("A question-answering model is read at the predicted answer's start token; there is no word to "
+                  "choose (--token applies to token-classification models).")
+NOT_QA = ("A context (--context) is for question-answering models, which find the answer to a question in it; "
+          "this model reads the text alone.")
 
 
 def model_task(model: Any) -> Any:
@@ -38,6 +44,23 @@ def model_task(model: Any) -> Any:
 def readout_kind(task: Any) -> str:
     """The task's readout: "word" (a prediction per word) if it says so (`Task.readout`), else "sequence"."""
     return "sequence" if task is None else str(getattr(task, "readout", "sequence"))
+
+
+def answer_position(offsets: list[tuple[int, int] | None], start_logits: np.ndarray, start_char: int) -> int | None:
+    """The token an answer starting at character `start_char` was predicted at: among the window's context
+    tokens that begin at that character, the one with the highest start logit (what the best-span search
+    picked; a byte-level CJK character is several pieces with the same offsets). None when no context token
+    of this window begins there."""
+    found = [i for i, o in enumerate(offsets) if o is not None and o[0] == start_char and i < len(start_logits)]
+    return max(found, key=lambda i: float(start_logits[i])) if found else None
+
+
+def answer_end_position(offsets: list[tuple[int, int] | None], end_logits: np.ndarray, start: int,
+                        end_char: int) -> int | None:
+    """The answer's last token: from `start` on, the context token ending at `end_char` with the highest end logit."""
+    found = [i for i, o in enumerate(offsets) if o is not None and i >= start and o[1] == end_char
+             and i < len(end_logits)]
+    return max(found, key=lambda i: float(end_logits[i])) if found else None
 
 
 def choose_readout(words: list[str], word_positions: list[int | None], word_ids: list[int | None],

@@ -8,7 +8,10 @@ Two methods over the input (word) embeddings:
 
 For a token classifier the explained logit is a chosen token's (a word's first sub-word, or last for a
 decoder, the same
-readout as `workbench.attention`): which input tokens made the model tag THAT word as it did.
+readout as `workbench.attention`): which input tokens made the model tag THAT word as it did. For a
+question-answering model it is the start logit at the predicted answer's start token, in the window
+prediction found it in (`workbench.attention.read_answer`): which tokens of the question and the context
+made the model start the answer there.
 
 Written in plain torch rather than with captum: the whole method is a few tensor lines here, and
 captum would add matplotlib and four more packages to the install for it. Works for any model that
@@ -23,9 +26,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .attention import class_labels, encode_text, reading_piece
+from .attention import QASettings, class_labels, encode_text, read_answer, reading_piece
 from .errors import WorkbenchError
-from .readout import ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
+from .readout import ANSWER_READOUT, NOT_QA, ONE_PER_TEXT, choose_readout, model_task, readout_kind, word_tags
 
 Method = Literal["ig", "grad"]
 Integration = Literal["gausslegendre", "riemann"]
@@ -94,7 +97,8 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
                    target: int | str | None = None, method: Method = "ig", n_steps: int = 32,
                    integration: Integration = "gausslegendre", baseline: Baseline = "pad",
                    max_tokens: int = 128, window: tuple[int, int] | None = None,
-                   batch_size: int = 16, word: int | None = None, position: int | None = None) -> SaliencyResult:
+                   batch_size: int = 16, word: int | None = None, position: int | None = None,
+                   context: str | None = None, qa: QASettings | None = None) -> SaliencyResult:
     """Attribute the `target` class logit (default: the predicted class) to the input tokens.
 
     For a token classifier the logit is the readout token's: `word` / `position` choose it (default:
@@ -105,11 +109,21 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     A zero vector suits Llama-style models badly: RMSNorm jumps to full scale as soon as the path
     leaves 0, and no step count integrates that; a large `completeness_gap` is the sign.
     Cost: one forward+backward per step (`grad`: one), in batches of `batch_size`.
+
+    A question-answering model reads `text` as the question about `context` (windows of `max_tokens`, `qa`'s
+    doc_stride; `window` a window's index, default the one holding the answer); the explained logit is the
+    start logit at the answer's start token (`position` moves it; `target="end"` explains the end logit there).
     """
     if method not in ("ig", "grad"):
         raise WorkbenchError(f"method={method!r}: use 'ig' (integrated gradients) or 'grad' (gradient x input).")
     model.eval()
     task = model_task(model)
+    if readout_kind(task) == "answer":
+        return _answer_saliency(model, tokenizer, text, context, method=method, n_steps=n_steps,
+                                integration=integration, baseline=baseline, max_tokens=max_tokens, window=window,
+                                batch_size=batch_size, word=word, position=position, qa=qa, target=target)
+    if context is not None:
+        raise WorkbenchError(NOT_QA)
     per_word = readout_kind(task) == "word"
     if not per_word and (word is not None or position is not None):
         raise WorkbenchError(ONE_PER_TEXT)
@@ -136,18 +150,75 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     common = dict(tokens=enc.tokens, target=t, target_label=labels[t], predicted=predicted,
                   predicted_label=labels[predicted], probs=probs, special=enc.special, truncated=enc.truncated,
                   notice=enc.notice, readout_index=pos, readout_word=readout_word, words=enc.words)
+    return _attribute(model, x, inputs, ids, enc, tokenizer, logits, t, pos, method, n_steps, integration, baseline,
+                      batch_size, common)
+
+
+def _forward(model: Any, embeds: torch.Tensor, inputs: dict[str, torch.Tensor],
+             position: int | None = None) -> torch.Tensor:
+    """Logits for a batch of embedded copies of one input (masks repeated to the batch size): (batch, classes),
+    or for a token classifier (batch, seq, classes), or with `position` that token's row, (batch, classes).
+    A question-answering model's start and end logits are its two "classes" per token."""
+    n = embeds.shape[0]
+    extra = {k: v.expand(n, -1) for k, v in inputs.items()}
+    # One unpadded sequence per row: decoder classifiers then read the last position, which is right.
+    out = model(inputs_embeds=embeds, **extra)
+    logits = getattr(out, "logits", None)
+    if logits is None:
+        logits = torch.stack([out.start_logits, out.end_logits], -1)
+    return logits if position is None else logits[:, position]
+
+
+def _answer_saliency(model: Any, tokenizer: Any, question: str, context: str | None, *, method: Method,
+                     n_steps: int, integration: Integration, baseline: Baseline, max_tokens: int, window: Any,
+                     batch_size: int, word: int | None, position: int | None, qa: QASettings | None,
+                     target: int | str | None) -> SaliencyResult:
+    """Saliency of a question-answering model's start (or end) logit at the answer's start token."""
+    if word is not None:
+        raise WorkbenchError(ANSWER_READOUT)
+    if window is not None and not isinstance(window, (int, np.integer)):
+        raise WorkbenchError(f"window={window!r}: a question-answering model's windows are numbered; give an index.")
+    t = {None: 0, "start": 0, "end": 1, 0: 0, 1: 1, "0": 0, "1": 1}.get(target, -1)
+    if t < 0:
+        raise WorkbenchError(f"target={target!r}: a question-answering model is explained at its 'start' or 'end' "
+                             f"logit.")
+    reading = read_answer(model, tokenizer, question, context, max_length=max_tokens, qa=qa, window=window)
+    enc = reading.enc
+    pos = reading.readout if position is None else int(position)
+    if not 0 <= pos < len(enc.input_ids):
+        raise WorkbenchError(f"token position {pos} does not exist: {len(enc.input_ids)} tokens are shown "
+                             f"(0..{len(enc.input_ids) - 1}).")
+    device = next(model.parameters()).device
+    inputs = enc.tensors(device)
+    ids = inputs.pop("input_ids")
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        x = embed(ids).detach()
+        logits = _forward(model, x, inputs, pos)[0].float()
+    answer = reading.answer.text or "(no answer)"
+    common = dict(tokens=enc.tokens, target=t, target_label=f"answer {'start' if t == 0 else 'end'} at token "
+                  f"{pos} {enc.tokens[pos]!r}", predicted=0, predicted_label=answer, probs=None,
+                  special=enc.special, truncated=enc.truncated, notice=enc.notice, readout_index=pos)
+    return _attribute(model, x, inputs, ids, enc, tokenizer, logits, t, pos, method, n_steps, integration, baseline,
+                      batch_size, common)
+
+
+def _attribute(model: Any, x: torch.Tensor, inputs: dict[str, torch.Tensor], ids: torch.Tensor, enc: Any,
+               tokenizer: Any, logits: torch.Tensor, t: int, pos: int | None, method: str, n_steps: int,
+               integration: Integration, baseline: Baseline, batch_size: int, common: dict) -> SaliencyResult:
+    """Gradient x input, or integrated gradients, of logit `t` (at token `pos`, when given)."""
     if method == "grad":
         grad = _grads(model, x, inputs, t, pos)
         scores = (grad * x).sum(-1)[0]
         return SaliencyResult(scores=scores.float().cpu().numpy(), method="grad", n_steps=1, **common)
-
+    embed = model.get_input_embeddings()
     base = _baseline(embed, ids, x, enc.special, tokenizer, baseline)
     alphas, weights = integration_points(n_steps, integration)
     diff = x - base
     avg_grad = torch.zeros_like(x)
     for i in range(0, n_steps, batch_size):
-        a = torch.tensor(alphas[i:i + batch_size], dtype=x.dtype, device=device).view(-1, 1, 1)
-        w = torch.tensor(weights[i:i + batch_size], dtype=x.dtype, device=device).view(-1, 1, 1)
+        a = torch.tensor(alphas[i:i + batch_size], dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        w = torch.tensor(weights[i:i + batch_size], dtype=x.dtype, device=x.device).view(-1, 1, 1)
         g = _grads(model, base + a * diff, inputs, t, pos)
         avg_grad += (w * g).sum(0, keepdim=True)
     scores = (diff * avg_grad).sum(-1)[0].double()
@@ -157,17 +228,6 @@ def token_saliency(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     gap = abs(float(scores.sum()) - delta)
     return SaliencyResult(scores=scores.float().cpu().numpy(), method="ig", completeness_gap=gap, delta=delta,
                           n_steps=n_steps, **common)
-
-
-def _forward(model: Any, embeds: torch.Tensor, inputs: dict[str, torch.Tensor],
-             position: int | None = None) -> torch.Tensor:
-    """Logits for a batch of embedded copies of one input (masks repeated to the batch size): (batch, classes),
-    or for a token classifier (batch, seq, classes), or with `position` that token's row, (batch, classes)."""
-    n = embeds.shape[0]
-    extra = {k: v.expand(n, -1) for k, v in inputs.items()}
-    # One unpadded sequence per row: decoder classifiers then read the last position, which is right.
-    logits = model(inputs_embeds=embeds, **extra).logits
-    return logits if position is None else logits[:, position]
 
 
 def _grads(model: Any, embeds: torch.Tensor, inputs: dict[str, torch.Tensor], target: int,
