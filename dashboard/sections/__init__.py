@@ -26,6 +26,7 @@ from typing import Any, Callable
 from workbench.assets import BUILTIN_DATASETS
 
 from . import causal_lm_sft, classification, generic, seq2seq, token_classification
+from . import relation_extraction
 
 DEFAULT = "text-classification"
 SECTIONS: dict[str, ModuleType | Any] = {}
@@ -84,5 +85,6 @@ register_sections(DEFAULT, classification)
 register_sections("token-classification", token_classification)
 register_sections("causal-lm-sft", causal_lm_sft)
 register_sections("seq2seq", seq2seq)
+register_sections("relation-extraction", relation_extraction)
 
 __all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "register_sections", "task_for_source", "trainable_tasks"]
