@@ -45,7 +45,8 @@ def _relations(path: Path, n: int, seed: int = 0) -> Path:
 
 def _duie(path: Path) -> Path:
     lines = [{"text": f"李柏光从北京大学毕业，生于广东{'。' * i}", "spo_list": [
-        {"subject": "李柏光", "predicate": "毕业院校", "object": "北京大学", "subject_type": "人物", "object_type": "学校"},
+        {"subject": "李柏光", "predicate": "毕业院校", "object": "北京大学", "subject_type": "人物",
+         "object_type": "学校"},
         {"subject": "李柏光", "predicate": "出生地", "object": "广东", "subject_type": "人物", "object_type": "地点"}]}
         for i in range(10)]
     path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines), encoding="utf-8")
