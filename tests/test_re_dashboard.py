@@ -241,6 +241,13 @@ def test_evaluate_page_shows_micro_f1_per_relation_table_and_confusion_matrix(re
         assert 'title="subject">' in at.get("html")[0].proto.body and "gold **" in " ".join(texts(at.markdown))
 
 
+def test_runs_page_lists_a_relation_run_by_its_micro_f1(re_run):
+    at = no_crash(page("runs").run())
+    table = at.dataframe[0].value
+    row = table[table["run"] == "re-tiny"].iloc[0]
+    assert row["f1"] == pytest.approx(re_run.evaluation()["after"]["f1"])
+
+
 def test_try_it_answers_a_marked_sentence_and_explains_one_without_markers(re_run):
     at = page("evaluate").run()
     at.selectbox(key="eval_run").set_value("re-tiny")
