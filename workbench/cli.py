@@ -380,9 +380,16 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"{row['predicted']}\t{row['text'][:80]}")
         return 0
     for _, row in out.iterrows():
-        probs = "  ".join(f"{lab}={row[f'p_{lab}']:.3f}" for lab in p.labels)
+        probs = "  ".join(f"{lab}={pr:.3f}" for lab, pr in shown_probabilities(row, p.labels))
         print(f"{row['predicted']}\t{probs}\t{row['text'][:80]}")
     return 0
+
+
+def shown_probabilities(row: Any, labels: list[str], all_up_to: int = 4, top: int = 3) -> list[tuple[str, float]]:
+    """The class probabilities `predict` prints for one row: every class, in label order, for a small label set
+    (sentiment, NLI); else the `top` most probable, highest first (a relation model has ~18 classes)."""
+    probs = [(lab, float(row[f"p_{lab}"])) for lab in labels]
+    return probs if len(labels) <= all_up_to else sorted(probs, key=lambda x: -x[1])[:top]
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -918,7 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a labelled file to score instead of the stored test split")
     grant_flags(p)
     p = add("predict", cmd_predict, "Classify texts with a run's fine-tuned model ('-' reads lines from stdin); "
-            "for a question-answering run, the texts are questions about --context.")
+            "for a question-answering run, the texts are questions about --context; for relation-extraction, "
+            "sentences with the two entities marked: 'the <S>movie</S> was <O>good</O>'. Prints the predicted "
+            "class and the probabilities: all of them up to 4 classes, else the 3 most probable.")
     p.add_argument("run")
     p.add_argument("text", nargs="+")
     p.add_argument("--context", help="question-answering: the text to find the answers in")

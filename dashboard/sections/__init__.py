@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from workbench.assets import BUILTIN_DATASETS
 
-from . import causal_lm_sft, classification, generic, question_answering, seq2seq, token_classification
+from . import (causal_lm_sft, classification, generic, question_answering, relation_extraction, seq2seq,
+               token_classification)
 
 DEFAULT = "text-classification"
 SECTIONS: dict[str, ModuleType | Any] = {}
@@ -85,5 +86,6 @@ register_sections("token-classification", token_classification)
 register_sections("causal-lm-sft", causal_lm_sft)
 register_sections("seq2seq", seq2seq)
 register_sections("question-answering", question_answering)
+register_sections("relation-extraction", relation_extraction)
 
 __all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "register_sections", "task_for_source", "trainable_tasks"]

@@ -145,7 +145,9 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
             out.append(f"  leakage: {n} {split} text(s) also appear in train")
     t = r.token_lengths
     if t:
-        fate = "are read in overlapping windows" if t.get("windowed") else "get truncated"
+        # A task that does not simply cut long texts says what it does instead (`fate`, a phrase after "longer
+        # than max_length=N"); question answering's `windowed` flag is the older form of the same thing.
+        fate = t.get("fate") or ("are read in overlapping windows" if t.get("windowed") else "get truncated")
         out.append(f"  tokens ({t.get('tokenizer', '')}): median {t['p50']}, p95 {t['p95']}, max {t['max']}; "
                    f"{t['truncated']} text(s) longer than max_length={t['max_length']} {fate}")
     u = r.unknown_tokens

@@ -66,7 +66,8 @@ def token_length_figure(report: Mapping[str, Any] | Any, max_length: int | None 
     if limit is not None:
         # The histogram cannot say how many exceed an arbitrary new limit; the report's count is exact.
         truncated = t.get("truncated") if max_length is None else (0 if limit >= t.get("max", float("inf")) else None)
-        note = f"max_length {limit}" + (f": {truncated} truncated" if truncated is not None else "")
+        cut = "windowed" if t.get("fate") or t.get("windowed") else "truncated"  # a task that keeps a window
+        note = f"max_length {limit}" + (f": {truncated} {cut}" if truncated is not None else "")
         fig.add_vline(x=limit, line_color="#d62728", line_dash="dash", annotation_text=note,
                       annotation_position="top left")
     if t.get("p50") is not None:

@@ -194,6 +194,7 @@ def _describe(rep: Any, frames: dict[str, pd.DataFrame], labels: list[str], cfg:
     max_length = cfg.max_length
     rep.token_lengths = token_length_stats(_lengths(tokenizer, train["text"].tolist()), max_length,
                                            getattr(tokenizer, "name_or_path", ""))
+    rep.token_lengths["fate"] = "keep a window of max_length tokens around the two entities (markers kept)"
     windowed, lost = {}, {}
     for s, f in frames.items():
         status = window_status(f["text"].tolist(), tokenizer, max_length)
