@@ -45,7 +45,9 @@ def _choose_source(kind: str) -> str | None:
                           "(named entities): a CoNLL file (.txt/.conll, a word and its tag per line) or JSONL "
                           "with `tokens` and `tags`. Conversations (instruction and dialogue fine-tuning): JSONL "
                           "with `messages` (role/content turns), Alpaca `instruction`/`input`/`output` records, "
-                          "or `prompt`/`completion` columns.")
+                          "or `prompt`/`completion` columns. Questions with answers (extractive QA): SQuAD JSON, "
+                          "or rows with `context`, `question`, `answer`, `answer_start`. Relations: rows with "
+                          "`text`, `subject`, `object`, `relation`, or DuIE JSONL with `spo_list`.")
     if up is None:
         st.info("Upload a file, or pick a built-in data set above.", icon=":material/upload_file:")
         return None
