@@ -82,7 +82,7 @@ def _imports(source: str) -> set[str]:
 # --- fast ------------------------------------------------------------------------------------------
 def test_the_course_is_there():
     numbers = [p.name[:2] for p in LESSONS]
-    assert numbers == [f"{i:02d}" for i in range(1, 10)], f"expected notebooks 01..09, found {numbers}"
+    assert numbers == [f"{i:02d}" for i in range(1, 11)], f"expected notebooks 01..10, found {numbers}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

@@ -239,6 +239,25 @@ def test_doc_stride_over_half_the_window_is_refused():
 
 
 # --- end to end ----------------------------------------------------------------------------------
+def test_a_causal_lm_checkpoint_keeps_its_weights_under_the_qa_head(tmp_path):
+    # SmolLM2 is saved as LlamaForCausalLM (keys `model.*`); LlamaForQuestionAnswering keeps its body under
+    # `transformer`, so without a key mapping transformers 5 initialised the whole body at random.
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workbench.config import ModelConfig
+    tok = _tokenizer("llama")
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, pad_token_id=tok.pad_token_id))
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    qa = TASK.load_model(ModelConfig(name_or_path=str(tmp_path / "lm")), ["span"], tokenizer=tok)
+    body = qa.transformer.state_dict()
+    for name, weight in lm.model.state_dict().items():
+        assert torch.equal(body[name], weight), f"{name} was not loaded from the checkpoint"
+
+
 def test_tiny_llama_reads_answers_end_to_end(tiny_llama, tmp_path, capsys):
     from workbench.cli import main
     from workbench.rundir import RunDir, new_run_dir

@@ -380,6 +380,14 @@ class QuestionAnswering:
         mconf.num_labels = 2  # a start and an end logit per token
         name = type(mconf).__name__.replace("Config", "")
         try:
+            prefix = transformers.AutoModelForQuestionAnswering._model_mapping[type(mconf)].base_model_prefix
+        except (KeyError, AttributeError):
+            prefix = None  # no QA head for this config: from_pretrained below says so
+        if prefix and prefix != "model":
+            # LlamaForQuestionAnswering keeps its body under `transformer`, but a causal LM checkpoint (SmolLM2)
+            # stores it under `model.`: without this mapping transformers 5 initialises the whole body at random.
+            kw["key_mapping"] = {r"^model\.": f"{prefix}."}
+        try:
             model = transformers.AutoModelForQuestionAnswering.from_pretrained(
                 path, config=mconf, dtype=dtype if dtype is not None else torch.float32, **kw)
         except ValueError as e:
