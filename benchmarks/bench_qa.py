@@ -380,7 +380,8 @@ def main() -> int:
     if a.quick:
         print("(--quick: sizes too small for the target to mean anything; this only keeps the script working)")
     out = {"quick": a.quick, "threads": a.threads, "questions": n, "windows": windows, "multi_window": sum(multi),
-           "kinds": kinds, "ratio": ratio, "ratio_p32": ratio32, "ratio_bf16": r16, "fastest_pipeline": fastest_pipe, "pass": ok,
+           "kinds": kinds, "ratio": ratio, "ratio_p32": ratio32, "ratio_bf16": r16,
+           "fastest_pipeline": fastest_pipe, "pass": ok,
            "identical": {k: agree(k)[0] for k in ("pipeline32", "pipeline1", "workbench-bf16")},
            "seconds": {k: r["seconds"] for k, r in results.items()}, "scores": scores,
            "settings": {"model": MODEL, "max_seq_len": MAX_LEN, "doc_stride": STRIDE, "max_answer_len": MAX_ANSWER,
