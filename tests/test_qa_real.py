@@ -74,6 +74,8 @@ def test_minilm_learns_squad_format_questions_end_to_end(tmp_path):
     assert run.status()["state"] == "completed"
     ev = run.evaluation()
     before, after = ev["before"], ev["after"]
+    print(f"test F1 {before['f1']:.3f} -> {after['f1']:.3f}, EM {before['exact_match']:.3f} -> "
+          f"{after['exact_match']:.3f} (n {after['n']})")
     assert after["n"] == before["n"] >= 45
     assert after["f1"] > before["f1"] + 0.4 and after["f1"] > 0.6, (before, after)
     assert after["exact_match"] > before["exact_match"] + 0.3, (before, after)
