@@ -10,7 +10,7 @@
                 `pip install --target` into the workbench's cache (`--tf4 DIR` to use another folder) and run in its
                 own process; the workbench side runs in another process with the installed transformers.
   model         built-in `minilm` (all-MiniLM-L6-v2, BERT, 6 layers) with a fresh QA head, fine-tuned by the
-                workbench (`run_training`, full, max_steps 24, batch 16, lr 1e-4, max_length 384, doc_stride 128) on
+                workbench (`run_training`, full, max_steps 100, batch 16, lr 3e-4, max_length 384, doc_stride 128) on
                 questions about the aclsum *train* papers' abstracts. Both sides load that run's saved model folder,
                 fp32 weights, the same tokenizer files.
   data          built-in `aclsum` abstracts of the validation and test papers (no paper seen in fine-tuning), as
@@ -62,7 +62,7 @@ based show shows shown paper approach method methods results result model models
 def _sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {"contexts": 12, "train_steps": 2, "train_questions": 48, "rounds": 1}
-    return {"contexts": 90, "train_steps": 24, "train_questions": 400, "rounds": 2}
+    return {"contexts": 90, "train_steps": 100, "train_questions": 800, "rounds": 2}
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def _finetune(rows: list[dict], steps: int, workdir: Path) -> str:
         "model": {"name_or_path": MODEL},
         "data": {"source": str(f), "max_length": MAX_LEN, "doc_stride": STRIDE, "max_answer_length": MAX_ANSWER,
                  "validation_size": 0.0, "test_size": 0.1},
-        "training": {"max_steps": steps, "learning_rate": 1e-4, "per_device_train_batch_size": 16,
+        "training": {"max_steps": steps, "learning_rate": 3e-4, "per_device_train_batch_size": 16,
                      "eval_strategy": "no", "save_strategy": "no", "logging_steps": 10, "seed": SEED},
         "peft": {"method": "full"}})
     run = run_training(cfg, new_run_dir(cfg), progress=False)
