@@ -291,6 +291,10 @@ def test_tiny_llama_reads_answers_end_to_end(tiny_llama, tmp_path, capsys):
     assert "errors by type" in capsys.readouterr().out
     assert main(["eval", str(run.path)]) == 0
     assert "exact_match" in capsys.readouterr().out
+    # re-scoring on a new file: the run's labels are its answer kinds (["span"]), the head has 2 outputs
+    new = _jsonl(tmp_path / "new.jsonl", _toy_rows(20, seed=7))
+    assert main(["eval", str(run.path), "--data", str(new)]) == 0, capsys.readouterr().err
+    assert "exact_match" in capsys.readouterr().out
 
 
 def test_the_qa_head_gets_its_own_learning_rate():
@@ -301,3 +305,36 @@ def test_the_qa_head_gets_its_own_learning_rate():
     cfg = RunConfig.from_dict({"task": "question-answering", "data": {"max_length": 128, "doc_stride": 32},
                                "training": {"head_learning_rate": 1e-3}})
     assert cfg.validate() == []
+
+
+def test_review_fixes_cmrc_lcs_empty_references_and_spaces():
+    # CMRC 2018's F1 counts the longest common run of characters: the right characters in the wrong order
+    assert f1("大学北京", "北京大学") == pytest.approx(0.5)
+    assert f1("张三和丰", "张三丰") == pytest.approx(4 / 7)
+    # SQuAD v2.0 drops references that normalise to nothing: "The" is no reference at all
+    assert best_over(["The", "the band"], "") == (0.0, 0.0)
+    # byte-level BPE puts a word's leading space into its token: the answer starts at the word
+    a = best_answer("go to Paris now", [_w([0, 0, 9, 0], [0, 0, 9, 0], [None, (0, 5), (5, 11), (11, 15)])])
+    assert (a.text, a.start, a.end) == ("Paris", 6, 11)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", 1e400])
+def test_a_non_finite_answer_start_is_named(tmp_path, value):
+    rows = _toy_rows(30)
+    rows[2]["answer_start"] = value
+    f = tmp_path / "qa.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows).replace("Infinity", '"inf"'), encoding="utf-8")
+    with pytest.raises(DataError, match="not a whole number") as e:
+        TASK.prepare(DataConfig(source=str(f)), 0)
+    assert "line 3" in str(e.value)
+
+
+def test_split_names_are_read_like_the_other_tasks(tmp_path):
+    rows = _toy_rows(60)
+    for i, r in enumerate(rows):
+        r["split"] = ["train", "dev", "Test"][i % 3]
+    prep = TASK.prepare(DataConfig(source=str(_jsonl(tmp_path / "a.jsonl", rows))), 0)
+    assert (len(prep.train), len(prep.validation), len(prep.test)) == (20, 20, 20)
+    rows[5]["split"] = "holdout"
+    with pytest.raises(DataError, match="holdout"):
+        TASK.prepare(DataConfig(source=str(_jsonl(tmp_path / "b.jsonl", rows))), 0)

@@ -98,7 +98,7 @@ def test_marked_sentences_for_predict_are_parsed_or_refused_with_the_reason():
     assert spans["S"][:2] == (1, 4) and spans["O"][:2] == (0, 5)
     for bad, why in (("李柏光从北京大学毕业", "expected one <S>"), ("<S>李柏光</S>从<O>北京大学毕业", "0 closing"),
                      ("<S>a<O>b</S>c</O>", "out of order"), ("<S></S><O>b</O>", "nothing between"),
-                     ("<S:x>a</S:y><O>b</O>", "same type")):
+                     ("<S:x>a</S:y><O>b</O>", "same type"), ("<S><O>北京</O></S>是首都", "same words")):
         assert why in parse_marked(bad)
 
 

@@ -96,7 +96,10 @@ def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch
     r.labels()  # a damaged labels.json is reported before the model is loaded
     model, tok = load_trained(r.model_dir, **grants)
     n = model.config.num_labels
-    labels = r.model_labels(n) or [model.config.id2label[i] for i in range(n)]
+    if cfg.task == "question-answering":  # a start/end head (2 outputs); the run's labels are its answer kinds
+        labels = r.labels()
+    else:
+        labels = r.model_labels(n) or [model.config.id2label[i] for i in range(n)]
     if split_file:
         prep = task.prepare(cfg.data.__class__(**{**cfg.data.__dict__, "source": str(split_file), "test_size": 0.0,
                                                   "validation_size": 0.0}), cfg.training.seed, raise_on_problems=True)

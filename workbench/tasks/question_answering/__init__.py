@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ...data.prepare import SPLIT_ALIASES
 from ...errors import DataError, ModelError
 from ..base import DataRole
 from .encode import (MODEL_INPUTS, Answer, QACollator, Windows, best_answer, make_windows, question_text,
@@ -85,10 +86,20 @@ def prepare_qa(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_prob
     rep.columns = {"question": "question", "context": "context", "answer": "answer"}
     frames: dict[str, pd.DataFrame] = {}
     df = data.frame
-    if len(df) and "split" in df:
+    split_col = cfg.split_column or "split"
+    if len(df) and split_col in df:
+        mapped = df[split_col].astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
+        if mapped.isna().any():
+            bad = sorted(set(df.loc[mapped.isna(), split_col].astype(str)))[:5]
+            rep.problems.append(f"column {split_col!r} has values {bad} that are not train/validation/test. Fix: use "
+                                f"those three names (dev, val, eval and testing are read too), or set "
+                                f"data.split_column to another column.")
         for s in ("train", "validation", "test"):
-            if (df["split"] == s).any():
-                frames[s] = df[df["split"] == s].drop(columns="split")
+            if (mapped == s).any():
+                frames[s] = df[mapped == s].drop(columns=split_col)
+    elif cfg.split_column:
+        rep.problems.append(f"data.split_column {cfg.split_column!r} not found; columns found: "
+                            f"{', '.join(map(str, df.columns))}.")
     else:
         frames["train"] = df
     for role, src in (("validation", cfg.validation_source), ("test", cfg.test_source)):
@@ -105,11 +116,11 @@ def prepare_qa(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_on_prob
     if len(train) == 0:
         rep.problems.append(f"{cfg.source}: no questions to train on.")
         return _finish(empty, raise_on_problems)
-    if "test" not in frames and cfg.test_size > 0:
+    carved = "test" not in frames and cfg.test_size > 0  # the test contexts come out of train here
+    if carved:
         train, frames["test"] = _group_split(train, cfg.test_size, seed)
     if "validation" not in frames and cfg.validation_size > 0 and len(train):
-        share = cfg.validation_size / (1 - cfg.test_size) if "test" not in frames or cfg.test_size else \
-            cfg.validation_size
+        share = cfg.validation_size / (1 - cfg.test_size) if carved else cfg.validation_size
         train, frames["validation"] = _group_split(train, min(share, 0.5), seed)
     if len(train) == 0 or not (train["answer"] != "").any():
         rep.problems.append(f"{cfg.source}: {len(data.frame)} question(s), too few (or none answerable) to hold "

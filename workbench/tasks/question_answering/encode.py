@@ -201,4 +201,8 @@ def best_answer(context: str, windows: Sequence[tuple[np.ndarray, np.ndarray, li
     score, w, i, j = best
     offsets = windows[w][2]
     a, b = offsets[i][0], offsets[j][1]
+    while a < b and context[a].isspace():  # byte-level BPE puts the space before a word into its token
+        a += 1
+    while b > a and context[b - 1].isspace():
+        b -= 1
     return Answer(context[a:b], a, b, score, null, w)

@@ -10,6 +10,7 @@ context (and said so); otherwise the row is named as a problem.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,7 @@ def _answers_of(value: Any, start: Any) -> list[dict[str, Any]] | str:
             f = float(s)
         except (TypeError, ValueError):
             return f"answer_start {s!r} is not a number"
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             return f"answer_start {s!r} is not a whole number"
         return int(f)
 

@@ -117,10 +117,11 @@ def prepare_relations(cfg: Any, seed: int = 42, tokenizer: Any = None, *, raise_
                             f"`{NO_RELATION}`). Fix: add examples, or give DuIE sentences with their `spo_list` "
                             f"so negatives are made from them.")
         return _finish(empty, raise_on_problems)
-    if "test" not in frames and cfg.test_size > 0:
+    carved = "test" not in frames and cfg.test_size > 0  # the test sentences come out of train here
+    if carved:
         train, frames["test"] = _by_sentence(train, cfg.test_size, seed)
     if "validation" not in frames and cfg.validation_size > 0:
-        frac = cfg.validation_size / (1 - cfg.test_size) if "test" not in frames else cfg.validation_size
+        frac = cfg.validation_size / (1 - cfg.test_size) if carved else cfg.validation_size
         train, frames["validation"] = _by_sentence(train, frac, seed)
     frames["train"] = train
     for s in ("validation", "test"):

@@ -178,4 +178,6 @@ def parse_marked(text: str) -> tuple[str, dict[str, tuple[int, int, str]]] | str
         else:
             open_at[role] = at
     plain.append(text[pos:])
+    if "S" in spans and "O" in spans and spans["S"][:2] == spans["O"][:2]:
+        return "the subject and the object mark the same words: a relation links two different entities."
     return "".join(plain), spans
