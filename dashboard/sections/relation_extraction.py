@@ -364,8 +364,8 @@ def _examples(pred: pd.DataFrame) -> None:
     r = pred.loc[by_row[row]]
     st.html(marked_sentence_html(str(r["text"]), legend=True))
     probs = _top(r, 3)
-    st.markdown(f"gold **{r['gold']}**, predicted **{r['predicted']}** · "
-                + ", ".join(f"{lab} {p:.2f}" for lab, p in probs))
+    st.text(f"gold {r['gold']}, predicted {r['predicted']} · "  # names from the data: plain text, no markdown
+            + ", ".join(f"{lab} {p:.2f}" for lab, p in probs))
 
 
 def _top(row: pd.Series, k: int) -> list[tuple[str, float]]:
