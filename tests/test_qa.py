@@ -338,3 +338,14 @@ def test_split_names_are_read_like_the_other_tasks(tmp_path):
     rows[5]["split"] = "holdout"
     with pytest.raises(DataError, match="holdout"):
         TASK.prepare(DataConfig(source=str(_jsonl(tmp_path / "b.jsonl", rows))), 0)
+
+
+def test_stored_predictions_come_back_as_written(tmp_path):
+    from workbench.rundir import RunDir
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"row": 1, "id": "007", "gold": "1", "predicted": "2", "loss": 0.5, "correct": False}]
+    (run / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    pred = RunDir(run).predictions("after")
+    assert pred.loc[0, "id"] == "007" and pred.loc[0, "gold"] == "1" and int(pred.loc[0, "row"]) == 1

@@ -281,7 +281,8 @@ class RunDir:
         if not f.exists():
             raise RunError(f"{self.path} has no {f.name} yet: the run has not finished its evaluation "
                            f"(state: {self.status().get('state')}).")
-        return pd.read_json(f, lines=True)
+        # As written: no guessing of types from values, or an id "007" and a label "1" come back as numbers.
+        return pd.read_json(f, lines=True, dtype=False)
 
     def data_report(self) -> dict[str, Any]:
         return self._read_json(self.report_file, dict, "the data report (a JSON object)", {})
