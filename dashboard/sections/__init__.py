@@ -81,6 +81,29 @@ def data_sources(task: str) -> list[str]:
             + [name for name, b in BUILTIN_DATASETS.items() if b.task == task])
 
 
+def pick_source(task: str, empty: str) -> str | None:
+    """The Train page's data-set picker for a task that reads its own files: the task's uploads and built-ins, the
+    Data page's choice first; None (after saying `empty`) when there is nothing to pick."""
+    from pathlib import Path
+
+    import streamlit as st
+
+    from workbench.config import field_help
+
+    choice = st.session_state.get("data_choice") or {}
+    options = data_sources(task)
+    if choice.get("task") == task and choice.get("source") and choice["source"] not in options:
+        options.insert(0, choice["source"])
+    if not options:
+        st.info(empty, icon=":material/upload_file:")
+        return None
+    if st.session_state.get("train_source") not in options:
+        mine = choice.get("task") == task and choice.get("source")
+        st.session_state["train_source"] = choice["source"] if mine else options[0]
+    return st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,
+                        help=field_help()["data.source"])
+
+
 register_sections(DEFAULT, classification)
 register_sections("token-classification", token_classification)
 register_sections("causal-lm-sft", causal_lm_sft)
@@ -88,4 +111,5 @@ register_sections("seq2seq", seq2seq)
 register_sections("question-answering", question_answering)
 register_sections("relation-extraction", relation_extraction)
 
-__all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "register_sections", "task_for_source", "trainable_tasks"]
+__all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "pick_source", "register_sections", "task_for_source",
+           "trainable_tasks"]

@@ -245,22 +245,13 @@ def train_data(task: str) -> dict[str, Any]:
     """QA files and the built-in `duie_qa`; the window settings (data.max_length is with the hyper-parameters)."""
     from workbench.assets import BUILTIN_DATASETS
 
-    from . import data_sources
+    from . import pick_source
 
     st.subheader("Data")
-    choice = st.session_state.get("data_choice") or {}
-    options = data_sources(task)
-    if choice.get("task") == task and choice.get("source") and choice["source"] not in options:
-        options.insert(0, choice["source"])
-    if not options:
-        st.info("No question-answering data yet: upload a SQuAD JSON file or a table with question, context and "
-                "answer columns on the Data page.", icon=":material/upload_file:")
+    source = pick_source(task, "No question-answering data yet: upload a SQuAD JSON file or a table with "
+                         "question, context and answer columns on the Data page.")
+    if source is None:
         return {"data.source": ""}
-    if st.session_state.get("train_source") not in options:
-        mine = choice.get("task") == task and choice.get("source")
-        st.session_state["train_source"] = choice["source"] if mine else options[0]
-    source = st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,
-                          help=field_help()["data.source"])
     st.caption(BUILTIN_DATASETS[source].description if source in BUILTIN_DATASETS else
                f"Questions about contexts: {FORMATS}. Check a file on the Data page first.")
     help_ = field_help()

@@ -212,22 +212,13 @@ def train_data(task: str) -> dict[str, Any]:
     """Relation files and the built-in `duie_re`; `data.negative_ratio` for DuIE files; the pooling of a decoder."""
     from workbench.assets import BUILTIN_DATASETS
 
-    from . import data_sources
+    from . import pick_source
     from .classification import _pooling
 
     st.subheader("Data")
-    choice = st.session_state.get("data_choice") or {}
-    options = data_sources(task)
-    if choice.get("task") == task and choice.get("source") and choice["source"] not in options:
-        options.insert(0, choice["source"])
-    if not options:
-        st.info(f"No relation data yet: upload a file on the Data page ({FORMATS}).", icon=":material/upload_file:")
+    source = pick_source(task, f"No relation data yet: upload a file on the Data page ({FORMATS}).")
+    if source is None:
         return {"data.source": ""}
-    if st.session_state.get("train_source") not in options:
-        mine = choice.get("task") == task and choice.get("source")
-        st.session_state["train_source"] = choice["source"] if mine else options[0]
-    source = st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,
-                          help=field_help()["data.source"])
     if source in BUILTIN_DATASETS:
         st.caption(BUILTIN_DATASETS[source].description)
     st.caption(f"Relations: {FORMATS}. No columns to map. Sentences longer than data.max_length (Hyper-parameters "

@@ -11,7 +11,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from workbench.config import field_help
 from workbench.errors import WorkbenchError
 from workbench.estimate import local_model_dir
 from workbench.figures.data import class_balance_figure
@@ -107,21 +106,12 @@ def _show_report(r: dict, tokenized: bool, model: str) -> None:
 # --- Train page ------------------------------------------------------------------------------------
 def train_data(task: str) -> dict[str, Any]:
     """Tagged files and the task's built-in data sets; nothing to map."""
-    from . import data_sources
+    from . import pick_source
 
     st.subheader("Data")
-    choice = st.session_state.get("data_choice") or {}
-    options = data_sources(task)
-    if choice.get("task") == task and choice.get("source") and choice["source"] not in options:
-        options.insert(0, choice["source"])
-    if not options:
-        st.info(f"No data for {task} yet: upload a file on the Data page.", icon=":material/upload_file:")
+    source = pick_source(task, f"No data for {task} yet: upload a file on the Data page.")
+    if source is None:
         return {"data.source": ""}
-    if st.session_state.get("train_source") not in options:
-        mine = choice.get("task") == task and choice.get("source")
-        st.session_state["train_source"] = choice["source"] if mine else options[0]
-    source = st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,
-                          help=field_help()["data.source"])
     st.caption(f"Tagged sentences: {FORMATS}. No columns to map; check a file on the Data page first.")
     return {"data.source": source, "data.text_column": None, "data.label_column": None,
             "data.text_pair_column": None}
