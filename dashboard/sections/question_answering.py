@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,11 +19,11 @@ from workbench.errors import WorkbenchError
 from workbench.estimate import local_model_dir
 
 from .. import widgets
+from .files import head_columns
 
 TASK = "question-answering"
 FORMATS = ("SQuAD JSON (`data` → `paragraphs` → `qas`, unanswerable questions allowed), or JSONL/CSV/Parquet rows "
            "with `question`, `context`, `answer` and its character offset `answer_start`")
-TABLES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
 QUESTION_COLUMNS = {"question", "query"}
 CONTEXT_COLUMNS = {"context", "passage", "paragraph", "document"}
 ANSWER_COLUMNS = {"answer", "answers", "answer_text", "answer_start"}
@@ -33,35 +32,16 @@ TITLES = {"gold": "gold answer", "predicted": "predicted answer", "both": "gold 
 SHOWN_CHARS = 600  # context shown either side of the answers in a long context
 SCORE = st.column_config.NumberColumn(format="%.3f")
 VIEWS = ("Wrong answers", "All questions")
-_KEYS = re.compile(r'"([A-Za-z_]+)"\s*:')
 
 
 # --- which files are QA data ------------------------------------------------------------------------
 def claims(source: str) -> bool:
     """A SQuAD JSON file (`paragraphs` with `qas`) or a table with a question column and a context column
     (`text` counts as the context only next to an answer column). Reads only the file's start; never raises."""
-    p = Path(source)
-    ext = p.suffix.lower()
-    if ext not in TABLES or not p.is_file():
-        return False
-    try:
-        if ext == ".parquet":
-            import pyarrow.parquet as pq
-
-            cols = {str(n).lower() for n in pq.read_schema(p).names}
-        else:
-            with p.open("rb") as f:
-                head = f.read(65536).decode("utf-8-sig", errors="replace")
-            if ext in (".csv", ".tsv"):
-                first = head.splitlines()[0] if head.strip() else ""
-                cols = {c.strip().strip('"').lower() for c in re.split(r"[,\t;|]", first)}
-            else:
-                keys = {k.lower() for k in _KEYS.findall(head[:8192])}
-                if {"paragraphs", "qas"} <= keys or ("qas" in keys and "context" in keys):
-                    return True
-                cols = keys
-    except Exception:  # noqa: BLE001 - an unreadable file is simply not claimed
-        return False
+    cols = head_columns(source)
+    if Path(source).suffix.lower() in (".json", ".jsonl") and \
+            ({"paragraphs", "qas"} <= cols or {"qas", "context"} <= cols):
+        return True
     has_context = bool(cols & CONTEXT_COLUMNS) or ("text" in cols and bool(cols & ANSWER_COLUMNS))
     return bool(cols & QUESTION_COLUMNS) and has_context
 

@@ -25,6 +25,7 @@ from workbench.figures.evaluation import confusion_matrix_figure, per_class_figu
 from workbench.figures.relations import marked_sentence_html, relation_legend
 
 from .. import widgets
+from .files import head_columns
 
 TASK = "relation-extraction"
 NO_RELATION = "no_relation"  # workbench.tasks.relation_extraction.NO_RELATION (torch-free import here)
@@ -33,44 +34,21 @@ FORMATS = ("a table (CSV/TSV/JSON/JSONL/Parquet) with `text`, `subject`, `object
            "`subject_start`/`object_start` offsets and `subject_type`/`object_type`), or DuIE JSONL lines "
            "(`text` + `spo_list`)")
 EXAMPLE = "the <S>movie</S> was <O>good</O>"
-TABLES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 SCORE = st.column_config.NumberColumn(format="%.3f")
-_KEY = re.compile(r'"([A-Za-z_]+)"\s*:')
 
 
 # --- which files are relations ---------------------------------------------------------------------
-def _head_columns(source: str, head_bytes: int = 65536) -> set[str]:
-    """Column names (a table's header, a Parquet schema) or the keys of the first JSON records; never raises."""
-    p = Path(source)
-    ext = p.suffix.lower()
-    if ext not in TABLES or not p.is_file():
-        return set()
-    try:
-        if ext == ".parquet":
-            import pyarrow.parquet as pq
-
-            return {str(n).lower() for n in pq.read_schema(p).names}
-        with p.open("rb") as f:
-            head = f.read(head_bytes).decode("utf-8-sig", errors="replace")
-    except Exception:  # noqa: BLE001 - an unreadable file is simply not claimed
-        return set()
-    if ext in (".csv", ".tsv"):
-        first = head.splitlines()[0] if head.strip() else ""
-        return {c.strip().strip('"').lower() for c in re.split(r"[,\t;|]", first)}
-    return {k.lower() for k in _KEY.findall(head[:8192])}
-
-
 def claims(source: str) -> bool:
     """A relation table (`subject`, `object` and `relation`/`predicate`/`label` columns) or DuIE lines
     (`spo_list`). Reads only the file's start; the reader then reports what is wrong with the rows."""
-    cols = _head_columns(source)
+    cols = head_columns(source)
     return "spo_list" in cols or ({"subject", "object"} <= cols and bool({"relation", "predicate", "label"} & cols))
 
 
 def is_duie(source: str) -> bool:
     """Whether `data.negative_ratio` applies: DuIE sentences (`spo_list`), whose pairs without a triple become
     `no_relation`. A flat table (the built-in `duie_re` too) keeps its rows as given."""
-    return "spo_list" in _head_columns(source)
+    return "spo_list" in head_columns(source)
 
 
 # --- Data page -------------------------------------------------------------------------------------
