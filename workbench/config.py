@@ -113,6 +113,20 @@ class DataConfig:
     delimiter: str | None = _f(None, "Force the CSV delimiter. Empty: detected (`,` `;` tab `|`).")
     encoding: str | None = _f(None, "Force the file encoding. Empty: the byte-order mark's (UTF-8/16/32), else UTF-8, "
                               "then cp1252 with a warning.")
+    document_split: Literal["auto", "file", "paragraph", "line"] = _f(
+        "auto", "masked-lm, causal-lm: where one document ends in a text corpus (`.txt` file or a folder of them): "
+        "`paragraph` (blank lines between documents), `line` (one per line) or `file` (each file one document). "
+        "`auto`: paragraphs for a single file, whole files for a folder. JSONL/CSV/Parquet: one row each.")
+    mlm_probability: float = _f(0.15, "masked-lm: share of tokens chosen for prediction (BERT: 0.15); of those 80% "
+                                "become [MASK], 10% a random token, 10% stay as they are.", gt=0, lt=1,
+                                hint="typical: 0.15")
+    whole_word_mask: bool = _f(False, "masked-lm: mask every piece of a word together (a word is the pieces "
+                               "between spaces in the text; Chinese text has no spaces, so a whole run of "
+                               "characters counts as one word: leave it off for Chinese).")
+    next_sentence_prediction: bool = _f(False, "masked-lm: also train next-sentence prediction (BERT's second "
+                                        "objective; needs a model with a pre-training head, e.g. BERT): pairs of "
+                                        "text spans, half of them followed by their real next sentences, half by "
+                                        "sentences of another document.")
     negative_ratio: float = _f(1.0, "relation-extraction, DuIE sentences (`text` + `spo_list`): pairs of a sentence's "
                                "entities with no triple between them become `no_relation` examples, at most this many "
                                "times the pairs with a relation (a seeded sample); 0 makes none. A flat table keeps "

@@ -44,6 +44,8 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path in BUILTIN_MODELS:
         return str(builtin_model_path(name_or_path))
     p = Path(name_or_path).expanduser()
+    if is_run_dir(p):
+        return str(run_model_folder(p))
     if p.exists():
         gguf = find_gguf(p)
         return str(gguf_model_path(gguf)) if gguf is not None else str(p)
@@ -52,6 +54,32 @@ def resolve_model_path(name_or_path: str) -> str:
                          f"config.json and model.safetensors, a .gguf file, a built-in ({', '.join(BUILTIN_MODELS)}), "
                          f"or a hub id.")
     return name_or_path
+
+
+def is_run_dir(p: Path) -> bool:
+    """A workbench run directory (config.yaml and status.json beside a `model` folder when finished)."""
+    return p.is_dir() and (p / "config.yaml").is_file() and (p / "status.json").is_file()
+
+
+def run_model_folder(run: Path) -> Path:
+    """The model a new run starts from when `model.name_or_path` is an earlier run: its full weights (a LoRA run's
+    merged copy), never its adapter alone. Its tokenizer is the run's own (tokens it added included)."""
+    m = run / "model"
+    if (m / "merged" / "config.json").is_file():
+        return m / "merged"
+    if (m / "config.json").is_file():
+        return m
+    if (m / "adapter_config.json").is_file():
+        raise ModelError(f"{run} saved a LoRA adapter only, and a new run starts from whole weights. Fix: train it "
+                         f"again with peft.merge_adapter: true (pre-training runs always save merged weights), or "
+                         f"start from its base model.")
+    import json
+    try:
+        state = json.loads((run / "status.json").read_text()).get("state", "unknown")
+    except (OSError, ValueError, AttributeError):
+        state = "unknown"
+    raise ModelError(f"{run} is a run directory with no finished model (state: {state}). Fix: start from a "
+                     f"completed run (`workbench runs` lists them), or wait for this one to finish.")
 
 
 def _looks_like_path(name_or_path: str) -> bool:
@@ -72,6 +100,9 @@ def model_source_problems(cfg: ModelConfig) -> list[str]:
         return []
     p = Path(name).expanduser()
     try:
+        if is_run_dir(p):
+            check_model_dir(run_model_folder(p), False, pickle_fix=RUN_PICKLE_FIX)
+            return []
         if p.exists():
             gguf = find_gguf(p)
             if gguf is not None:
@@ -342,9 +373,11 @@ def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> 
         raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
                          f"Linear modules it has: {linear[:12]}.")
     new_tokens = list(getattr(model, "workbench_trainable_token_ids", None) or [])
-    lcfg = LoraConfig(task_type=TaskType[task_type], r=peft_cfg.r, lora_alpha=peft_cfg.lora_alpha,
-                      lora_dropout=peft_cfg.lora_dropout, target_modules=targets,
-                      trainable_token_indices=new_tokens or None)
+    lcfg = LoraConfig(task_type=TaskType[task_type] if task_type else None, r=peft_cfg.r,
+                      lora_alpha=peft_cfg.lora_alpha, lora_dropout=peft_cfg.lora_dropout, target_modules=targets,
+                      trainable_token_indices=new_tokens or None,
+                      # a head the task trains whole beside the adapters (masked LM's `cls`)
+                      modules_to_save=list(getattr(model, "workbench_modules_to_save", None) or []) or None)
     with _peft_quiet():
         wrapped = get_peft_model(model, lcfg)
     if new_tokens:

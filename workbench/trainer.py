@@ -66,8 +66,11 @@ class WorkbenchTrainer(Trainer):
     real_tokens = 0
 
     def __init__(self, *args: Any, class_weights: list[float] | None = None, head_learning_rate: float | None = None,
-                 **kwargs: Any):
+                 eval_collator: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # A task whose training batches are random (masked LM) gives a factory of seeded collators: each
+        # validation pass then sees the same batches, so its scores compare from pass to pass.
+        self.eval_collator = eval_collator
         self.head_learning_rate = head_learning_rate
         self.eval_batch_changes: list[int] = []
         # `training.class_weights`: a weighted cross-entropy replaces the model's own loss only when set.
@@ -166,6 +169,9 @@ class WorkbenchTrainer(Trainer):
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Evaluation OOM halves the evaluation batch only, and retries."""
         while True:
+            train_collator = self.data_collator
+            if self.eval_collator is not None:
+                self.data_collator = self.eval_collator()
             try:
                 return super().evaluate(*args, **kwargs)
             except Exception as e:
@@ -177,6 +183,8 @@ class WorkbenchTrainer(Trainer):
                 self.eval_batch_changes.append(self.args.per_device_eval_batch_size)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+            finally:
+                self.data_collator = train_collator
 
 
 class RunDirCallback(TrainerCallback):

@@ -158,6 +158,8 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
                                # optional: a task whose logits are too big to gather (a causal LM's vocabulary)
                                preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
                                callbacks=callbacks, class_weights=class_weights,
+                               eval_collator=functools.partial(task.eval_collator, tok, cfg.training.seed)
+                               if hasattr(task, "eval_collator") else None,
                                head_learning_rate=cfg.training.head_learning_rate)
     ref["trainer"] = trainer
     if not progress:  # the run directory is the progress report; no dict lines on stdout
@@ -334,7 +336,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
                           {"labels": prep.labels, "task": cfg.task, "method": cfg.peft.method,
                            "model": cfg.model.__dict__})
         final = trainer.model
-        if cfg.peft.method == "lora" and cfg.peft.merge_adapter:
+        # A pre-training run is a starting point for later fine-tunes: its weights are always written whole.
+        if cfg.peft.method == "lora" and (cfg.peft.merge_adapter or getattr(task, "reusable_weights", False)):
             merged = final.merge_and_unload()
             merged.save_pretrained(run.model_dir / "merged", safe_serialization=True)
             tok.save_pretrained(run.model_dir / "merged")

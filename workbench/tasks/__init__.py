@@ -53,6 +53,7 @@ from .seq2seq import TASK as _seq2seq  # noqa: E402
 
 from .question_answering import TASK as _question_answering  # noqa: E402
 from .relation_extraction import TASK as _relation_extraction  # noqa: E402
+from .pretraining import CAUSAL_LM as _causal_lm, MASKED_LM as _masked_lm  # noqa: E402
 
 register_task(_classification)
 register_task(_token_classification)
@@ -60,6 +61,8 @@ register_task(_causal_lm_sft)
 register_task(_seq2seq)
 register_task(_question_answering)
 register_task(_relation_extraction)
+register_task(_masked_lm)
+register_task(_causal_lm)
 
 __all__ = [
     "CONTRACT",
