@@ -290,7 +290,12 @@ def _aclsum_papers() -> pd.DataFrame:
                 if text:
                     rows.append({"text": text, "paper": paper_id, "section": str(para.get("section") or "")[:80],
                                  "split": split_of[paper_id]})
-    return pd.DataFrame(rows)
+    # Repeated paragraphs (acknowledgement boilerplate, figure stubs) are kept once, train's copy first, so no
+    # held-out paragraph is a copy of a training one.
+    df = pd.DataFrame(rows)
+    order = df["split"].map({"train": 0, "validation": 1, "test": 2})
+    df = df.loc[order.sort_values(kind="stable").index].drop_duplicates(subset="text")
+    return df.sort_index().reset_index(drop=True)
 
 
 def _msra_text() -> pd.DataFrame:

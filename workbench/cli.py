@@ -186,6 +186,7 @@ def _print_result(run: Any, st: dict[str, Any]) -> None:
     _print_baseline(ev, head)
     print(f"run: {run.path}  (state: {st.get('state')})")
     verb = "generate" if task.auto_model in GENERATORS else "predict"  # a model that writes text
+    verb = "fill-mask" if task.name == "masked-lm" else verb
     print(f"next: workbench eval {path}   |   workbench {verb} {path} \"some text\"")
 
 
@@ -397,11 +398,72 @@ def cmd_generate(a: argparse.Namespace) -> int:
     _quiet_libraries()
     s = _sampling(a)
     prompts = a.prompt if a.prompt != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+    base = _pretraining_base(a.run, "causal-lm")
+    if a.raw or base is not None or a.compare_base:  # a pre-trained LM continues a document: no chat template
+        return _continue_texts(a, prompts, s, base)
     model, tok, max_length = load_generator(a.run, **_grants(a))
     answers = generate_answers(model, tok, [as_conversation(p, a.system) for p in prompts], sampling=s,
                                max_length=max_length, seed=a.seed)
     for p, ans in zip(prompts, answers):
         print(ans if len(prompts) == 1 else f"> {p}\n{ans}\n")
+    return 0
+
+
+def _pretraining_base(run_or_model: str, task: str) -> str | None:
+    """The base model of a `task` (masked-lm / causal-lm) run directory, else None."""
+    from .rundir import RunDir
+
+    run = RunDir(run_or_model)
+    if not run.exists():
+        return None
+    cfg = run.config()
+    return cfg.model.name_or_path if cfg.task == task else None
+
+
+def _side_by_side(a: argparse.Namespace, base: str | None) -> list[tuple[str, Any]]:
+    """[(label, LanguageModel)]: the given model (a run's adapted one), and with --compare-base its base first."""
+    from .errors import ConfigError
+    from .playground import load_lm
+
+    kind = "masked" if a.cmd == "fill-mask" else "causal"
+    lms = [(f"adapted ({a.run})" if base else a.run, load_lm(a.run, kind))]
+    if a.compare_base:
+        if base is None:
+            raise ConfigError(f"--compare-base compares a pre-training run with the model it started from; "
+                              f"{a.run} is not a {'masked-lm' if kind == 'masked' else 'causal-lm'} run directory.")
+        lms.insert(0, (f"base ({base})", load_lm(base, kind)))
+    for _, lm in lms:
+        if lm.note:
+            print(f"note: {lm.note}")
+    return lms
+
+
+def _continue_texts(a: argparse.Namespace, prompts: list[str], s: Any, base: str | None) -> int:
+    from .playground import continue_text
+
+    lms = _side_by_side(a, base)
+    for p in prompts:
+        for label, lm in lms:
+            out = continue_text(lm, p, max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                seed=a.seed or 0)
+            head = f"[{label}] " if len(lms) > 1 else ""
+            print(f"{head}{p}{out}" if len(prompts) == 1 and len(lms) == 1 else f"{head}{p}|{out}\n")
+    return 0
+
+
+def cmd_fill_mask(a: argparse.Namespace) -> int:
+    """The k most likely tokens for each [MASK], with probabilities; with --compare-base, the base model's too."""
+    from .playground import fill_mask
+    _quiet_libraries()
+    texts = a.text if a.text != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+    lms = _side_by_side(a, _pretraining_base(a.run, "masked-lm"))
+    for text in texts:
+        print(f"> {text}")
+        for label, lm in lms:
+            for i, top in enumerate(fill_mask(lm, text, a.top_k)):
+                where = f" mask {i + 1}" if text.count("[MASK]") > 1 else ""
+                print(f"  {label}{where}: " + ", ".join(f"{t['text'] or t['token']} {t['probability']:.3f}"
+                                                         for t in top))
     return 0
 
 
@@ -939,6 +1001,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_OR_MODEL", help="a causal-lm-sft or seq2seq run directory, or a model")
     p.add_argument("prompt", nargs="+", help="one user turn each ('-' reads one prompt per line from stdin)")
     generation_flags(p, "each prompt")
+    p.add_argument("--raw", action="store_true", help="continue the text as it is (no chat template): what a "
+                   "pre-trained, not instruction-tuned, model does; the default for a causal-lm run")
+    p.add_argument("--compare-base", action="store_true", help="for a causal-lm run: the base model's "
+                   "continuation first, then the adapted run's")
+    p = add("fill-mask", cmd_fill_mask, "Guess the [MASK] tokens of a text with an encoder: a masked-lm run's "
+            "model or a base model (built-in name, folder, hub id); prints the top-k tokens with probabilities.")
+    p.add_argument("run", metavar="RUN_OR_MODEL", help="a masked-lm run directory, or a model")
+    p.add_argument("text", nargs="+", help="texts with [MASK] where a token should be guessed ('-' reads stdin)")
+    p.add_argument("--top-k", type=int, default=5, help="tokens to show per mask (default 5)")
+    p.add_argument("--compare-base", action="store_true", help="for a masked-lm run: the base model's guesses too")
     p = add("chat", cmd_chat, "Talk to a causal LM in the terminal, several turns, each answer streamed as it is "
             "written: a causal-lm-sft run's model, or a base model (built-in name, folder, GGUF file, hub id); a "
             "seq2seq model (T5, BART, Marian) answers each message alone. " + CHAT_HELP + ".")

@@ -345,6 +345,11 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
             write_json_atomic(run.model_dir / "merged" / "workbench_model.json",
                               {"labels": prep.labels, "task": cfg.task, "method": "full", "model": cfg.model.__dict__})
             final = merged
+        if hasattr(task, "complete_weights"):  # weights the objective does not use, carried over from the base
+            folder = run.model_dir / "merged" if (run.model_dir / "merged").is_dir() else run.model_dir
+            carried = task.complete_weights(folder, path, getattr(final, "base_model_prefix", ""))
+            if carried:
+                run.update_status(carried_over=carried)
         run.update_status(phase="scoring the test split after fine-tuning")
         if len(prep.test):
             _score_test_split(run, "after", final, tok, prep, cfg, prec["bf16"], evaluation)

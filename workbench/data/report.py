@@ -132,6 +132,15 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
                        f"truncated (at {d.get('target_max_length')} tokens)")
     if d.get("packing"):
         out.append(f"  {packing_line(d['packing'])}")
+    if d.get("objective") and d.get("characters"):  # a corpus (masked-lm, causal-lm)
+        tok = d.get("tokens") or {}
+        out.append("  corpus: " + "; ".join(
+            f"{s} {n:,} documents, {d['characters'].get(s, 0):,} characters"
+            + (f", {tok[s]:,} tokens" if s in tok else "") for s, n in (d.get("documents") or {}).items())
+            + ("" if d.get("tokens_exact", True) else " (tokens estimated from a sample)"))
+        if d.get("train_blocks") is not None:
+            out.append(f"  training rows: {d['train_blocks']:,} blocks of {d.get('block_tokens')} tokens "
+                       f"(documents joined, cut across document ends; the last block may be shorter)")
     if r.class_balance.get("train"):
         total = sum(r.class_balance["train"].values()) or 1
         head = "  train entities: " if d.get("scheme") else "  train classes: "

@@ -241,7 +241,34 @@ class _Pretraining:
         loss = total / max(n.sum(), 1.0) if ok.any() else None
         acc = float((pred["accuracy"].to_numpy(dtype=float)[ok] * n).sum() / max(n.sum(), 1.0)) if ok.any() else None
         return {"loss": loss, "perplexity": perplexity(loss) if loss is not None else None, "accuracy": acc,
-                "documents": int(len(pred)), "tokens": int(n.sum())}
+                "documents": int(len(pred)), "n": int(len(pred)), "tokens": int(n.sum())}
+
+    def complete_weights(self, folder: Any, base: str, prefix: str) -> list[str]:
+        """Copy into the saved `folder` the base checkpoint's weights this objective's model has no place for
+        (BERT's pooler: `BertForMaskedLM` drops it), unchanged, so a classifier fine-tuned from this run starts
+        with the same pooler as one fine-tuned from the base and the two differ only in what pre-training
+        changed. Single-file safetensors checkpoints only; returns the names carried over."""
+        from pathlib import Path
+
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        saved_file, base_file = Path(folder) / "model.safetensors", Path(base) / "model.safetensors"
+        if not saved_file.is_file() or not base_file.is_file():
+            return []
+        saved = load_file(str(saved_file))
+        prefixed = bool(prefix) and any(k.startswith(prefix + ".") for k in saved)
+        carried = {}
+        with safe_open(str(base_file), "pt") as f:
+            for k in f.keys():
+                if k.endswith("position_ids") or k in saved or (prefix and f"{prefix}.{k}" in saved) or \
+                        (prefix and k.startswith(prefix + ".") and k[len(prefix) + 1:] in saved):
+                    continue
+                name = f"{prefix}.{k}" if prefixed and not k.startswith(prefix + ".") else k
+                carried[name] = f.get_tensor(k)
+        if carried:
+            save_file({**saved, **carried}, str(saved_file), metadata={"format": "pt"})
+        return sorted(carried)
 
     def error_report(self, pred: pd.DataFrame, n: int = 10) -> dict[str, pd.DataFrame]:
         """The documents the model found most surprising (highest loss per token), and loss by the corpus's
@@ -324,17 +351,28 @@ class MaskedLM(_Pretraining):
         rate = float(s["mlm_probability"])
         if s["next_sentence_prediction"]:
             def rows() -> Any:
-                docs = [[tokenizer(x, add_special_tokens=False)["input_ids"] for x in B.sentences(t)] or [[]]
-                        for t in doc_texts(frame, enc)]
-                docs = [[x for x in d if x] for d in docs]
-                for r in B.nsp_pairs([d for d in docs if d], max_length, cls, sep, seed=len(docs)):
+                docs = []
+                for t in doc_texts(frame, enc):
+                    sents = [x for x in (tokenizer(y, add_special_tokens=False)["input_ids"] for y in B.sentences(t))
+                             if x]
+                    if len(sents) == 1 and len(sents[0]) >= 2:  # a one-sentence document: its two halves
+                        half = len(sents[0]) // 2
+                        sents = [sents[0][:half], sents[0][half:]]
+                    if sents:
+                        docs.append(sents)
+                for r in B.nsp_pairs(docs, max_length, cls, sep, seed=len(docs)):
                     yield {**r, "mlm_probability": rate}
         else:
             def rows() -> Any:
                 for r in B.mlm_blocks(B.doc_token_ids(tokenizer, frame, enc, offsets=s["whole_word_mask"]),
                                       max_length, cls, sep, offsets=s["whole_word_mask"]):
                     yield {**r, "mlm_probability": rate}
-        return B.dataset_from_rows(rows, key)
+        ds = B.dataset_from_rows(rows, key)
+        if not ds.num_rows and len(frame):
+            raise DataError(f"next-sentence prediction made no sentence pairs from these {len(frame)} documents: a "
+                            f"pair needs a document with text after its first span. Fix: give longer documents, or "
+                            f"set data.next_sentence_prediction: false.")
+        return ds
 
     def collator(self, tokenizer: Any) -> "MLMCollator":
         return MLMCollator(tokenizer)

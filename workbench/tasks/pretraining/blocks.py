@@ -120,8 +120,10 @@ def nsp_pairs(docs: list[list[list[int]]], block: int, cls: int, sep: int, seed:
 
     Walking each document, segment A takes sentences until it holds about half of the `block - 3` budget (at
     least one); with probability 1/2 segment B is the sentences that really follow (label 0, "is next"), else
-    sentences from a random other document (label 1, "random"), as in Devlin et al. (2019); a document's last
-    sentence, with nothing after it, always gets a random B. The pair is cut longest-first to fit. Needs the
+    sentences from a random other document (label 1, "random"), as in Devlin et al. (2019). Both kinds consume the
+    same text (A and its real continuation) and an A with nothing after it makes no pair, so the coin alone
+    sets the balance: half the pairs are random.
+    The pair is cut longest-first to fit. Needs the
     documents in memory (NSP is meant for corpora of modest size; the report says how many pairs were made).
     """
     rng = random.Random(seed)
@@ -136,21 +138,21 @@ def nsp_pairs(docs: list[list[list[int]]], block: int, cls: int, sep: int, seed:
                 a.extend(sents[j])
                 j += 1
             following = j < len(sents)
-            if n_docs > 1 and (not following or rng.random() < 0.5):
+            if not following:
+                break  # nothing follows A: no pair either way (a random B only here would tip the balance)
+            is_next = rng.random() < 0.5 or n_docs < 2
+            b = []  # the real continuation: B of an "is next" pair; skipped past by a "random" one too
+            while j < len(sents) and (not b or len(a) + len(b) + len(sents[j]) <= budget):
+                b.extend(sents[j])
+                j += 1
+            label, nxt = 0, j
+            if not is_next:  # same text consumed either way, so the coin alone sets the balance
                 other = rng.randrange(n_docs - 1)
                 other += other >= d
                 o = docs[other]
                 k = rng.randrange(len(o)) if o else 0
                 b = [t for s in o[k:] for t in s][: budget - min(len(a), budget // 2)]
-                label, nxt = 1, j  # A's own continuation is used later, not thrown away
-            elif following:
-                b = []
-                while j < len(sents) and (not b or len(a) + len(b) + len(sents[j]) <= budget):
-                    b.extend(sents[j])
-                    j += 1
-                label, nxt = 0, j
-            else:
-                break  # a one-document corpus: nothing to pair with
+                label = 1
             a, b = _truncate_pair(a, b, budget)
             if a and b:
                 yield {"input_ids": [cls, *a, sep, *b, sep], "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1),
