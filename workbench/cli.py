@@ -553,7 +553,8 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     for d in BUILTIN_DATASETS.values():
         cached = (assets_dir() / "datasets" / d.cache_name).exists()
         print(f"{d.name:18s} {'cached ' if cached else 'fetched on first use'}  {d.description}")
-    print("\nOr give a file (CSV, TSV, JSON, JSONL, Parquet) as data.source, or `hub:NAME` when online.")
+    print("\nOr give a file (CSV, TSV, JSON, JSONL, Parquet) as data.source, or `hub:NAME` when online; for "
+          "masked-lm / causal-lm (continued pre-training) a .txt file or a folder of .txt files.")
     print("Fetch them ahead for offline use (a class, a train): `workbench download --all`.")
     return 0
 
@@ -621,7 +622,10 @@ def cmd_report(a: argparse.Namespace) -> int:
         from .assets import BUILTIN_DATASETS
         task = a.task or (BUILTIN_DATASETS[a.source].task if a.source in BUILTIN_DATASETS else
                           "token-classification" if a.source.lower().endswith((".conll", ".bio", ".iob", ".bmes"))
+                          else "masked-lm" if a.source.lower().endswith((".txt", ".md")) or Path(a.source).is_dir()
                           else "text-classification")
+        if task == "corpus":  # a built-in corpus: read as the chosen model pre-trains (an encoder: masked LM)
+            task = "causal-lm" if a.model and _is_decoder_name(a.model) else "masked-lm"
         cfg = RunConfig(task=task, data=DataConfig(source=a.source, text_column=a.text_column,
                                                    label_column=a.label_column))
         if a.model:
@@ -631,6 +635,15 @@ def cmd_report(a: argparse.Namespace) -> int:
                                       max_positions=model_max_tokens(load_model_config(cfg.model), tok))
     print(format_report(prep.report))
     return 0 if prep.report.ok else 2
+
+
+def _is_decoder_name(name: str) -> bool:
+    from transformers.models.auto import modeling_auto as auto
+
+    from .config import ModelConfig
+    from .models import load_model_config
+    mtype = getattr(load_model_config(ModelConfig(name_or_path=name)), "model_type", "")
+    return mtype not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def cmd_config(a: argparse.Namespace) -> int:

@@ -98,7 +98,7 @@ def prepare_corpus(task: Any, cfg: Any, seed: int = 42, tokenizer: Any = None, *
         cap = cfg.max_eval_samples or MAX_HELD_OUT
         if len(frames[s]) > cap:
             if not cfg.max_eval_samples:
-                rep.warnings.append(f"{s}: {len(frames[s]):,} documents; the first {cap:,} (a seeded sample) are "
+                rep.warnings.append(f"{s}: {len(frames[s]):,} documents; a seeded sample of {cap:,} is "
                                     f"scored. Set data.max_eval_samples to score more.")
             frames[s] = frames[s].sample(n=cap, random_state=seed).sort_index()
     _describe(task, rep, frames, cfg, tokenizer)
