@@ -359,6 +359,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     _quiet_libraries()
     texts = a.text if a.text != ["-"] else [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
     from .errors import DataError
+    for task, instead in (("masked-lm", 'fill-mask {run} "a text with [MASK] in it"'),
+                          ("causal-lm", 'generate {run} "the beginning of a text"')):
+        if _pretraining_base(a.run, task) is not None:
+            raise DataError(f"a {task} run has no classes to predict: its model " + (
+                "guesses masked tokens" if task == "masked-lm" else "continues text") + ". Use: workbench "
+                + instead.format(run=a.run) + " (add --compare-base to see the base model next to it).")
     p = Predictor.from_run(a.run, **_grants(a))
     context = a.context
     if a.context_file:
@@ -742,8 +748,11 @@ def cmd_errors(a: argparse.Namespace) -> int:
     pred = run.predictions("before" if a.before else "after")
     task = get_task(run.config().task)
     if hasattr(task, "error_report"):  # the task's own error analysis (e.g. entity errors, typed)
-        wrong = int((~pred["correct"].astype(bool)).sum())
-        print(f"{run.name}: {len(pred)} test examples, {wrong} with at least one error")
+        if "correct" in pred:
+            wrong = int((~pred["correct"].astype(bool)).sum())
+            print(f"{run.name}: {len(pred)} test examples, {wrong} with at least one error")
+        else:  # no right or wrong (a language model's held-out documents): the task's tables say how well
+            print(f"{run.name}: {len(pred)} test {'documents' if 'tokens' in pred else 'examples'}")
         for title, table in task.error_report(pred, a.n).items():
             print(f"\n== {title} ==")
             print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}", max_colwidth=60) if len(table)

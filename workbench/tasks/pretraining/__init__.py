@@ -292,10 +292,11 @@ def _nll_rows(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def document_slices(pred: pd.DataFrame, max_values: int = 30) -> pd.DataFrame:
-    def bucket(t: float) -> str:
-        return "<=64" if t <= 64 else "65-256" if t <= 256 else "257-1024" if t <= 1024 else ">1024"
+    def bucket(n: float) -> str:
+        return "<=100" if n <= 100 else "101-500" if n <= 500 else "501-2000" if n <= 2000 else ">2000"
 
-    dims = {"document tokens": pred["tokens"].map(bucket)}
+    chars = pred["chars"] if "chars" in pred else pred["text"].astype(str).str.len()
+    dims = {"document characters": chars.map(bucket)}
     for c in pred.columns:
         if c in {"row", "text", "gold", "predicted", "loss", "tokens", "perplexity", "correct", "accuracy", "chars",
                  "start", "end", "hash"}:
@@ -304,11 +305,12 @@ def document_slices(pred: pd.DataFrame, max_values: int = 30) -> pd.DataFrame:
             dims[str(c)] = pred[c].astype(str)
     rows = []
     tok = pred["tokens"].to_numpy(dtype=float)
+    losses = np.nan_to_num(pred["loss"].to_numpy(dtype=float))  # a document with no predicted token has no loss
     for dim, values in dims.items():
         for val, idx in values.groupby(values).groups.items():
             i = pred.index.get_indexer(idx)
             t = tok[i]
-            loss = float((pred["loss"].to_numpy(dtype=float)[i] * t).sum() / max(t.sum(), 1.0))
+            loss = float((losses[i] * t).sum() / max(t.sum(), 1.0))
             rows.append({"slice": dim, "value": val, "documents": len(i), "tokens": int(t.sum()), "loss": loss,
                          "perplexity": perplexity(loss)})
     out = pd.DataFrame(rows, columns=["slice", "value", "documents", "tokens", "loss", "perplexity"])
@@ -321,7 +323,7 @@ def _prediction_table(frame: pd.DataFrame, texts: list[str], loss: np.ndarray, c
                         "perplexity": [perplexity(x) if c else float("nan") for x, c in zip(loss, count)],
                         "accuracy": np.where(count > 0, hits / np.maximum(count, 1), np.nan)})
     for c in frame.columns:
-        if c not in ("text", "hash", "start", "end", "chars") and c not in out:
+        if c not in ("text", "hash", "start", "end") and c not in out:
             out[c] = frame[c].astype(str).to_numpy() if c == "file" else frame[c].to_numpy()
     return out
 
