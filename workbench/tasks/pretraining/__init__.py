@@ -281,7 +281,8 @@ def document_slices(pred: pd.DataFrame, max_values: int = 30) -> pd.DataFrame:
         for val, idx in values.groupby(values).groups.items():
             i = pred.index.get_indexer(idx)
             t = tok[i]
-            loss = float((pred["loss"].to_numpy(dtype=float)[i] * t).sum() / max(t.sum(), 1.0))
+            # a document with no scored token (a short one in masked-lm) has loss NaN and weight 0: left out
+            loss = float(np.nansum(pred["loss"].to_numpy(dtype=float)[i] * t) / max(t.sum(), 1.0))
             rows.append({"slice": dim, "value": val, "documents": len(i), "tokens": int(t.sum()), "loss": loss,
                          "perplexity": perplexity(loss)})
     out = pd.DataFrame(rows, columns=["slice", "value", "documents", "tokens", "loss", "perplexity"])
