@@ -344,9 +344,10 @@ def _documents_tab(run: Any, pred: pd.DataFrame, has_after: bool) -> None:
                                                       "accuracy") if c in table}})
     if len(table):
         shown = table.head(200).set_index("row", drop=False)
-        if st.session_state.get("pt_doc_row") not in shown.index:
-            st.session_state.pop("pt_doc_row", None)
-        row = st.selectbox("Read a document", list(shown.index), key="pt_doc_row",
+        key = f"pt_doc_row_{run.name}"  # per run: another run's hardest document is not this one's
+        if st.session_state.get(key) not in shown.index:
+            st.session_state.pop(key, None)
+        row = st.selectbox("Read a document", [int(r) for r in shown.index], key=key,
                            format_func=lambda r: f"row {r} · loss {float(shown.loc[r, 'loss']):.3f}")
         st.text(str(shown.loc[row, "text"]))  # the user's text: plain, never markdown
 
