@@ -183,6 +183,7 @@ def test_train_page_offers_corpus_settings_and_finished_runs_as_starting_models(
     assert fake.exists() and not any("lora-only" in o for o in labels)  # an adapter alone is no starting model
     at.selectbox(key="train_run_model").set_value(str(pt_runs["mlm-tiny"].path))
     no_crash(at.run())
+    assert any("model type bert" in c for c in texts(at.caption))  # the run's model folder is read like a model's
     assert at.radio(key="t.peft.method").value == "full"
     assert at.number_input(key="t.training.learning_rate").value == pytest.approx(1e-4)
     at.number_input(key="t.data.mlm_probability").set_value(0.3)
