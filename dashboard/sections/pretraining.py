@@ -281,6 +281,10 @@ def evaluate(run: Any, runs: list[Any], ev: dict[str, Any]) -> None:
     if before and after and before.get("perplexity") and after.get("perplexity"):
         st.markdown(f"**Perplexity {before['perplexity']:.2f} → {after['perplexity']:.2f}** "
                     f"({after['perplexity'] / before['perplexity'] - 1:+.1%}) on the domain text.")
+    if task == "masked-lm" and (before or {}).get("perplexity") and before["perplexity"] > 1000:
+        st.caption("A perplexity this high before training is that of an untrained masked-LM head: a checkpoint "
+                   "shipped as a sentence encoder (the built-in MiniLM) has none, so most of the first drop is the "
+                   "head learning the vocabulary. The Playground shows the base model's guesses.")
     from .generic import score_table
     from workbench.tasks import TASKS
 
@@ -336,8 +340,13 @@ def _documents_tab(run: Any, pred: pd.DataFrame, has_after: bool) -> None:
     except Exception:  # noqa: BLE001 - no "before" table: the after table alone
         before = None
     table = hardest_documents(pred, before)
-    st.caption(f"{len(table)} test documents, highest loss per token first: the text the model finds most "
-               f"surprising (other domains, tables, references, noise). Corpus columns (paper, section, file) kept.")
+    least = st.number_input("At least this many scored tokens", min_value=0, value=0, step=1, key="pt_min_tokens",
+                            help="A short document's loss rests on a few tokens (a few masked ones in masked-lm): "
+                                 "raise this to read the longer documents the model finds hard.")
+    table = table[table["tokens"] >= least].reset_index(drop=True)
+    st.caption(f"{len(table)} of {len(pred)} test documents, highest loss per token first: the text the model "
+               f"finds most surprising (other domains, tables, references, noise). Corpus columns (paper, section, "
+               f"file) kept.")
     st.dataframe(table, hide_index=True, key="pt_documents",
                  column_config={"text": st.column_config.TextColumn(width="large"),
                                 **{c: SCORE for c in ("loss", "loss before", "perplexity", "perplexity before",
