@@ -47,7 +47,9 @@ def _choose_source(kind: str) -> str | None:
                           "with `messages` (role/content turns), Alpaca `instruction`/`input`/`output` records, "
                           "or `prompt`/`completion` columns. Questions with answers (extractive QA): SQuAD JSON, "
                           "or rows with `context`, `question`, `answer`, `answer_start`. Relations: rows with "
-                          "`text`, `subject`, `object`, `relation`, or DuIE JSONL with `spo_list`.")
+                          "`text`, `subject`, `object`, `relation`, or DuIE JSONL with `spo_list`. Plain text "
+                          "for continued pre-training (masked-lm, causal-lm): a .txt or .md file, a document per "
+                          "paragraph or line.")
     if up is None:
         st.info("Upload a file, or pick a built-in data set above.", icon=":material/upload_file:")
         return None

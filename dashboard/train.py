@@ -111,14 +111,18 @@ def _apply_preset() -> None:
 
 def _apply_task_defaults(task: str, model: str) -> None:
     """When the task or model changes, switch the form to the settings the task's section recommends (a
-    causal LM's SFT: LoRA), with the preset's learning rate for that method; the user may change them after."""
+    causal LM's SFT: LoRA), with the preset's learning rate for that method unless the task sets its own
+    (continued pre-training does); the user may change them after."""
     defaults = getattr(sections.SECTIONS.get(task), "train_defaults", None)
     if st.session_state.get("train_defaults_for") == [task, model] or not callable(defaults):
         return
     st.session_state["train_defaults_for"] = [task, model]
-    for key, value in defaults(model).items():
+    chosen = defaults(model)
+    for key, value in chosen.items():
         st.session_state[f"t.{key}"] = value
     _apply_preset()
+    for key, value in chosen.items():  # a task's own learning rate or epochs win over the preset's
+        st.session_state[f"t.{key}"] = value
 
 
 def _task_defaults(task: str) -> dict[str, Any]:
@@ -133,9 +137,11 @@ def _task_defaults(task: str) -> dict[str, Any]:
 
 def _model_section() -> str:
     st.subheader("Model")
-    kind = st.radio("Start from", ["Built-in", "Local folder", "Hub id"], horizontal=True, key="train_model_kind",
-                    **PERSIST)
-    if kind == "Built-in":
+    kind = st.radio("Start from", ["Built-in", "Local folder", "Hub id", "Finished run"], horizontal=True,
+                    key="train_model_kind", **PERSIST)
+    if kind == "Finished run":
+        name = _run_model()
+    elif kind == "Built-in":
         name = st.selectbox("Built-in model", list(BUILTIN_MODELS), key="train_builtin",
                             help=HELP["model.name_or_path"],
                             format_func=lambda n: f"{n}: {BUILTIN_MODELS[n].description}", **PERSIST)
@@ -161,6 +167,45 @@ def _model_section() -> str:
     if facts:
         st.caption(" · ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items()))
     return name
+
+
+def startable_runs(root: Path) -> list[Any]:
+    """Completed runs whose model folder a new run can start from (full weights: a LoRA run's merged copy;
+    pre-training runs always have them), newest first."""
+    from workbench.models import run_model_folder  # torch comes with it: only when runs are offered
+
+    out = []
+    for run in list_runs(root):
+        if run.status().get("state") != "completed":
+            continue
+        try:
+            run_model_folder(run.path)
+        except ModelError:  # an adapter alone, or no model folder
+            continue
+        out.append(run)
+    return out
+
+
+def _run_model() -> str:
+    """A finished run as the starting model (`model.name_or_path` is its run directory): domain-adaptive
+    pre-training, then a fine-tune from it."""
+    runs = startable_runs(widgets.runs_folder())
+    if not runs:
+        st.info("No finished run with full weights yet: a completed run appears here (a LoRA run needs "
+                "peft.merge_adapter: true; pre-training runs always qualify).", icon=":material/info:")
+        return ""
+    by_path = {str(r.path): r for r in runs}
+
+    def label(path: str) -> str:
+        s = by_path[path].summary()
+        return f"{s['run']} · {s['task']} · from {Path(str(s['model'])).name}"
+
+    if st.session_state.get("train_run_model") not in by_path:
+        st.session_state.pop("train_run_model", None)
+    path = st.selectbox("Finished run", list(by_path), key="train_run_model", format_func=label,
+                        help=HELP["model.name_or_path"] + " A run directory starts from that run's weights and "
+                        "tokenizer.", **PERSIST)
+    return path or ""
 
 
 def _task_section() -> str:

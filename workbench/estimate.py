@@ -67,6 +67,13 @@ def local_model_dir(name_or_path: str) -> Path | None:
         p = assets_dir() / "models" / name_or_path
     else:
         p = Path(name_or_path).expanduser()
+        if (p / "config.yaml").is_file() and (p / "status.json").is_file():  # a run directory: its weights
+            from .errors import ModelError
+            from .models import run_model_folder
+            try:
+                return run_model_folder(p)
+            except ModelError:
+                return None
         if p.is_file() or (p.is_dir() and not (p / "config.json").exists()):  # a GGUF file: its cached conversion
             from .errors import ModelError
             from .gguf_files import converted_dir, find_gguf

@@ -12,6 +12,9 @@ text classification's:
 - `claims(source) -> bool`: whether an uploaded file holds this task's data (picks the Data page's view).
 - `train_defaults(model) -> dict`: dotted settings the Train page switches to when the task or the model is
   chosen (causal-lm-sft: LoRA); no fallback.
+- `data_kind` (a string, not a hook): the kind of data several tasks read alike. A built-in data set whose
+  `task` is a kind rather than a task (`"corpus"`: `aclsum_papers`, `msra_text`), and an upload claimed by one of
+  those tasks, is offered to every task whose sections declare that kind (masked-lm and causal-lm share one).
 
 A task with no section module of its own is offered on the Train page only when its data roles are table
 columns (`trainable_tasks`); its runs get the task-independent Evaluate view of `generic` (scores
@@ -25,8 +28,8 @@ from typing import Any, Callable
 
 from workbench.assets import BUILTIN_DATASETS
 
-from . import (causal_lm_sft, classification, generic, question_answering, relation_extraction, seq2seq,
-               token_classification)
+from . import (causal_lm_sft, classification, generic, pretraining, question_answering, relation_extraction,
+               seq2seq, token_classification)
 
 DEFAULT = "text-classification"
 SECTIONS: dict[str, ModuleType | Any] = {}
@@ -58,11 +61,23 @@ def trainable_tasks(registered: dict[str, Any]) -> tuple[list[str], list[str]]:
             [n for n, t in registered.items() if not offered(n, t)])
 
 
+def kind_tasks(kind: str | None) -> list[str]:
+    """The tasks whose sections read data of `kind` (their `data_kind`), in registration order."""
+    return [t for t, s in SECTIONS.items() if kind and getattr(s, "data_kind", None) == kind]
+
+
+def same_data(task: str) -> set[str]:
+    """`task` and the tasks that read the same data (sharing its sections' `data_kind`)."""
+    return {task, *kind_tasks(getattr(SECTIONS.get(task), "data_kind", None))}
+
+
 def task_for_source(source: str) -> str:
-    """Which task a data source is for: a built-in data set says so; a file is offered to each task's
-    `claims` hook (text classification, which reads any table, is the fallback)."""
+    """Which task a data source is for: a built-in data set says so (a kind of data, such as "corpus": the
+    first task reading that kind); a file is offered to each task's `claims` hook (text classification, which
+    reads any table, is the fallback)."""
     if source in BUILTIN_DATASETS:
-        return BUILTIN_DATASETS[source].task
+        named = BUILTIN_DATASETS[source].task
+        return named if named in SECTIONS or not kind_tasks(named) else kind_tasks(named)[0]
     for task, sections in SECTIONS.items():
         claims = getattr(sections, "claims", None)
         if task != DEFAULT and callable(claims) and claims(source):
@@ -76,9 +91,10 @@ def data_sources(task: str) -> list[str]:
     from workbench.storage import list_uploads
 
     own = callable(getattr(SECTIONS.get(task), "claims", None))
-    wanted = task if own else DEFAULT
-    return ([str(p) for p in list_uploads() if task_for_source(str(p)) == wanted]
-            + [name for name, b in BUILTIN_DATASETS.items() if b.task == task])
+    wanted = same_data(task) if own else {DEFAULT}
+    kind = getattr(SECTIONS.get(task), "data_kind", None)
+    return ([str(p) for p in list_uploads() if task_for_source(str(p)) in wanted]
+            + [name for name, b in BUILTIN_DATASETS.items() if b.task == task or (kind and b.task == kind)])
 
 
 def pick_source(task: str, empty: str) -> str | None:
@@ -92,13 +108,14 @@ def pick_source(task: str, empty: str) -> str | None:
 
     choice = st.session_state.get("data_choice") or {}
     options = data_sources(task)
-    if choice.get("task") == task and choice.get("source") and choice["source"] not in options:
+    ours = choice.get("task") in same_data(task)  # the Data page checked this task's data (or a sibling's)
+    if ours and choice.get("source") and choice["source"] not in options:
         options.insert(0, choice["source"])
     if not options:
         st.info(empty, icon=":material/upload_file:")
         return None
     if st.session_state.get("train_source") not in options:
-        mine = choice.get("task") == task and choice.get("source")
+        mine = ours and choice.get("source")
         st.session_state["train_source"] = choice["source"] if mine else options[0]
     return st.selectbox("Data set", options, key="train_source", format_func=lambda s: Path(s).name,
                         help=field_help()["data.source"])
@@ -110,6 +127,8 @@ register_sections("causal-lm-sft", causal_lm_sft)
 register_sections("seq2seq", seq2seq)
 register_sections("question-answering", question_answering)
 register_sections("relation-extraction", relation_extraction)
+register_sections("masked-lm", pretraining)
+register_sections("causal-lm", pretraining)
 
-__all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "pick_source", "register_sections", "task_for_source",
-           "trainable_tasks"]
+__all__ = ["DEFAULT", "SECTIONS", "data_sources", "hook", "kind_tasks", "pick_source", "register_sections",
+           "same_data", "task_for_source", "trainable_tasks"]
