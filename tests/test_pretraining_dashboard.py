@@ -242,7 +242,7 @@ def test_evaluate_page_shows_perplexity_before_and_after_hardest_documents_and_s
     longer = next(d.value for d in at.dataframe if "loss before" in d.value.columns)
     assert len(longer) == (pred["tokens"] >= 3).sum() < len(pred) and (longer["tokens"] >= 3).all()
     slices = next(d.value for d in at.dataframe if "slice" in d.value.columns)
-    whole = slices[slices["slice"] == "document tokens"]
+    whole = slices[slices["slice"] == "document characters"]
     assert whole["documents"].sum() == len(pred) and whole["loss"].notna().all()
     # each token once: the slices' losses, weighted by their tokens, give the split's loss
     assert (whole["loss"] * whole["tokens"]).sum() / whole["tokens"].sum() == pytest.approx(ev["after"]["loss"])
