@@ -119,4 +119,6 @@ def continue_text(lm: LanguageModel, text: str, *, max_new_tokens: int = 40, tem
                             do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
                             top_p=top_p if temperature > 0 else None, pad_token_id=tok.pad_token_id,
                             eos_token_id=tok.eos_token_id)
-    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    # max_new_tokens may stop inside a character that byte-level BPE writes as several pieces (Chinese: 2-3)
+    return text.rstrip("\ufffd")
