@@ -235,7 +235,7 @@ def test_run_perplexity_equals_exp_of_the_mean_loss_over_its_predictions(tiny_ll
 
 # --- runs end to end ------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [{}, {"data.next_sentence_prediction": True}, {"data.whole_word_mask": True},
-                                   {"peft.method": "lora"}])
+                                   {"peft.method": "lora"}, {"data.mlm_probability": 0.4}])
 def test_masked_lm_runs(tiny_bert, corpus, tmp_path, monkeypatch, extra):
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     run = train(cfg_for("masked-lm", tiny_bert, corpus, **{"training.num_train_epochs": 3, **extra}))
@@ -245,6 +245,21 @@ def test_masked_lm_runs(tiny_bert, corpus, tmp_path, monkeypatch, extra):
     assert labels == (["is next", "random"] if extra.get("data.next_sentence_prediction") else [])
     from workbench.models import run_model_folder
     assert (run_model_folder(run.path) / "model.safetensors").exists()  # whole weights, merged for LoRA
+    # what was saved is what was scored: re-scoring the stored test split from the run directory (the run's
+    # own masking, read from its predictions) and from its whole-weights folder gives eval.json's perplexity
+    from workbench.evaluate import evaluate_run
+    from workbench.playground import load_lm
+    from workbench.tasks.pretraining.scoring import mlm_document_losses
+    again = evaluate_run(run.path)["metrics"]
+    assert again["perplexity"] == pytest.approx(ev["after"]["perplexity"], rel=1e-3)
+    assert again["tokens"] == ev["after"]["tokens"]
+    lm = load_lm(str(run.path), "masked")
+    assert not lm.note  # every head weight is in the saved folder
+    pred = run.predictions("after")
+    loss, count, _ = mlm_document_losses(lm.model, lm.tokenizer, pred["text"].tolist(), max_length=32,
+                                         rate=float(pred["mlm_probability"].iloc[0]))
+    assert math.exp((loss[count > 0] * count[count > 0]).sum() / count.sum()) == pytest.approx(
+        ev["after"]["perplexity"], rel=1e-3)
 
 
 def test_fine_tune_from_a_run_directory_loads_the_runs_weights(tiny_bert, corpus, tmp_path, monkeypatch,
@@ -329,3 +344,20 @@ def test_playground_and_cli(tiny_bert, tiny_llama, corpus, tmp_path, monkeypatch
     from workbench.errors import WorkbenchError
     with pytest.raises(WorkbenchError, match="no mask in the text"):
         fill_mask(lm, "no mask here")
+
+
+def test_block_files_are_keyed_by_every_setting_that_changes_the_rows(tiny_bert, corpus):
+    from workbench.config import DataConfig
+    from workbench.models import load_tokenizer
+    from workbench.config import ModelConfig
+    from workbench.tasks import get_task
+
+    task = get_task("masked-lm")
+    tok = load_tokenizer(str(tiny_bert), ModelConfig(name_or_path=str(tiny_bert)))
+    seen = {}
+    for over in ({}, {"mlm_probability": 0.5}, {"whole_word_mask": True}, {"encoding": "latin-1"}):
+        prep = task.prepare(DataConfig(source=str(corpus), max_length=32, **over), 42, tokenizer=tok)
+        ds = task.encode(prep.train, tok, 32)
+        seen[str(over)] = ds.cache_files[0]["filename"]
+        assert ds[0]["mlm_probability"] == pytest.approx(over.get("mlm_probability", 0.15))
+    assert len(set(seen.values())) == len(seen), seen  # four settings, four block files

@@ -122,7 +122,8 @@ class DataConfig:
                                 hint="typical: 0.15")
     whole_word_mask: bool = _f(False, "masked-lm: mask every piece of a word together (a word is the pieces "
                                "between spaces in the text; Chinese text has no spaces, so a whole run of "
-                               "characters counts as one word: leave it off for Chinese).")
+                               "characters counts as one word: leave it off for Chinese). Chosen words all become "
+                               "[MASK] (transformers' whole-word masking has no 10% random / 10% kept).")
     next_sentence_prediction: bool = _f(False, "masked-lm: also train next-sentence prediction (BERT's second "
                                         "objective; needs a model with a pre-training head, e.g. BERT): pairs of "
                                         "text spans, half of them followed by their real next sentences, half by "
@@ -330,6 +331,12 @@ class RunConfig:
                 template_fields(d.prompt_template)
             except ValueError as e:
                 p.append(f"data.prompt_template: {e}.")
+        if self.task != "masked-lm" and (d.whole_word_mask or d.next_sentence_prediction):
+            p.append("data.whole_word_mask / data.next_sentence_prediction are masked-lm settings; task "
+                     f"{self.task} does not mask: set them to false.")
+        elif d.whole_word_mask and d.next_sentence_prediction:
+            p.append("data.whole_word_mask applies to masked-lm's blocks, not to next-sentence pairs: with "
+                     "data.next_sentence_prediction the masks are per token. Fix: turn one of them off.")
         if d.packing and task is not None and not hasattr(task, "pack"):
             p.append(f"data.packing packs conversations for causal-lm-sft; task {self.task} does not pack its "
                      f"examples: set it to false.")

@@ -34,8 +34,11 @@ NSP_LABELS = ("is next", "random")  # next_sentence_label 0 and 1, as BertForPre
 
 
 def settings(frame: pd.DataFrame) -> dict[str, Any]:
-    """The run's masked-LM settings, kept by `prepare` in every frame's `attrs` (defaults for a frame without)."""
-    return {**SETTINGS, **frame.attrs.get("pretraining", {})}
+    """The run's masked-LM settings, kept by `prepare` in every frame's `attrs` and written as columns of the
+    predictions table (so `workbench eval RUN` re-scores a stored split with the run's own masking); the
+    defaults for a frame with neither."""
+    from_columns = {k: type(d)(frame[k].iloc[0]) for k, d in SETTINGS.items() if k in frame and len(frame)}
+    return {**SETTINGS, **frame.attrs.get("pretraining", {}), **from_columns}
 
 
 def corpus_encoding(frame: pd.DataFrame) -> str:
@@ -225,7 +228,7 @@ class _Pretraining:
         return frame  # no labels: any text can be scored
 
     def frame_from_predictions(self, pred: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-        known = {"row", "text", "gold", "predicted", "loss", "tokens", "perplexity", "correct", "accuracy"}
+        known = {"row", "text", "gold", "predicted", "loss", "tokens", "perplexity", "correct", "accuracy", "chars"}
         frame = pred[[c for c in pred.columns if c not in known]].copy()
         frame.insert(0, "text", pred["text"].astype(str).to_numpy())
         frame.index = pred["row"].to_numpy()
@@ -260,11 +263,13 @@ class _Pretraining:
         prefixed = bool(prefix) and any(k.startswith(prefix + ".") for k in saved)
         carried = {}
         with safe_open(str(base_file), "pt") as f:
+            # a base saved with its heads (BertForPreTraining: `bert.…`, `cls.…`) keeps its names as they are
+            base_prefixed = bool(prefix) and any(k.startswith(prefix + ".") for k in f.keys())
             for k in f.keys():
                 if k.endswith("position_ids") or k in saved or (prefix and f"{prefix}.{k}" in saved) or \
                         (prefix and k.startswith(prefix + ".") and k[len(prefix) + 1:] in saved):
                     continue
-                name = f"{prefix}.{k}" if prefixed and not k.startswith(prefix + ".") else k
+                name = f"{prefix}.{k}" if prefixed and not base_prefixed else k
                 carried[name] = f.get_tensor(k)
         if carried:
             save_file({**saved, **carried}, str(saved_file), metadata={"format": "pt"})
@@ -322,6 +327,8 @@ def _prediction_table(frame: pd.DataFrame, texts: list[str], loss: np.ndarray, c
     out = pd.DataFrame({"row": frame.index.to_numpy(), "text": texts, "loss": loss, "tokens": count.astype(int),
                         "perplexity": [perplexity(x) if c else float("nan") for x, c in zip(loss, count)],
                         "accuracy": np.where(count > 0, hits / np.maximum(count, 1), np.nan)})
+    for k, v in settings(frame).items():  # the run's masking, for re-scoring from this table alone
+        out[k] = v
     for c in frame.columns:
         if c not in ("text", "hash", "start", "end") and c not in out:
             out[c] = frame[c].astype(str).to_numpy() if c == "file" else frame[c].to_numpy()
@@ -348,9 +355,9 @@ class MaskedLM(_Pretraining):
             cls = cls if cls is not None else tokenizer.bos_token_id
             sep = sep if sep is not None else tokenizer.eos_token_id
         enc = corpus_encoding(frame)
-        key = B.fingerprint(frame, tokenizer, "mlm", max_length, s["whole_word_mask"], s["next_sentence_prediction"],
-                            cls, sep)
         rate = float(s["mlm_probability"])
+        key = B.fingerprint(frame, tokenizer, "mlm", max_length, s["whole_word_mask"], s["next_sentence_prediction"],
+                            cls, sep, rate, corpus_encoding(frame))
         if s["next_sentence_prediction"]:
             def rows() -> Any:
                 docs = []
@@ -362,6 +369,10 @@ class MaskedLM(_Pretraining):
                         sents = [sents[0][:half], sents[0][half:]]
                     if sents:
                         docs.append(sents)
+                if len(docs) < 2:
+                    raise DataError(f"next-sentence prediction needs at least two documents (a random B comes from "
+                                    f"another document); this split has {len(docs)}. Fix: more documents, or "
+                                    f"data.document_split: paragraph (or line) for a single long text.")
                 for r in B.nsp_pairs(docs, max_length, cls, sep, seed=len(docs)):
                     yield {**r, "mlm_probability": rate}
         else:
@@ -424,7 +435,11 @@ class MaskedLM(_Pretraining):
                   f"untrained, so the perplexity before training is that of an untrained head.", file=sys.stderr,
                   flush=True)
             model.workbench_new_heads = new
-        model.workbench_modules_to_save = ["cls"] if hasattr(model, "cls") else []
+        # Under LoRA the head's own layers train whole beside the adapters: its transform (and NSP's classifier),
+        # not the output layer, which shares its weight with the input embeddings (copying it for peft would
+        # untie them, train 11.7M parameters for MiniLM and save the head wrongly).
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        model.workbench_modules_to_save = [m for m in ("transform", "seq_relationship") if m in names]
         return model
 
     def predict(self, model: Any, tokenizer: Any, frame: pd.DataFrame, labels: list[str], *, max_length: int,
@@ -448,7 +463,7 @@ class CausalLM(_Pretraining):
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any, max_length: int) -> Any:
         eot = B.end_of_text_id(tokenizer)
-        key = B.fingerprint(frame, tokenizer, "causal", max_length, eot)
+        key = B.fingerprint(frame, tokenizer, "causal", max_length, eot, corpus_encoding(frame))
 
         def rows() -> Any:
             for b in B.causal_blocks(B.doc_token_ids(tokenizer, frame, corpus_encoding(frame)), max_length, eot):
@@ -514,8 +529,8 @@ class BlockCollator:
 
 
 class MLMCollator:
-    """`transformers.DataCollatorForLanguageModeling` (80/10/10, whole words when the rows carry offsets) at
-    the run's `data.mlm_probability`, which every row carries; NSP rows keep `token_type_ids` and
+    """`transformers.DataCollatorForLanguageModeling` at the run's `data.mlm_probability`, which every row
+    carries: 80/10/10 per token, or whole words (all [MASK], transformers' rule) when the rows carry offsets; NSP rows keep `token_type_ids` and
     `next_sentence_label`. With `seed`, the masks are the same on every pass (validation)."""
 
     def __init__(self, tokenizer: Any, seed: int | None = None):

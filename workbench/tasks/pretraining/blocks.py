@@ -25,6 +25,7 @@ import pandas as pd
 
 from .corpus import doc_texts
 
+BLOCKS_FORMAT = 2         # bump whenever the rows built from the same documents change (names the cache files)
 BATCH_DOCS = 256          # documents tokenised per call of the (fast, batched) tokenizer
 CHUNK_ROWS = 2048         # rows per Arrow record batch written
 END_OF_TEXT = ("<|endoftext|>", "</s>", "<|end_of_text|>")
@@ -192,7 +193,7 @@ def fingerprint(frame: pd.DataFrame, tokenizer: Any, *parts: Any) -> str:
     vocab = tokenizer.get_vocab()
     h.update(f"{getattr(tokenizer, 'name_or_path', '')}|{len(vocab)}|{type(tokenizer).__name__}".encode())
     h.update(hashlib.sha256("\n".join(sorted(vocab)).encode("utf-8", "replace")).digest())
-    h.update(repr(parts).encode())
+    h.update(repr((BLOCKS_FORMAT, *parts)).encode())
     return h.hexdigest()[:24]
 
 
