@@ -56,7 +56,7 @@ def prepare_corpus(task: Any, cfg: Any, seed: int = 42, tokenizer: Any = None, *
     corpus = read_corpus(cfg.source, cfg)
     rep = DataReport(source=str(cfg.source), format=corpus.format, columns_found=list(map(str, corpus.frame.columns)),
                      rows_read=len(corpus.frame), row_kind="document", warnings=capped + corpus.warnings,
-                     problems=list(corpus.problems))
+                     problems=list(corpus.problems), columns=dict(corpus.columns), guessed=list(corpus.guessed))
     frames: dict[str, pd.DataFrame] = {}
     df = corpus.frame
     split_col = "split" if "split" in df else cfg.split_column
@@ -166,19 +166,34 @@ def _describe(task: Any, rep: Any, frames: dict[str, pd.DataFrame], cfg: Any, to
     body = block if task.name == "causal-lm" else block - 2
     details["block_tokens"] = block
     details["train_blocks"] = int(math.ceil((tokens["train"] + sep * len(train)) / body)) if len(train) else 0
-    sample_texts = list(doc_texts(train.head(2000) if len(train) <= 2000 else
-                                  train.iloc[np.linspace(0, len(train) - 1, 2000).astype(int)], enc))
+    sample = train.head(2000) if len(train) <= 2000 else train.iloc[np.linspace(0, len(train) - 1, 2000).astype(int)]
+    cap = max(500, 1_000_000 // max(len(sample), 1))  # about a million characters in all, however long the documents
+    sample_texts = [t[:cap] for t in doc_texts(sample, enc)]
     _check_readable(rep, pd.DataFrame({"text": sample_texts}), cfg, tokenizer, None)
-    if tokens["train"] + len(train) < body:
+    have = tokens["train"] + len(train) + (block - body)  # the tokens of the one block the text would fill
+    if have < block:
+        lower = f", or set data.max_length to {have} or less" if have >= 32 else ""
         rep.problems.append(f"the training text is {tokens['train']:,} tokens, shorter than one block of "
-                            f"data.max_length={block}: too little to learn from. Fix: give more text, or lower "
-                            f"data.max_length below {max(tokens['train'], 8)}.")
+                            f"data.max_length={block}: too little to learn from. Fix: give more text (at least "
+                            f"{block:,} tokens; continued pre-training wants millions){lower}.")
     if not len(frames["validation"]) and not len(frames["test"]):
-        rep.warnings.append("no validation or test documents: nothing measures whether the model adapted. Fix: "
-                            "data.test_size > 0, or data.test_source.")
+        n = rep.rows_used
+        if n >= 10:
+            fix = "data.test_size > 0, or "
+        elif rep.format == "text folder" and cfg.document_split in ("auto", "file"):
+            fix = ("each file is one document here: data.document_split: paragraph (a document per blank-line-"
+                   "separated paragraph) or line; or ")
+        elif rep.format == "text" and cfg.document_split in ("auto", "paragraph"):
+            fix = "more text; data.document_split: line if its documents are lines, not paragraphs; or "
+        else:
+            fix = "more text, or "
+        few = "" if n >= 10 else f"the corpus is {n} document(s), too few to hold any out. "
+        rep.warnings.append(f"no validation or test documents: nothing measures whether the model adapted; {few}"
+                            f"Fix: {fix}"
+                            f"data.test_source (a held-out corpus).")
 
 
-def _unknown_is_problem(rep: Any) -> None:
+def _unknown_is_problem(rep: Any, task: str = "") -> None:
     """A corpus the tokenizer cannot read (MiniLM on Chinese: mostly [UNK]) stops the run before training."""
     u = rep.unknown_tokens
     if u and u.get("share", 0) > 0.30:
@@ -186,7 +201,18 @@ def _unknown_is_problem(rep: Any) -> None:
         if msg:
             rep.warnings.remove(msg)
             rep.problems.append(msg + " Pre-training on it would teach the model to predict "
-                                f"{u['token']}, nothing of the text.")
+                                f"{u['token']}, nothing of the text." + _decoder_note(msg, task))
+
+
+def _decoder_note(msg: str, task: str) -> str:
+    """A masked-LM run told to use a built-in decoder must change its task too: say so."""
+    from ...assets import BUILTIN_MODELS
+    from transformers.models.auto import modeling_auto as auto
+
+    named = [m for m in BUILTIN_MODELS.values() if f"'{m.name}'" in msg]
+    if task != "masked-lm" or not named or named[0].architecture in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return ""
+    return f" {named[0].name} is a decoder ({named[0].architecture}): with it, set task: causal-lm."
 
 
 # --- the two tasks -------------------------------------------------------------------------------
@@ -207,7 +233,7 @@ class _Pretraining:
         from ...data.prepare import _finish
 
         prep = prepare_corpus(self, cfg, seed, tokenizer, raise_on_problems=False, max_positions=max_positions)
-        _unknown_is_problem(prep.report)
+        _unknown_is_problem(prep.report, self.name)
         return _finish(prep, raise_on_problems)
 
     @staticmethod

@@ -27,6 +27,7 @@ from .corpus import doc_texts
 
 BLOCKS_FORMAT = 2         # bump whenever the rows built from the same documents change (names the cache files)
 BATCH_DOCS = 256          # documents tokenised per call of the (fast, batched) tokenizer
+BATCH_CHARS = 1 << 18     # ... or fewer, once they hold this many (a fast tokenizer holds ~200 bytes a character)
 CHUNK_ROWS = 2048         # rows per Arrow record batch written
 END_OF_TEXT = ("<|endoftext|>", "</s>", "<|end_of_text|>")
 
@@ -46,7 +47,8 @@ def end_of_text_id(tokenizer: Any) -> int:
 
 
 def token_stream(tokenizer: Any, texts: Iterable[str], *, offsets: bool = False) -> Iterator[Any]:
-    """Token ids of each text (no special tokens), in batches of `BATCH_DOCS`; with `offsets`, (ids, offsets)."""
+    """Token ids of each text (no special tokens), in batches of `BATCH_DOCS` texts or `BATCH_CHARS` characters;
+    with `offsets`, (ids, offsets)."""
     batch: list[str] = []
 
     def flush() -> Iterator[Any]:
@@ -55,11 +57,13 @@ def token_stream(tokenizer: Any, texts: Iterable[str], *, offsets: bool = False)
         for i, ids in enumerate(enc["input_ids"]):
             yield (ids, [tuple(o) for o in enc["offset_mapping"][i]]) if offsets else ids
 
+    size = 0
     for t in texts:
         batch.append(t)
-        if len(batch) == BATCH_DOCS:
+        size += len(t)
+        if len(batch) == BATCH_DOCS or size >= BATCH_CHARS:  # long documents: fewer per call, memory stays flat
             yield from flush()
-            batch = []
+            batch, size = [], 0
     if batch:
         yield from flush()
 
