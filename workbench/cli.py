@@ -622,34 +622,50 @@ def cmd_report(a: argparse.Namespace) -> int:
     from .tasks import get_task
     from .tasks.classification import model_max_tokens
     _quiet_libraries()
+    sets = _parse_sets(a.set)
     if a.source.endswith((".yaml", ".yml")):
         cfg = RunConfig.from_yaml(a.source)
     else:
-        from .assets import BUILTIN_DATASETS
-        task = a.task or (BUILTIN_DATASETS[a.source].task if a.source in BUILTIN_DATASETS else
-                          "token-classification" if a.source.lower().endswith((".conll", ".bio", ".iob", ".bmes"))
-                          else "masked-lm" if a.source.lower().endswith((".txt", ".md")) or Path(a.source).is_dir()
-                          else "text-classification")
-        if task == "corpus":  # a built-in corpus: read as the chosen model pre-trains (an encoder: masked LM)
-            task = "causal-lm" if a.model and _is_decoder_name(a.model) else "masked-lm"
-        cfg = RunConfig(task=task, data=DataConfig(source=a.source, text_column=a.text_column,
-                                                   label_column=a.label_column))
+        task = a.task or _source_task(a.source)
+        cfg = RunConfig(task=task if task != "corpus" else "masked-lm",
+                        data=DataConfig(source=a.source, text_column=a.text_column, label_column=a.label_column))
         if a.model:
             cfg.model.name_or_path = a.model
+        if task == "corpus":  # text to pre-train on: the model's own objective
+            cfg.task = _pretraining_task(load_model_config(cfg.model))
+    if sets:
+        cfg = cfg.override(sets).check()
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
     prep = get_task(cfg.task).prepare(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False,
                                       max_positions=model_max_tokens(load_model_config(cfg.model), tok))
+    if cfg.task in ("masked-lm", "causal-lm") and not a.task and not a.source.endswith((".yaml", ".yml")):
+        print(f"(read as a corpus for {cfg.task}, the pre-training objective of {cfg.model.name_or_path}; "
+              f"--task to choose another)")
     print(format_report(prep.report))
     return 0 if prep.report.ok else 2
 
 
-def _is_decoder_name(name: str) -> bool:
+def _source_task(source: str) -> str:
+    """The task a data source given to `report` is for, when --task does not say: a built-in's own; "corpus" for
+    plain text (a .txt/.md file or a folder); token-classification for CoNLL files; else text-classification."""
+    from .assets import BUILTIN_DATASETS
+    from .tasks.pretraining.corpus import TEXT_SUFFIXES
+
+    if source in BUILTIN_DATASETS and not Path(source).exists():
+        return BUILTIN_DATASETS[source].task
+    p = Path(source).expanduser()
+    if p.is_dir() or p.suffix.lower() in TEXT_SUFFIXES:
+        return "corpus"
+    return "token-classification" if p.suffix.lower() in (".conll", ".bio", ".iob", ".bmes") else "text-classification"
+
+
+def _pretraining_task(model_config: Any) -> str:
+    """masked-lm for an encoder with a masked-LM head (BERT, MiniLM), causal-lm for a decoder."""
     from transformers.models.auto import modeling_auto as auto
 
-    from .config import ModelConfig
-    from .models import load_model_config
-    mtype = getattr(load_model_config(ModelConfig(name_or_path=name)), "model_type", "")
-    return mtype not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    mtype = getattr(model_config, "model_type", "")
+    encoder = mtype in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(model_config, "is_decoder", False)
+    return "masked-lm" if encoder else "causal-lm"
 
 
 def cmd_config(a: argparse.Namespace) -> int:
@@ -1049,8 +1065,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column")
     p.add_argument("--label-column")
     p.add_argument("--model", help="tokenizer to measure token lengths with (default minilm)")
-    p.add_argument("--task", help="the task the data is for (default: the built-in's task; token-classification "
-                   "for .conll/.bio files; else text-classification)")
+    p.add_argument("--task", help="the task the data is for (default: the built-in's task; for a .txt/.md file, a "
+                   "folder or a built-in corpus the model's pre-training objective, masked-lm or causal-lm; "
+                   "token-classification for .conll/.bio files; else text-classification)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field first, e.g. "
+                   "data.encoding=gbk or data.document_split=line")
     p = add("config", cmd_config, "Print the default config, explain every field, or validate a file.")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--validate", metavar="FILE")

@@ -246,7 +246,8 @@ def read_table(source: str | Path | pd.DataFrame | bytes, *, name: str | None = 
             raise DataError(f"Data source {s!r} not found: it is neither a file nor a built-in data set. "
                             f"Built-ins: {', '.join(BUILTIN_DATASETS)}; hub data sets: `hub:NAME`.")
         if path.is_dir():
-            raise DataError(f"{s} is a folder: give a file (CSV, TSV, JSON, JSONL or Parquet).")
+            raise DataError(f"{s} is a folder: give a file (CSV, TSV, JSON, JSONL or Parquet). A folder of .txt "
+                            f"files is a corpus to pre-train on: for that, set task: masked-lm or causal-lm.")
         raw, name = path.read_bytes(), name or path.name
     else:
         raw, name = bytes(source), name or "upload"

@@ -285,8 +285,12 @@ def _resolve_columns(cfg: DataConfig, df: pd.DataFrame, rep: DataReport) -> dict
                 rep.guessed.append(role)
             elif role != "text_pair":
                 common = ", ".join((TEXT_NAMES if role == "text" else LABEL_NAMES)[:5])
+                plain = str(cfg.source).lower().endswith((".txt", ".text", ".md"))  # a corpus, not a table?
                 rep.problems.append(f"no {role} column found among {found}. Fix: set data.{role}_column "
-                                    f"(common names: {common}).")
+                                    f"(common names: {common})." + (
+                                        " If this is plain text to pre-train on, not labelled examples, set task: "
+                                        "masked-lm (an encoder such as minilm) or causal-lm (a decoder such as "
+                                        "smollm2-135m)." if plain else ""))
     if cols.get("text") and cols.get("text") == cols.get("label"):
         rep.problems.append(f"text and label would both be column {cols['text']!r}; set data.text_column and "
                             f"data.label_column explicitly.")
