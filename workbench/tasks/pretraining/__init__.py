@@ -89,10 +89,11 @@ def prepare_corpus(task: Any, cfg: Any, seed: int = 42, tokenizer: Any = None, *
     if any(todo.values()):
         train = frames["train"]
         where = split_by_hash(train["hash"].to_numpy(), todo["validation"], todo["test"], seed)
-        frames["train"] = train[where == "train"]
-        for s in ("validation", "test"):
-            if s not in frames:
-                frames[s] = train[where == s]
+        if (where == "train").any():  # else (a document or two) all stay in train; the report says none is held out
+            frames["train"] = train[where == "train"]
+            for s in ("validation", "test"):
+                if s not in frames:
+                    frames[s] = train[where == s]
     for s in ("validation", "test"):
         frames.setdefault(s, frames["train"].iloc[:0])
     if cfg.max_train_samples and len(frames["train"]) > cfg.max_train_samples:
@@ -139,7 +140,7 @@ def _describe(task: Any, rep: Any, frames: dict[str, pd.DataFrame], cfg: Any, to
     details: dict[str, Any] = {"objective": task.name, "documents": rep.split_sizes, "characters": chars,
                                "document_split": cfg.document_split, "streamed": "text" not in train}
     if "file" in train:
-        details["files"] = len(set(train["file"].astype(str)))
+        details["files"] = int(train["file"].nunique())  # not astype(str): a string per document
     rep.details = details
     if tokenizer is None:
         return

@@ -343,7 +343,10 @@ def doc_texts(frame: pd.DataFrame, encoding: str = "utf-8") -> Iterator[str]:
         return
     handle, name = None, None
     try:
-        for f, s, e in zip(frame["file"].astype(str), frame["start"], frame["end"]):
+        col = frame["file"]
+        # the file of each document by its category code, not `astype(str)` (a string per document)
+        files = (col.cat.categories.astype(str)[col.cat.codes.to_numpy()] if hasattr(col, "cat") else col.astype(str))
+        for f, s, e in zip(files, frame["start"], frame["end"]):
             if f != name:
                 if handle is not None:
                     handle.close()
