@@ -2,9 +2,12 @@
 
 Sources: a `.txt`/`.md` file or a folder of them (documents split per `data.document_split`), a table
 (JSONL/JSON/CSV/TSV/Parquet, a built-in corpus) with a text column. Text files are never held in memory:
-the pass keeps, per document, its file, byte offsets, character count and a 64-bit hash of its text, and
-the documents are read again by offset when they are tokenised (`doc_texts`). So a 200 MB file costs about
-40 bytes per document, not 200 MB (benchmarks/bench_corpus.py measures it).
+the pass keeps, per document, its file, byte offsets, character count and a 64-bit hash of its text (40
+bytes), and the documents are read again by offset when they are tokenised (`doc_texts`). A document longer
+than `MAX_DOC_BYTES` (a file without blank lines, a book) is cut into pieces, since a tokenizer holds a
+whole document while it reads it. benchmarks/bench_corpus.py measures it: preparing and encoding a 200 MB
+file of 474k paragraphs peaked 108 MB above the process's start (20 MB: 72 MB; about 90 bytes more per
+document), where reading the file into one string took 381 MB. Tables (JSONL/CSV/Parquet) are read whole.
 
 Splits: a table's `split` column (a built-in's own), `data.validation_source`/`test_source`, else by the
 hash of each document's text mixed with the seed, so repeated documents land in the same split and
