@@ -211,7 +211,7 @@ def _check_encoding(encoding: str) -> None:
     except LookupError:
         raise DataError(f"data.encoding {encoding!r} is not an encoding Python knows. Fix: a name such as utf-8, "
                         f"gbk, big5, shift_jis, cp1252, or leave it empty for UTF-8.") from None
-    if "\n a".encode(encoding) != b"\n a":
+    if not "\n a".encode(encoding).endswith(b"\n a"):  # (utf-8-sig's BOM before it is fine)
         raise DataError(f"data.encoding {encoding!r}: a text corpus is read line by line, which needs an encoding "
                         f"that writes ASCII as single bytes (UTF-8, GBK, Big5, cp1252, ...), not UTF-16/32. Fix: "
                         f"save the files as UTF-8 (e.g. `iconv -f {encoding} -t utf-8 in.txt > out.txt`) and leave "
