@@ -168,7 +168,8 @@ def main() -> None:
         return
     s = settings(a.quick)
     print(f"settings: {s['model']} masked LM (full), {s['source']} {s['train_docs']} train / {s['test_docs']} test "
-          f"paragraphs, {s['steps']} steps x batch {s['batch']} x {s['block']} tokens, lr {s['lr']:g}, seed {s['seed']}")
+          f"paragraphs, {s['steps']} steps x batch {s['batch']} x {s['block']} tokens, lr {s['lr']:g}, "
+          f"seed {s['seed']}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         rows = {"a": spawn("hf", a.quick, out), "b": spawn("workbench", a.quick, out)}

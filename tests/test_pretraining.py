@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FILLER, NEG, POS, build_tiny_model
+from conftest import FILLER, NEG, POS
 
 WORDS = FILLER + POS + NEG
 

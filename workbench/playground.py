@@ -93,8 +93,8 @@ def fill_mask(lm: LanguageModel, text: str, k: int = 10) -> list[list[dict[str, 
                                                                               "max_position_embeddings", 512))
     where = (enc["input_ids"][0] == tok.mask_token_id).nonzero().flatten().tolist()
     if not where:
-        raise DataError(f"no mask in the text: write [MASK] where a word should be guessed, e.g. "
-                        f"\"The capital of France is [MASK].\"")
+        raise DataError("no mask in the text: write [MASK] where a word should be guessed, e.g. "
+                        "\"The capital of France is [MASK].\"")
     logits = lm.model(**{k2: v.to(lm.model.device) for k2, v in enc.items()}).logits[0].float()
     out = []
     for i in where:

@@ -100,7 +100,8 @@ def packing_line(p: dict[str, Any]) -> str:
 
 def format_report(r: DataReport, verbose: bool = False) -> str:
     """A short, human-readable summary (CLI and notebooks)."""
-    out = [f"Data: {r.source} ({r.format}), {r.rows_read} rows read, {r.rows_used} used"]
+    unit = "documents" if r.row_kind == "document" else "rows"
+    out = [f"Data: {r.source} ({r.format}), {r.rows_read} {unit} read, {r.rows_used} used"]
     cols = ", ".join(f"{role}={col!r}" + (" (guessed)" if role in r.guessed else "")
                      for role, col in r.columns.items() if col)
     if cols:

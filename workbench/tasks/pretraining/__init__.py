@@ -425,8 +425,9 @@ class MaskedLM(_Pretraining):
     def load_model(self, cfg: Any, labels: list[str], *, tokenizer: Any = None, attn_implementation: str | None = None,
                    dtype: Any = None) -> Any:
         """The model with its masked-LM head (`AutoModelForMaskedLM`), or for a run with next-sentence prediction
-        (`labels` are `NSP_LABELS`) its pre-training heads (`AutoModelForPreTraining`: MLM + NSP, BERT's). A head the checkpoint lacks starts untrained and is
-        said so (all-MiniLM-L6-v2 ships as a sentence encoder without one)."""
+        (`labels` are `NSP_LABELS`) its pre-training heads (`AutoModelForPreTraining`: MLM + NSP, BERT's). A head
+        the checkpoint lacks starts untrained and is said so (all-MiniLM-L6-v2 ships as a sentence encoder without
+        one)."""
         import transformers
         from transformers.models.auto import modeling_auto as auto
 
@@ -458,7 +459,8 @@ class MaskedLM(_Pretraining):
         new = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in info.get("missing_keys", ()) if "." in k
                       and not k.startswith(getattr(model, "base_model_prefix", "@") + ".")})
         if new:
-            print(f"note: {name} has no trained weights for {', '.join(new)}: {'they start' if len(new) > 1 else 'it starts'} "
+            start = "they start" if len(new) > 1 else "it starts"
+            print(f"note: {name} has no trained weights for {', '.join(new)}: {start} "
                   f"untrained, so the perplexity before training is that of an untrained head.", file=sys.stderr,
                   flush=True)
             model.workbench_new_heads = new
@@ -557,7 +559,8 @@ class BlockCollator:
 
 class MLMCollator:
     """`transformers.DataCollatorForLanguageModeling` at the run's `data.mlm_probability`, which every row
-    carries: 80/10/10 per token, or whole words (all [MASK], transformers' rule) when the rows carry offsets; NSP rows keep `token_type_ids` and
+    carries: 80/10/10 per token, or whole words (all [MASK], transformers' rule) when the rows carry offsets;
+    NSP rows keep `token_type_ids` and
     `next_sentence_label`. With `seed`, the masks are the same on every pass (validation)."""
 
     def __init__(self, tokenizer: Any, seed: int | None = None):

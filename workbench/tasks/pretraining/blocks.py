@@ -204,7 +204,6 @@ def fingerprint(frame: pd.DataFrame, tokenizer: Any, *parts: Any) -> str:
 def write_rows(rows: Iterator[dict], path: Path) -> int:
     """Stream dict rows into an Arrow IPC stream file (the format `datasets.Dataset.from_file` maps), chunk by
     chunk; returns the number of rows. Written to a temporary name and renamed, so a crash leaves no half file."""
-    import pyarrow as pa
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     n = 0
@@ -265,5 +264,6 @@ def dataset_from_rows(make_rows: Any, key: str) -> Any:
     return datasets.Dataset.from_file(str(path))
 
 
-def doc_token_ids(tokenizer: Any, frame: pd.DataFrame, encoding: str = "utf-8", *, offsets: bool = False) -> Iterator[Any]:
+def doc_token_ids(tokenizer: Any, frame: pd.DataFrame, encoding: str = "utf-8", *,
+                  offsets: bool = False) -> Iterator[Any]:
     return token_stream(tokenizer, doc_texts(frame, encoding), offsets=offsets)
