@@ -40,8 +40,29 @@ PROB = st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1
 def claims(source: str) -> bool:
     """A .txt or .md file is a corpus (tagged CoNLL lines in a .txt are token classification's, whose sections are
     registered first and asked first). Tables with a text column stay text classification's on the Data page;
-    the Train page still reads them as corpora when picked by path."""
-    return Path(source).suffix.lower() in TEXT_FILES
+    the Train page still reads them as corpora when picked by path. A .txt that is a table in disguise (a first
+    line of delimited column names such as `text,label`) stays text classification's too."""
+    p = Path(source)
+    if p.suffix.lower() not in TEXT_FILES:
+        return False
+    return not _looks_like_table(p)
+
+
+def _looks_like_table(p: Path) -> bool:
+    from workbench.data.prepare import LABEL_NAMES, TEXT_NAMES
+
+    try:
+        with open(p, "rb") as f:
+            first = f.read(4096).decode("utf-8", "replace").lstrip("\ufeff").splitlines()[:1]
+    except OSError:
+        return False
+    if not first:
+        return False
+    for delim in (",", "\t", ";", "|"):
+        fields = [x.strip().strip('"').lower() for x in first[0].split(delim)]
+        if len(fields) >= 2 and any(x in TEXT_NAMES or x in LABEL_NAMES for x in fields):
+            return True
+    return False
 
 
 def _kind(model: str) -> str | None:
