@@ -61,7 +61,7 @@ def test_binary_files_among_the_txt_files_are_skipped_by_name(capsys, tmp_path, 
     assert code == 0, out + err
     assert "skipped 2 file(s) that are not text" in out and "scan.txt: it looks like a PNG image" in out
     assert "dump.txt: it holds a NUL byte at byte 0" in out and "The other 1 file(s) were read" in out
-    assert "40 rows read" in out  # notes.txt's paragraphs, nothing from the binaries
+    assert "40 documents read" in out  # notes.txt's paragraphs, nothing from the binaries
 
 
 def test_a_folder_of_only_binary_files_is_a_problem(capsys, tmp_path, tiny_llama):
@@ -79,7 +79,7 @@ def test_one_file_in_a_folder_names_document_split_when_nothing_can_be_held_out(
     d.mkdir()
     (d / "book.txt").write_text(_paragraphs(60))
     code, out, err = _run(capsys, "report", d, "--model", tiny_llama)
-    assert code == 0 and "1 rows read" in out, out + err
+    assert code == 0 and "1 documents read" in out, out + err
     assert "the corpus is 1 document(s), too few to hold any out" in out
     assert "Fix: each file is one document here: data.document_split: paragraph" in out
 
@@ -108,7 +108,7 @@ def test_subfolders_are_read_and_hidden_files_left_out(capsys, tmp_path, tiny_be
     code, out, err = _run(capsys, "report", d, "--model", tiny_bert)
     assert code == 0, out + err
     assert "read as a corpus for masked-lm" in out  # a BERT model: its own objective
-    assert "12 rows read" in out and "skipped" not in out
+    assert "12 documents read" in out and "skipped" not in out
 
 
 def test_a_gbk_file_names_the_encoding_and_works_with_data_encoding(capsys, tmp_path, tiny_llama):
@@ -120,7 +120,7 @@ def test_a_gbk_file_names_the_encoding_and_works_with_data_encoding(capsys, tmp_
     assert code == 2 and "news.txt: not valid utf-8 text (byte 0x" in err and f"on line {first})" in err, err
     assert "Fix: it decodes as gbk: set data.encoding: gbk" in err
     code, out, err = _run(capsys, "report", f, "--model", tiny_llama, "--set", "data.encoding=gbk")
-    assert code == 0 and "40 rows read" in out, out + err
+    assert code == 0 and "40 documents read" in out, out + err
     code, out, err = _train(capsys, tmp_path, tiny_llama, f, data=", encoding: gbk")
     assert code == 0 and "perplexity after fine-tuning" in out, out + err
 
@@ -141,7 +141,7 @@ def test_jsonl_text_column_is_guessed_and_shown(capsys, tmp_path, tiny_bert):
     rng = random.Random(2)
     f.write_text("".join(json.dumps({"id": i, "text": _para(rng)}) + "\n" for i in range(50)))
     code, out, err = _run(capsys, "report", f, "--model", tiny_bert, "--task", "masked-lm")
-    assert code == 0 and "50 rows read" in out and "columns: text='text' (guessed)" in out
+    assert code == 0 and "50 documents read" in out and "columns: text='text' (guessed)" in out
 
 
 def test_csv_text_column_is_named_by_data_text_column(capsys, tmp_path, tiny_bert):
@@ -164,9 +164,9 @@ def test_document_split_line_and_paragraph(capsys, tmp_path, tiny_llama):
     f = tmp_path / "corpus.txt"
     f.write_text(_paragraphs(30, lines=3))
     code, out, err = _run(capsys, "report", f, "--model", tiny_llama)
-    assert code == 0 and "30 rows read" in out  # a single file: a document per paragraph by default
+    assert code == 0 and "30 documents read" in out  # a single file: a document per paragraph by default
     code, out, err = _run(capsys, "report", f, "--model", tiny_llama, "--set", "data.document_split=line")
-    assert code == 0 and "90 rows read" in out
+    assert code == 0 and "90 documents read" in out
 
 
 def test_a_file_without_blank_lines_is_cut_into_pieces_not_held_whole(capsys, tmp_path, tiny_llama):
