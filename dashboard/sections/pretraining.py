@@ -438,6 +438,18 @@ def top_tokens(masks: list[list[dict[str, Any]]]) -> pd.DataFrame:
                         columns=["mask", "rank", "token", "probability"])
 
 
+def _side_by_side(run: Any, base: str, draw: Any) -> None:
+    """Base and adapted in two columns, each with its title and note; `draw(title, lm)` fills a column, and a
+    `WorkbenchError` it raises is shown in that column only."""
+    for col, (title, lm) in zip(st.columns(2), _models(run, base)):
+        with col:
+            st.markdown(f"**{title}**")
+            if lm.note:
+                st.info(lm.note)
+            with widgets.shown_errors():
+                draw(title, lm)
+
+
 def _fill_mask(run: Any, base: str) -> None:
     from workbench.playground import fill_mask
 
@@ -445,14 +457,9 @@ def _fill_mask(run: Any, base: str) -> None:
     k = st.slider("Tokens shown per mask (top-k)", 1, 30, 10, key="pt_mask_k")
     if not st.button("Fill the mask", key="pt_mask_go", icon=":material/bolt:"):
         return
-    for col, (title, lm) in zip(st.columns(2), _models(run, base)):
-        with col:
-            st.markdown(f"**{title}**")
-            if lm.note:
-                st.info(lm.note)
-            with widgets.shown_errors():
-                st.dataframe(top_tokens(fill_mask(lm, text, k)), hide_index=True, key=f"pt_mask_{title[:4]}",
-                             column_config={"probability": PROB})
+    _side_by_side(run, base, lambda title, lm: st.dataframe(
+        top_tokens(fill_mask(lm, text, k)), hide_index=True, key=f"pt_mask_{title[:4]}",
+        column_config={"probability": PROB}))
 
 
 def _continue(run: Any, base: str) -> None:
@@ -464,11 +471,8 @@ def _continue(run: Any, base: str) -> None:
                "they learned. Raw text, no chat template: a pre-trained model continues documents.")
     if not st.button("Continue the text", key="pt_cont_go", icon=":material/bolt:"):
         return
-    for col, (title, lm) in zip(st.columns(2), _models(run, base)):
-        with col:
-            st.markdown(f"**{title}**")
-            if lm.note:
-                st.info(lm.note)
-            with widgets.shown_errors():
-                out = continue_text(lm, text, max_new_tokens=int(n))
-                st.text(text + out if out.strip() else text + "\n(nothing: the model ended the text at once)")
+    def draw(title: str, lm: Any) -> None:
+        out = continue_text(lm, text, max_new_tokens=int(n))
+        st.text(text + out if out.strip() else text + "\n(nothing: the model ended the text at once)")
+
+    _side_by_side(run, base, draw)
