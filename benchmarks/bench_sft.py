@@ -105,7 +105,7 @@ def _config(quick: bool, workdir: str, speedups: bool = True, fp32: bool = False
                      "optim": OPTIM, "lr_scheduler_type": "linear", "seed": SEED, "eval_strategy": "no",
                      "save_strategy": "no", "use_cpu": True, "cpu_speedups": speedups,
                      "bf16": False if fp32 else "auto"},
-        "peft": {"method": "lora", **LORA}})
+        "peft": {"method": "lora", "lora": LORA}})
 
 
 def _prepared(quick: bool) -> tuple[str, Any, Any]:
@@ -199,10 +199,11 @@ def _same_lora_init(start: dict[str, Any], path: str) -> bool:
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
-    from workbench.config import PeftConfig
+    from workbench.config import LoraSettings, PeftConfig
     from workbench.models import apply_lora
     set_seed(SEED)
-    ref = apply_lora(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), PeftConfig(method="lora", **LORA),
+    ref = apply_lora(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+                     PeftConfig(method="lora", lora=LoraSettings(**LORA)),
                      task_type="CAUSAL_LM")
     theirs = {n: p for n, p in ref.named_parameters() if "lora_" in n}
     return start.keys() == theirs.keys() and all(torch.equal(start[n], theirs[n]) for n in start)

@@ -86,11 +86,17 @@ def page() -> None:
 def _init_state() -> None:
     if "t.training.learning_rate" in st.session_state:
         return
+    def flat(node: dict[str, Any], prefix: str) -> None:  # sections inside sections: peft.lora.r
+        for k, v in node.items():
+            if isinstance(v, dict) and k != "class_weights":
+                flat(v, f"{prefix}{k}.")
+            else:
+                st.session_state.setdefault(f"{prefix}{k}", v)
+
     d = RunConfig().to_dict()
     for section in ("training", "data", "peft"):
-        for k, v in d[section].items():
-            st.session_state.setdefault(f"t.{section}.{k}", v)
-    st.session_state["t.peft.target_modules"] = ""
+        flat(d[section], f"t.{section}.")
+    st.session_state["t.peft.lora.target_modules"] = ""
     st.session_state["t.training.bf16"] = "auto"
     # A browser reload starts a new session: the chosen preset comes back from the address (?preset=...).
     url = st.query_params.get("preset")
@@ -236,13 +242,13 @@ def _method_section() -> None:
                     help=HELP["peft.freeze_embeddings"], **PERSIST)
     if method == "lora":
         c = st.columns(4)
-        c[0].number_input("r", min_value=1, max_value=256, key="t.peft.r", help=HELP["peft.r"], **PERSIST)
-        c[1].number_input("alpha", min_value=1, max_value=1024, key="t.peft.lora_alpha", help=HELP["peft.lora_alpha"],
-                          **PERSIST)
-        c[2].number_input("dropout", min_value=0.0, max_value=0.9, step=0.05, key="t.peft.lora_dropout",
-                          help=HELP["peft.lora_dropout"], **PERSIST)
-        c[3].text_input("target modules", key="t.peft.target_modules", placeholder="default for the architecture",
-                        help=HELP["peft.target_modules"] + " Comma-separated.", **PERSIST)
+        c[0].number_input("r", min_value=1, max_value=256, key="t.peft.lora.r", help=HELP["peft.lora.r"], **PERSIST)
+        c[1].number_input("alpha", min_value=1, max_value=1024, key="t.peft.lora.lora_alpha",
+                          help=HELP["peft.lora.lora_alpha"], **PERSIST)
+        c[2].number_input("dropout", min_value=0.0, max_value=0.9, step=0.05, key="t.peft.lora.lora_dropout",
+                          help=HELP["peft.lora.lora_dropout"], **PERSIST)
+        c[3].text_input("target modules", key="t.peft.lora.target_modules", placeholder="default for the architecture",
+                        help=HELP["peft.lora.target_modules"] + " Comma-separated.", **PERSIST)
 
 
 def _hyper_section() -> None:
@@ -294,11 +300,11 @@ def _form_values() -> dict[str, Any]:
     for key, _ in MAIN + ADVANCED:
         v = st.session_state.get(f"t.{key}")
         out[key] = None if key in ZERO_IS_NONE and not v else v
-    for key in ("training.lr_scheduler_type", "training.eval_strategy", "training.bf16", "peft.method", "peft.r",
-                "peft.lora_alpha", "peft.lora_dropout", "peft.freeze_embeddings", "training.class_weights"):
+    for key in ("training.lr_scheduler_type", "training.eval_strategy", "training.bf16", "peft.method", "peft.lora.r",
+                "peft.lora.lora_alpha", "peft.lora.lora_dropout", "peft.freeze_embeddings", "training.class_weights"):
         out[key] = st.session_state.get(f"t.{key}")
-    targets = st.session_state.get("t.peft.target_modules") or ""
-    out["peft.target_modules"] = [t.strip() for t in targets.split(",") if t.strip()] or None
+    targets = st.session_state.get("t.peft.lora.target_modules") or ""
+    out["peft.lora.target_modules"] = [t.strip() for t in targets.split(",") if t.strip()] or None
     if out["training.eval_strategy"] == "no":
         out["training.early_stopping_patience"] = None
     return out

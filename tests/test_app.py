@@ -188,7 +188,7 @@ def test_train_page_presets_help_and_estimate(tiny_bert, runs_root):
     at.radio(key="t.peft.method").set_value("lora")
     no_crash(at.run())
     assert at.number_input(key="t.training.learning_rate").value == 5e-4  # the LoRA rate of the preset
-    assert at.number_input(key="t.peft.r").value == 8
+    assert at.number_input(key="t.peft.lora.r").value == 8
 
 
 def test_train_page_reports_every_config_problem_and_blocks_launch(tiny_bert, runs_root):

@@ -90,14 +90,14 @@ def test_truncation_and_window(bert, llama):
 def _fake_run(tmp_path, base_folder, labels=("neg", "pos"), lora=False):
     """A run directory whose fine-tuned model is its base with a new head (weights otherwise equal;
     with `lora`, a freshly initialised adapter, which is the identity)."""
-    from workbench.config import ModelConfig, PeftConfig, RunConfig
+    from workbench.config import LoraSettings, ModelConfig, PeftConfig, RunConfig
     from workbench.models import apply_lora, load_classifier, load_tokenizer
 
     cfg = ModelConfig(name_or_path=str(base_folder))
     tok = load_tokenizer(str(base_folder), cfg)
     model = load_classifier(cfg, list(labels), tokenizer=tok)
     if lora:
-        model = apply_lora(model, PeftConfig(r=4))
+        model = apply_lora(model, PeftConfig(lora=LoraSettings(r=4)))
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
     RunConfig().to_yaml(run / "config.yaml")

@@ -19,7 +19,7 @@ def test_defaults_are_valid_and_round_trip(tmp_path):
 
 def test_every_field_has_help():
     helps = field_help()
-    assert "training.learning_rate" in helps and "peft.r" in helps and "data.text_column" in helps
+    assert "training.learning_rate" in helps and "peft.lora.r" in helps and "data.text_column" in helps
     assert all(len(h) > 10 for h in helps.values()), [k for k, h in helps.items() if len(h) <= 10]
 
 
@@ -30,7 +30,8 @@ def test_trainingarguments_names_are_real():
     ours = {f.name for f in dataclasses.fields(RunConfig().training)}
     # Our own additions, which TrainingArguments does not have, are explicit here.
     assert ours - ta == {"early_stopping_patience", "cpu_speedups", "class_weights",
-                        "head_learning_rate"}
+                        "head_learning_rate", "adversarial", "adversarial_epsilon", "adversarial_steps",
+                        "adversarial_alpha"}
 
 
 def test_validation_reports_all_problems_with_fixes():
@@ -38,12 +39,12 @@ def test_validation_reports_all_problems_with_fixes():
         "data": {"validation_size": 0.6, "test_size": 0.5, "max_length": 2},
         "training": {"learning_rate": -1, "per_device_train_batch_size": 0, "eval_strategy": "steps",
                      "bf16": True, "fp16": True},
-        "peft": {"method": "lora", "r": 0},
+        "peft": {"method": "lora", "lora": {"r": 0}},
     })
     problems = cfg.validate()
     text = "\n".join(problems)
     for needle in ("validation_size + data.test_size", "max_length", "learning_rate", "per_device_train_batch_size",
-                   "eval_steps", "bf16 and training.fp16", "peft.r"):
+                   "eval_steps", "bf16 and training.fp16", "peft.lora.r"):
         assert needle in text, needle
     with pytest.raises(ConfigError) as e:
         cfg.check()

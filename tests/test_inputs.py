@@ -93,9 +93,10 @@ def test_i12_5_malformed_set_exit_2(capsys, tmp_path):
 
 def test_i12_5_nan_weight_decay():
     assert any("training.weight_decay=nan" in p for p in _problems({"training": {"weight_decay": float("nan")}}))
-    assert any("peft.lora_dropout=nan" in p for p in _problems({"peft": {"method": "lora", "lora_dropout": "nan"}}))
+    assert any("peft.lora.lora_dropout=nan" in p
+               for p in _problems({"peft": {"method": "lora", "lora": {"lora_dropout": "nan"}}}))
     # checked whatever the method, like every other field
-    assert any("peft.lora_dropout" in p for p in _problems({"peft": {"lora_dropout": float("nan")}}))
+    assert any("peft.lora.lora_dropout" in p for p in _problems({"peft": {"lora_dropout": float("nan")}}))
 
 
 def test_i12_5_negative_grad_norm_and_eval_steps():

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from workbench.config import ModelConfig, PeftConfig
+from workbench.config import LoraSettings, ModelConfig, PeftConfig
 from workbench.errors import ModelError
 from workbench.models import apply_lora, check_model_dir, load_classifier, load_tokenizer, lora_targets
 
@@ -79,9 +79,9 @@ def test_unknown_builtin_and_lora_targets(tiny_bert, tiny_llama):
     llama = load_classifier(ModelConfig(str(tiny_llama)), ["a", "b"])
     assert lora_targets(bert, PeftConfig(method="lora")) == ["query", "key", "value"]
     assert lora_targets(llama, PeftConfig(method="lora")) == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert lora_targets(llama, PeftConfig(method="lora", target_modules=["q_proj"])) == ["q_proj"]
+    assert lora_targets(llama, PeftConfig(method="lora", lora=LoraSettings(target_modules=["q_proj"]))) == ["q_proj"]
     with pytest.raises(ModelError, match="not modules"):
-        apply_lora(llama, PeftConfig(method="lora", target_modules=["query"]))
+        apply_lora(llama, PeftConfig(method="lora", lora=LoraSettings(target_modules=["query"])))
     wrapped = apply_lora(llama, PeftConfig(method="lora"))
     trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("score" in n for n in trainable)

@@ -189,7 +189,7 @@ def test_tiny_tagger_trains_evaluates_predicts_and_explains_errors(kind, method,
         "training": {"num_train_epochs": 6 if kind == "bert" else 8, "learning_rate": 5e-3,
                      "per_device_train_batch_size": 16, "metric_for_best_model": "f1", "logging_steps": 5,
                      "save_strategy": "no"},
-        "peft": {"method": method, "freeze_embeddings": False, "r": 8, "lora_alpha": 16}})
+        "peft": {"method": method, "freeze_embeddings": False, "lora": {"r": 8, "lora_alpha": 16}}})
     run = run_training(cfg, new_run_dir(cfg), progress=False)
     ev = RunDir(run.path).evaluation()
     assert ev["after"]["f1"] > ev["before"]["f1"] + 0.3, ev

@@ -37,7 +37,7 @@ def test_smollm2_causal_lm_on_chinese_news_lowers_perplexity(tmp_path, monkeypat
         "data": {"source": "msra_text", "max_length": 64, "max_train_samples": 200, "max_eval_samples": 30},
         "training": {"max_steps": 8, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
                      "eval_strategy": "no", "save_strategy": "no"},
-        "peft": {"method": "lora", "r": 8, "lora_alpha": 16}})
+        "peft": {"method": "lora", "lora": {"r": 8, "lora_alpha": 16}}})
     ev = run.evaluation()
     assert ev["after"]["perplexity"] < ev["before"]["perplexity"]
     assert (run.path / "model" / "merged" / "model.safetensors").exists()  # whole weights: a starting point

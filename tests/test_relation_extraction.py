@@ -254,7 +254,7 @@ def _cfg(tmp_path: Path, model: Path, method: str, name: str) -> "RunConfig":  #
         "data": {"source": str(_toy_relations(tmp_path / "toy.csv", 90)), "max_length": 24},
         "training": {"max_steps": 3, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "logging_steps": 1,
                      "save_strategy": "no", "eval_strategy": "no", "metric_for_best_model": None, "bf16": False},
-        "peft": {"method": method, "r": 4, "lora_alpha": 8}})
+        "peft": {"method": method, "lora": {"r": 4, "lora_alpha": 8}}})
 
 
 def test_tiny_relation_run_end_to_end(tiny_bert, tmp_path, capsys):

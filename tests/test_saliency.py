@@ -50,9 +50,9 @@ def llama(tiny_llama):
 def lora_llama(llama):
     import copy
 
-    from workbench.config import PeftConfig
+    from workbench.config import LoraSettings, PeftConfig
     from workbench.models import apply_lora
-    model = apply_lora(copy.deepcopy(llama[0]), PeftConfig(r=4))
+    model = apply_lora(copy.deepcopy(llama[0]), PeftConfig(lora=LoraSettings(r=4)))
     torch.manual_seed(2)
     for name, p in model.named_parameters():
         if "lora_B" in name:  # LoRA starts as the identity (B = 0); make the adapter actually change the model

@@ -262,7 +262,7 @@ def test_tiny_bart_lora_run_from_a_config_trains_and_scores(tiny_bart, tmp_path)
                  "label_column": "verdict", "max_length": 32},
         "training": {"num_train_epochs": 6, "learning_rate": 3e-2, "per_device_train_batch_size": 16,
                      "logging_steps": 5, "save_strategy": "no"},
-        "peft": {"method": "lora", "r": 8, "lora_alpha": 16}})
+        "peft": {"method": "lora", "lora": {"r": 8, "lora_alpha": 16}}})
     run = run_training(cfg, new_run_dir(cfg), progress=False)
     losses = _train_losses(run)
     # LoRA on q/v only of a random tiny model (its output layer frozen) learns slowly, but it learns

@@ -20,7 +20,7 @@ def _cfg(model, data, out, name: str) -> RunConfig:
         "data": {"source": str(data), "max_length": 64, "max_eval_samples": 12},
         "training": {"max_steps": STEPS, "learning_rate": 5e-3, "per_device_train_batch_size": 8,
                      "logging_steps": 1, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 10_000},
-        "peft": {"method": "lora", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0}})
+        "peft": {"method": "lora", "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}}})
 
 
 def test_a_stopped_sft_run_resumes_and_ends_like_an_uninterrupted_one(tiny_llama, tmp_path, monkeypatch):

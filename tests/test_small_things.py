@@ -259,14 +259,14 @@ def test_i13_16_lora_runs_print_no_transformers_future_warning(tmp_path, tiny_ll
     import json
     import warnings
 
-    from workbench.config import ModelConfig, PeftConfig
+    from workbench.config import LoraSettings, ModelConfig, PeftConfig
     from workbench.models import apply_lora, load_classifier, load_tokenizer, load_trained
 
     cfg = ModelConfig(name_or_path=str(tiny_llama))
     tok = load_tokenizer(str(tiny_llama), cfg)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        model = apply_lora(load_classifier(cfg, ["neg", "pos"], tokenizer=tok), PeftConfig(r=4))
+        model = apply_lora(load_classifier(cfg, ["neg", "pos"], tokenizer=tok), PeftConfig(lora=LoraSettings(r=4)))
         folder = tmp_path / "model"
         model.save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)

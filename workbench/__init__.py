@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import DataConfig, ModelConfig, PeftConfig, RunConfig, TrainingConfig, load_config
+from .config import (AdaLoraSettings, AugmentConfig, DataConfig, IA3Settings, LoraSettings, ModelConfig, PeftConfig,
+                     PrefixSettings, PromptSettings, RunConfig, SearchConfig, TrainingConfig, load_config)
 from .errors import ConfigError, DataError, ModelError, RunError, TrainingHalted, WorkbenchError
 
 __version__ = "0.1.0"
@@ -32,8 +33,9 @@ _LAZY = {
     "BUILTIN_DATASETS": "assets", "BUILTIN_MODELS": "assets", "load_builtin_dataset": "assets",
 }
 
-__all__ = ["ConfigError", "DataConfig", "DataError", "ModelConfig", "ModelError", "PeftConfig", "RunConfig",
-           "RunError", "TrainingConfig", "TrainingHalted", "WorkbenchError", "load_config", *_LAZY]
+__all__ = ["AdaLoraSettings", "AugmentConfig", "ConfigError", "DataConfig", "DataError", "IA3Settings", "LoraSettings",
+           "ModelConfig", "ModelError", "PeftConfig", "PrefixSettings", "PromptSettings", "RunConfig", "RunError",
+           "SearchConfig", "TrainingConfig", "TrainingHalted", "WorkbenchError", "load_config", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

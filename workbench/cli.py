@@ -226,6 +226,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.output_dir:
         sets["output_dir"] = a.output_dir
     cfg = load_config(a.config, sets)
+    for note in cfg.load_notes:
+        print(f"note: {note}", file=sys.stderr)
     from .models import check_model_source
     check_model_source(cfg.model)  # before a run directory exists: no failed run for a wrong path
     if a.detach:
@@ -674,6 +676,8 @@ def cmd_config(a: argparse.Namespace) -> int:
         from .models import check_model_source
         from .assets import language_advice
         cfg = load_config(a.validate, _parse_sets(a.set))
+        for note in cfg.load_notes:
+            print(f"note: {note}")
         check_model_source(cfg.model)
         advice = language_advice(cfg.model.name_or_path, cfg.data.source)
         if advice:

@@ -66,6 +66,27 @@ class ModelConfig:
         "model is read back the same way.")
 
 
+AUGMENT_OPERATIONS = ("swap", "delete", "synonym", "paraphrase")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+@dataclass
+class AugmentConfig:
+    """More training examples made from the training split (never validation or test), seeded by training.seed."""
+
+    operations: list[str] = _f([], "What makes the new examples: `swap` (two words trade places), `delete` (words "
+                               "dropped), `synonym` (words replaced by a WordNet synonym; English), `paraphrase` "
+                               "(the text rewritten by `paraphrase_model`). Each operation makes `copies` new "
+                               "examples per training example, with the original's label. Empty: no augmentation.")
+    copies: int = _f(1, "New examples per training example and operation.", lo=1, hi=100, hint="typical: 1-4")
+    word_share: float = _f(0.1, "swap/delete/synonym: share of a text's words changed (at least one).", gt=0, lt=1,
+                           hint="typical: 0.1 (EDA's alpha)")
+    paraphrase_model: str = _f("smollm2-135m", "paraphrase: the instruction-following model that rewrites texts "
+                               "(a built-in name, a folder, or a finished causal-lm-sft run).")
+    max_paraphrased: int | None = _f(200, "paraphrase: rewrite at most this many training examples (generation is "
+                                     "slow on a CPU). Empty: all.", lo=1, hi=INT_MAX)
+
+
 @dataclass
 class DataConfig:
     """Where the examples come from and which columns hold what."""
@@ -128,6 +149,7 @@ class DataConfig:
                                         "objective; needs a model with a pre-training head, e.g. BERT): pairs of "
                                         "text spans, half of them followed by their real next sentences, half by "
                                         "sentences of another document.")
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     negative_ratio: float = _f(1.0, "relation-extraction, DuIE sentences (`text` + `spo_list`): pairs of a sentence's "
                                "entities with no triple between them become `no_relation` examples, at most this many "
                                "times the pairs with a relation (a seeded sample); 0 makes none. A flat table keeps "
@@ -197,28 +219,137 @@ class TrainingConfig:
                                         "SDPA's slower CPU paths). `true`: both; `false`: neither (the stock "
                                         "PyTorch and transformers modules); or a list of the ones to use, e.g. "
                                         "[dropout]. GPUs always use the stock modules.")
+    adversarial: Literal["none", "fgm", "pgd"] = _f(
+        "none", "Adversarial training on the input embeddings: each step also trains on a copy of the batch whose "
+        "embeddings are pushed along the loss gradient. `fgm` (Fast Gradient Method: one push of size "
+        "adversarial_epsilon, about 2x the compute per step), `pgd` (Projected Gradient Descent: adversarial_steps "
+        "smaller pushes kept within adversarial_epsilon, about (1 + steps)x). The embeddings are restored exactly "
+        "after each step.")
+    adversarial_epsilon: float = _f(1.0, "Size (L2 norm) of the push on the embeddings; for pgd, the radius pushes "
+                                    "stay within.", gt=0, hi=1e6, hint="typical: 0.1 to 1")
+    adversarial_steps: int = _f(3, "pgd: pushes per training step.", lo=1, hi=100, hint="typical: 3")
+    adversarial_alpha: float = _f(0.3, "pgd: size of each push.", gt=0, hi=1e6, hint="typical: epsilon / steps")
+    report_to: list[str] = _f(["tensorboard"], "Experiment trackers that receive the run's logs, as in "
+                              "TrainingArguments: `tensorboard` (event files in the run's `tensorboard/` folder; "
+                              "`workbench tensorboard RUN` opens them), `mlflow`, `wandb` (each when installed), "
+                              "or [] for none. metrics.jsonl is always written.")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA (`peft.LoraConfig`): low-rank adapters beside chosen linear layers, with the rsLoRA and DoRA variants."""
+
+    r: int = _f(8, "LoRA rank: size of the adapter matrices.", lo=1, hi=INT_MAX, hint="typical: 4-64")
+    lora_alpha: int = _f(16, "LoRA scaling: updates are scaled by lora_alpha / r (lora_alpha / sqrt(r) with "
+                         "use_rslora).", gt=0, hi=INT_MAX, hint="typical: 2 x r")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA path.", lo=0, lt=1)
+    target_modules: list[str] | None = _f(None, "Module names (or types: every module whose name ends so) that get "
+                                          "adapters. Empty: chosen per architecture (Llama: q/k/v/o_proj; BERT: "
+                                          "query/key/value). `all-linear`: every linear layer but the head.")
+    layers: list[int] | None = _f(None, "Only these layer indices get adapters (peft's layers_to_transform), e.g. "
+                                  "[4, 5] for MiniLM's last two. Empty: every layer.")
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA: scale by lora_alpha / sqrt(r) instead of lora_alpha / r, so "
+                          "higher ranks keep learning (Kalajdzievski, 2023).")
+    use_dora: bool = _f(False, "DoRA: split each adapted weight into a magnitude and a direction and train the "
+                        "magnitude too (Liu et al., 2024). Slower per step than LoRA.")
+
+
+@dataclass
+class AdaLoraSettings:
+    """AdaLoRA (`peft.AdaLoraConfig`): LoRA whose rank budget is re-allocated between layers during training."""
+
+    init_r: int = _f(12, "Starting rank of every adapter.", lo=1, hi=INT_MAX, hint="typical: 8-16")
+    target_r: int = _f(4, "Average rank left after the budget is pruned.", lo=1, hi=INT_MAX, hint="typical: 2-8")
+    lora_alpha: int = _f(16, "Scaling of the adapter updates.", gt=0, hi=INT_MAX)
+    lora_dropout: float = _f(0.05, "Dropout on the adapter path.", lo=0, lt=1)
+    target_modules: list[str] | None = _f(None, "Module names that get adapters. Empty: as for LoRA.")
+    tinit: float = _f(0.1, "Steps of warm-up at the full budget before pruning starts: a count, or a share of all "
+                      "steps if < 1.", lo=0, hi=INT_MAX)
+    tfinal: float = _f(0.2, "Steps at the end with the budget fixed: a count, or a share of all steps if < 1.",
+                       lo=0, hi=INT_MAX)
+    deltaT: int = _f(10, "Re-allocate the budget every this many steps.", lo=1, hi=INT_MAX)
+    orth_reg_weight: float = _f(0.5, "Weight of the orthogonality penalty on the adapter matrices.", lo=0, hi=1e6)
+
+
+@dataclass
+class IA3Settings:
+    """IA³ (`peft.IA3Config`): learned vectors that rescale keys, values and feed-forward activations."""
+
+    target_modules: list[str] | None = _f(None, "Modules whose activations are rescaled. Empty: peft's default for "
+                                          "the architecture (keys, values and the feed-forward down projection).")
+    feedforward_modules: list[str] | None = _f(None, "Which of target_modules are feed-forward layers (their "
+                                               "inputs are rescaled, not their outputs). Empty: peft's default.")
+
+
+@dataclass
+class PrefixSettings:
+    """Prefix tuning (`peft.PrefixTuningConfig`): trained key/value vectors prepended at every layer."""
+
+    num_virtual_tokens: int = _f(20, "Virtual tokens prepended to every layer's keys and values.", lo=1, hi=4096,
+                                 hint="typical: 10-100")
+    prefix_projection: bool = _f(False, "Produce the prefix through a small MLP (the paper's reparameterisation; "
+                                 "more trainable parameters, often steadier).")
+    encoder_hidden_size: int | None = _f(None, "Hidden size of that MLP. Empty: the model's hidden size.", lo=1,
+                                         hi=INT_MAX)
+
+
+@dataclass
+class PromptSettings:
+    """Prompt tuning (`peft.PromptTuningConfig`): trained embeddings prepended to the input (soft prompt)."""
+
+    num_virtual_tokens: int = _f(20, "Length of the soft prompt in tokens.", lo=1, hi=4096, hint="typical: 8-100")
+    init_text: str | None = _f(None, "Start the soft prompt from the embeddings of this text (e.g. `Classify the "
+                               "sentiment of this review:`). Empty: random.")
+
+
+PEFT_METHODS = ("full", "lora", "adalora", "ia3", "prefix", "prompt")
+# The flat LoRA fields of configs written before the per-method sections (still read, moved to `peft.lora`).
+_LEGACY_LORA = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
 
 @dataclass
 class PeftConfig:
-    """Full fine-tuning, or a parameter-efficient method (LoRA)."""
+    """Full fine-tuning, or a parameter-efficient method from `peft`; each method has its own section."""
 
-    method: Literal["full", "lora"] = _f("full", "`full` trains every weight (but the input embeddings, see "
-                                         "`freeze_embeddings`); `lora` trains small low-rank adapters plus the "
-                                         "classification head.")
+    method: Literal["full", "lora", "adalora", "ia3", "prefix", "prompt"] = _f(
+        "full", "`full` trains every weight (but the input embeddings, see `freeze_embeddings`). The others train "
+        "a few new weights (plus the task head) and keep the model as it is: `lora` low-rank adapters (rsLoRA, "
+        "DoRA and chosen layers in `peft.lora`), `adalora` LoRA with its rank budget moved to where it helps, "
+        "`ia3` learned rescaling vectors, `prefix` trained keys/values at every layer, `prompt` a trained soft "
+        "prompt. Each reads its own section (`peft.lora`, `peft.adalora`, ...).")
     freeze_embeddings: bool = _f(True, "With `full`: keep the input word embeddings fixed. They are half of "
                                  "MiniLM's weights and a fifth of SmolLM2's; updating them all at every step "
                                  "costs time (about an eighth of a CPU step) and optimizer memory, for no "
                                  "accuracy gain we measured on classification. `false`: train them too (needed "
                                  "for a model whose embeddings are not pretrained).")
-    r: int = _f(8, "LoRA rank: size of the adapter matrices.", lo=1, hi=INT_MAX, hint="typical: 4-64")
-    lora_alpha: int = _f(16, "LoRA scaling: updates are scaled by lora_alpha / r.", gt=0, hi=INT_MAX,
-                         hint="typical: 2 x r")
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA path.", lo=0, lt=1)
-    target_modules: list[str] | None = _f(None, "Module names that get adapters. Empty: chosen per architecture "
-                                          "(Llama: q/k/v/o_proj; BERT: query/key/value).")
     merge_adapter: bool = _f(False, "Also save a merged full model (adapter folded into the weights) in "
-                             "`model/merged`.")
+                             "`model/merged`: lora, adalora and ia3 (prefix and prompt tuning add inputs, nothing "
+                             "to fold).")
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
+    ia3: IA3Settings = field(default_factory=IA3Settings)
+    prefix: PrefixSettings = field(default_factory=PrefixSettings)
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+
+
+@dataclass
+class SearchConfig:
+    """A hyper-parameter search with Optuna (`workbench search CONFIG`): each trial is a normal run."""
+
+    space: dict[str, Any] = _f({}, "The parameters to search, by their config names: a list of choices "
+                               "(`peft.method: [lora, full]`) or a range `{low: 1e-5, high: 1e-3, log: true}` "
+                               "(floats; integers when low and high are whole numbers; `step` optional).")
+    n_trials: int = _f(12, "Trials to run in all (a resumed study runs only the missing ones).", lo=1, hi=100000)
+    metric: str | None = _f(None, "Validation metric to optimise. Empty: training.metric_for_best_model, else the "
+                            "task's headline metric.")
+    storage: str | None = _f(None, "Where the study lives: an SQLAlchemy URL. Empty: `sqlite:///<runs>/<study>/"
+                             "study.db`, which survives a restart. Give a shared database "
+                             "(`postgresql://user@host/db`, `mysql://...`) to run trials from several machines.")
+    study_name: str | None = _f(None, "The study's name (also its folder under the runs folder). Empty: the run "
+                                "name, else made from the model and data.")
+    pruner: Literal["median", "hyperband", "none"] = _f("median", "Stop unpromising trials early from their "
+                                                        "intermediate validation scores.")
+    sampler: Literal["tpe", "random"] = _f("tpe", "How trial parameters are chosen.")
 
 
 @dataclass
@@ -234,6 +365,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    # What was read differently from how it was written (old layouts), for front ends to show; not a field.
+    load_notes: typing.ClassVar[list[str]] = []
 
     # --- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -243,9 +377,11 @@ class RunConfig:
     def from_dict(cls, raw: dict[str, Any] | None) -> "RunConfig":
         """Build from a nested dict; unknown keys and wrong types are all reported at once."""
         problems: list[str] = []
-        cfg = _build(cls, raw or {}, "", problems)
+        raw, notes = _upgrade(raw or {}, problems)
+        cfg = _build(cls, raw, "", problems)
         if problems:  # report the value problems of what did parse too: every problem at once
             raise ConfigError(problems + cfg.validate())
+        cfg.load_notes = notes
         return cfg
 
     def to_yaml(self, path: str | Path | None = None) -> str:
@@ -280,7 +416,8 @@ class RunConfig:
             node = raw
             for part in parents:
                 if not isinstance(node.get(part), dict):
-                    raise ConfigError(f"`{key}`: `{part}` is not a section. Sections: model, data, training, peft.")
+                    raise ConfigError(f"`{key}`: `{part}` is not a section. Sections: model, data, training, peft, "
+                                      f"search.")
                 node = node[part]
             node[leaf] = value
         return RunConfig.from_dict(raw)
@@ -382,12 +519,35 @@ class RunConfig:
         if t.load_best_model_at_end and t.save_strategy != t.eval_strategy:
             p.append(f"training.load_best_model_at_end needs save_strategy == eval_strategy (now "
                      f"{t.save_strategy!r} vs {t.eval_strategy!r}): set both to the same value.")
-        if pe.method == "lora":
-            if pe.target_modules is not None and not pe.target_modules:
-                p.append("peft.target_modules is an empty list: list module names, or leave it empty (null) "
-                         "for the per-architecture default.")
-        elif pe.merge_adapter:
-            p.append("peft.merge_adapter only applies to peft.method: lora.")
+        for section in ("lora", "adalora", "ia3"):
+            for name in ("target_modules", "feedforward_modules", "layers"):
+                value = getattr(getattr(pe, section), name, None)
+                if pe.method == section and value is not None and not value:
+                    p.append(f"peft.{section}.{name} is an empty list: list some, or leave it empty (null) for the "
+                             f"default.")
+        if pe.merge_adapter and pe.method not in ("lora", "adalora", "ia3"):
+            p.append(f"peft.merge_adapter folds an adapter into the weights: lora, adalora and ia3; "
+                     f"peft.method={pe.method!r} has nothing to fold. Set it to false.")
+        if pe.adalora.target_r > pe.adalora.init_r:
+            p.append(f"peft.adalora.target_r={pe.adalora.target_r} is above init_r={pe.adalora.init_r}: the budget "
+                     f"only shrinks. Fix: target_r <= init_r.")
+        if t.adversarial == "pgd" and _finite(t.adversarial_alpha, t.adversarial_epsilon) and \
+                t.adversarial_alpha > t.adversarial_epsilon:
+            p.append(f"training.adversarial_alpha={t.adversarial_alpha:g} is above adversarial_epsilon="
+                     f"{t.adversarial_epsilon:g}: each pgd push would leave the allowed radius at once. Fix: "
+                     f"alpha around epsilon / adversarial_steps.")
+        for name in t.report_to:
+            if name not in TRACKERS:
+                close = difflib.get_close_matches(name, TRACKERS, n=1)
+                p.append(f"training.report_to: {name!r} is not a tracker the workbench knows"
+                         f"{f'; did you mean {close[0]!r}?' if close else '.'} Use a list of {', '.join(TRACKERS)}, "
+                         f"or [] for none.")
+        for op in d.augment.operations:
+            if op not in AUGMENT_OPERATIONS:
+                close = difflib.get_close_matches(op, AUGMENT_OPERATIONS, n=1)
+                p.append(f"data.augment.operations: {op!r} is not an operation"
+                         f"{f'; did you mean {close[0]!r}?' if close else '.'} Use some of "
+                         f"{', '.join(AUGMENT_OPERATIONS)}.")
         if self.name is not None:
             p += _name_problems(self.name)
         return p
@@ -474,11 +634,16 @@ def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, value
     if origin is Literal:
         return (value in args), value
+    if origin is dict and args[1] is Any:  # search.space: checked by workbench.search
+        return isinstance(value, dict), {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
     if origin is dict:  # {label: weight}: YAML may read a label such as 1 or true as a non-string key
         ok = isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                              for v in value.values())
         return ok, {str(k): float(v) for k, v in value.items()} if ok else value
     if origin is list:
+        if args and args[0] is int:  # layer indices
+            ok = isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+            return ok, value
         if isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
         return isinstance(value, list) and all(isinstance(x, str) for x in value), value
@@ -541,16 +706,44 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     return cls(**kwargs)
 
 
+def _upgrade(raw: Any, problems: list[str]) -> tuple[Any, list[str]]:
+    """Read configs written before the per-method `peft` sections: `peft.r` etc. move to `peft.lora`."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("peft"), dict):
+        return raw, []
+    peft = dict(raw["peft"])
+    flat = [k for k in _LEGACY_LORA if k in peft]
+    if not flat:
+        return raw, []
+    lora = peft.get("lora")
+    if lora is not None and not isinstance(lora, dict):
+        return raw, []  # _build reports the section's type
+    lora = dict(lora or {})
+    both = [k for k in flat if k in lora]
+    if both:
+        problems.append(f"peft.{both[0]} and peft.lora.{both[0]} are both set: keep peft.lora.{both[0]} (the flat "
+                        f"LoRA fields are the old layout) and delete peft.{both[0]}.")
+        return {**raw, "peft": {k: v for k, v in peft.items() if k not in flat}}, []
+    for k in flat:
+        lora[k] = peft.pop(k)
+    peft["lora"] = lora
+    note = (f"this config uses the old flat LoRA fields ({', '.join('peft.' + k for k in flat)}); they were read as "
+            f"{', '.join('peft.lora.' + k for k in flat)}. Move them under `peft: lora:` to silence this note.")
+    return {**raw, "peft": peft}, [note]
+
+
 def field_help(section: str | None = None) -> dict[str, str]:
     """`{"training.learning_rate": "Peak learning rate ...", ...}` for help texts in every front end."""
     out: dict[str, str] = {}
-    for f in dataclasses.fields(RunConfig):
-        if dataclasses.is_dataclass(f.type) or f.name in ("model", "data", "training", "peft"):
-            sub = typing.get_type_hints(RunConfig)[f.name]
-            for g in dataclasses.fields(sub):
-                out[f"{f.name}.{g.name}"] = g.metadata.get("help", "")
-        else:
-            out[f.name] = f.metadata.get("help", "")
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                out[f"{prefix}{f.name}"] = f.metadata.get("help", "")
+
+    walk(RunConfig, "")
     from .tasks import TASKS as registered
     out["task"] = out["task"].split(" Built in:")[0] + " Registered: " + ", ".join(registered) + "."
     if section:
@@ -561,6 +754,8 @@ def field_help(section: str | None = None) -> dict[str, str]:
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML config, apply dotted overrides, and validate it (raises `ConfigError`)."""
     cfg = RunConfig.from_yaml(path)
+    notes = cfg.load_notes
     if overrides:
         cfg = cfg.override(overrides)
+        cfg.load_notes = notes
     return cfg.check()

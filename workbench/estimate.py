@@ -132,7 +132,7 @@ def count_parameters(config: Any, num_labels: int, peft: Any = None, task: Any =
     from .models import lora_targets
 
     targets = set(lora_targets(model, peft))
-    lora = sum(peft.r * (m.in_features + m.out_features) for n, m in model.named_modules()
+    lora = sum(peft.lora.r * (m.in_features + m.out_features) for n, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets)
     head = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in ("classifier", "score"))
     return total + lora + head, lora + head  # PEFT trains a copy of the head (modules_to_save)

@@ -344,8 +344,8 @@ def is_decoder(model: Any) -> bool:
 
 
 def lora_targets(model: Any, peft_cfg: PeftConfig) -> list[str]:
-    if peft_cfg.target_modules:
-        return list(peft_cfg.target_modules)
+    if peft_cfg.lora.target_modules:
+        return list(peft_cfg.lora.target_modules)
     arch = architecture(model)
     if arch in LORA_TARGETS:
         return LORA_TARGETS[arch]
@@ -353,7 +353,7 @@ def lora_targets(model: Any, peft_cfg: PeftConfig) -> list[str]:
     if arch in peft_defaults:
         return list(peft_defaults[arch])
     linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-    raise ModelError(f"No default LoRA target modules for architecture {arch!r}. Fix: set peft.target_modules "
+    raise ModelError(f"No default LoRA target modules for architecture {arch!r}. Fix: set peft.lora.target_modules "
                      f"to some of its linear layers: {linear[:12]}.")
 
 
@@ -370,11 +370,12 @@ def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> 
     missing = [t for t in targets if t not in present]
     if missing:
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ModelError(f"peft.target_modules {missing} are not modules of this {architecture(model)} model. "
+        raise ModelError(f"peft.lora.target_modules {missing} are not modules of this {architecture(model)} model. "
                          f"Linear modules it has: {linear[:12]}.")
     new_tokens = list(getattr(model, "workbench_trainable_token_ids", None) or [])
-    lcfg = LoraConfig(task_type=TaskType[task_type] if task_type else None, r=peft_cfg.r,
-                      lora_alpha=peft_cfg.lora_alpha, lora_dropout=peft_cfg.lora_dropout, target_modules=targets,
+    lcfg = LoraConfig(task_type=TaskType[task_type] if task_type else None, r=peft_cfg.lora.r,
+                      lora_alpha=peft_cfg.lora.lora_alpha, lora_dropout=peft_cfg.lora.lora_dropout,
+                      target_modules=targets,
                       trainable_token_indices=new_tokens or None,
                       # a head the task trains whole beside the adapters (masked LM's `cls`)
                       modules_to_save=list(getattr(model, "workbench_modules_to_save", None) or []) or None)
