@@ -821,6 +821,56 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(a: argparse.Namespace) -> int:
+    from . import ensemble as E
+    if len(a.runs) < 2:
+        raise WorkbenchError(E._too_few([Path(r).name for r in a.runs]))
+    weights = E.parse_weights(a.weights, len(a.runs)) if a.weights else None
+    if a.split_file or not all(_has_probs(r) for r in a.runs):
+        _quiet_libraries()  # a model is loaded to score the split
+    ens = E.ensemble_runs(a.runs, weights=weights, split_file=a.split_file, **_grants(a))
+    for m in ens.members:
+        if m.source != "predictions.jsonl":
+            print(f"note: {m.name}: probabilities {m.source}")
+    for note in ens.notes:
+        print(f"note: {note}")
+    print(f"{len(ens.members)} runs, {len(ens.predictions)} test examples (split {ens.fingerprint}), "
+          f"{'weights ' + ', '.join(f'{w:.2f}' for w in ens.weights) if a.weights else 'equal weights'}")
+    print(ens.scores.drop(columns=["weight"] if not a.weights else []).to_string(
+        index=False, float_format=lambda x: f"{x:.4f}", na_rep="-"))
+    c, h = ens.comparison, ens.headline
+    d = ens.metrics["ensemble"][h] - ens.metrics[ens.best][h]
+    print(f"\nensemble vs best member ({ens.best}): {h} {d:+.4f}; fixed {c['fixed']}, broken {c['broken']}, "
+          f"both wrong {c['both_wrong']} (net {c['net']:+d})")
+    if "bootstrap_low" in c:
+        print(f"accuracy difference {c['accuracy_difference']:+.4f}, 95% paired bootstrap interval "
+              f"[{c['bootstrap_low']:+.4f}, {c['bootstrap_high']:+.4f}]; McNemar exact p = {c['mcnemar_p']:.4g}"
+              + (": unlikely to be chance" if c["mcnemar_p"] < 0.05 else ": could be chance at this size"))
+    part = E.filter_table(ens.table, "disagree")
+    print(f"\n== members disagree on {len(part)} of {len(ens.table)} examples"
+          + (f"; the {min(a.n, len(part))} where the ensemble is least sure ==" if len(part) else " =="))
+    if len(part):
+        part = part.sort_values("ensemble_confidence").head(a.n)
+        for _, r in part.iterrows():
+            votes = "  ".join(f"{m.name}: {r[f'predicted_{m.name}']} ({r[f'confidence_{m.name}']:.2f})"
+                              for m in ens.members)
+            print(f"  row {r['row']}  gold {r['gold']}  ensemble {r['ensemble']} ({r['ensemble_confidence']:.2f}, "
+                  f"{r['change']})  {votes}  {_clip(r['text'], 60)}")
+    out = E.write_ensemble(ens, Path(a.out) if a.out else E.default_folder(ens.members, a.name))
+    print(f"\nwrote {out}/ensemble.json, members.json, disagreements.jsonl")
+    return 0
+
+
+def _has_probs(run: str) -> bool:
+    """Whether a run's predictions.jsonl has p_<class> columns (read on its first line only)."""
+    try:
+        with open(Path(run) / "predictions.jsonl", encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+    except (OSError, ValueError):
+        return True  # the member check says what is wrong with the file
+    return isinstance(first, dict) and any(str(k).startswith("p_") for k in first)
+
+
 def cmd_attention(a: argparse.Namespace) -> int:
     from . import attention as att
     from .figures import attention as figs
@@ -1093,6 +1143,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("--n", type=int, default=3, help="examples to show per change (default 3)")
+    p = add("ensemble", cmd_ensemble, "Average the class probabilities of several finished classification runs "
+            "on the same test split; report the ensemble against each member and the best one, the examples "
+            "where members disagree, and write ensembles/<name> in the runs folder (ensemble.json, "
+            "members.json, disagreements.jsonl).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more finished text-classification (or "
+                   "relation-extraction) runs scored on the same test split")
+    p.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per run, in order (default: "
+                   "equal); they are normalised to sum 1")
+    p.add_argument("--split-file", help="score every member's model on this labelled file instead of the stored "
+                   "test predictions (for runs tested on different splits)")
+    p.add_argument("--name", help="name of the result folder under ensembles/ (default: the run names joined by +)")
+    p.add_argument("--out", help="write the result into this folder instead (never a run directory)")
+    p.add_argument("--n", type=int, default=10, help="disagreements to show (default 10)")
+    grant_flags(p)
     p = add("attention", cmd_attention, "Attention maps (and optionally saliency) of a run's model for one text, "
             "written as an offline HTML page.")
     p.add_argument("run", help="a run directory, a model folder, or a built-in model name")
