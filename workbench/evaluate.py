@@ -101,8 +101,13 @@ def evaluate_run(run: str | Path, *, split_file: str | Path | None = None, batch
     else:
         labels = r.model_labels(n) or [model.config.id2label[i] for i in range(n)]
     if split_file:
+        # Every row of the file is scored: the run's own split settings (a split column, separate validation or
+        # test files, a cap on training rows) are about its training data, not this file.
         prep = task.prepare(cfg.data.__class__(**{**cfg.data.__dict__, "source": str(split_file), "test_size": 0.0,
-                                                  "validation_size": 0.0}), cfg.training.seed, raise_on_problems=True)
+                                                  "validation_size": 0.0, "split_column": None,
+                                                  "validation_source": None, "test_source": None,
+                                                  "max_train_samples": None}), cfg.training.seed,
+                            raise_on_problems=True)
         frame = task.align_labels(prep.train, labels, str(split_file))
     else:
         frame = task.frame_from_predictions(r.predictions("after"), labels)
