@@ -12,7 +12,7 @@ from workbench.figures.training import loss_figure, metric_figure
 from workbench.rundir import ACTIVE, RunDir, list_runs
 from workbench.storage import delete_run
 
-from . import monitor, widgets
+from . import ensemble, monitor, widgets
 
 
 def page() -> None:
@@ -62,6 +62,8 @@ def page() -> None:
             st.markdown("**Config differences**" if len(diff) else "**Config differences**: none (same settings)")
             if len(diff):
                 st.dataframe(diff, key="cfg_diff")
+
+    ensemble.section(runs)
 
     st.subheader("Delete a run")
     victim = st.selectbox("Run to delete", names, index=None, key="delete_run", placeholder="choose a run")
