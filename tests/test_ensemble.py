@@ -154,6 +154,32 @@ def test_split_file_scores_every_member_on_one_file(members, tmp_path):
                                atol=2e-4)  # re-scored in other batches: float noise only
 
 
+def test_classes_in_another_order_are_matched_by_name(members, tmp_path):
+    from workbench.ensemble import ensemble_runs
+
+    flipped = _copy(members[1], tmp_path, "flipped")
+    flipped.labels_file.write_text(json.dumps(["pos", "neg"]))
+    plain, ens = ensemble_runs(members[:2]), ensemble_runs([members[0], flipped])
+    np.testing.assert_allclose(ens.predictions[["p_neg", "p_pos"]], plain.predictions[["p_neg", "p_pos"]])
+    assert any("another order" in n and "matched" in n for n in ens.notes)
+    twin = _copy(members[1], tmp_path / "elsewhere", members[1].name)  # same name, another folder
+    ens = ensemble_runs([members[1], twin])
+    assert list(ens.scores["model"])[:2] == [f"runs/{members[1].name}", f"elsewhere/{members[1].name}"]
+
+
+def test_relation_extraction_runs_are_scored_by_their_task(members, tmp_path):
+    """A relation-extraction run stores the same p_<relation> columns; the ensemble uses that task's metrics."""
+    from workbench.ensemble import ensemble_runs
+
+    runs = [_copy(r, tmp_path, f"re{i}") for i, r in enumerate(members[:2])]
+    for r in runs:
+        r.config_file.write_text(r.config_file.read_text().replace("task: text-classification",
+                                                                   "task: relation-extraction"))
+    ens = ensemble_runs(runs)
+    assert ens.task == "relation-extraction" and ens.headline == "f1"
+    assert "per_relation" in ens.metrics["ensemble"] and "f1" in ens.scores
+
+
 # --- what cannot be averaged ------------------------------------------------------------------------
 def test_messages_for_runs_that_cannot_be_averaged(members, tmp_path, capsys):
     a, b = str(members[0].path), str(members[1].path)
@@ -176,6 +202,11 @@ def test_messages_for_runs_that_cannot_be_averaged(members, tmp_path, capsys):
     code, out, err = _cli(capsys, "ensemble", a, texts.path)
     assert code == 2 and "1 of 40 test rows differ" in err and "another text" in err
 
+    damaged = _copy(members[1], tmp_path, "damaged")  # an untrusted file: a probability that is not one
+    _rewrite_predictions(damaged, lambda p: p.assign(p_pos=["lots"] + p["p_pos"].tolist()[1:]))
+    code, out, err = _cli(capsys, "ensemble", a, damaged.path)
+    assert code == 2 and "is damaged: column p_pos holds 'lots'" in err
+
     running = _copy(members[1], tmp_path, "running")
     running.update_status(state="queued")
     failed = _copy(members[1], tmp_path, "failed")
@@ -191,6 +222,8 @@ def test_messages_for_runs_that_cannot_be_averaged(members, tmp_path, capsys):
     code, out, err = _cli(capsys, "ensemble", a, ner.path)
     assert code == 2 and "token-classification run" in err
 
+    code, out, err = _cli(capsys, "ensemble", a, a)
+    assert code == 2 and "given twice" in err
     code, out, err = _cli(capsys, "ensemble", a)
     assert code == 2 and "at least 2 runs; got 1" in err
     code, out, err = _cli(capsys, "ensemble", a, b, "--weights", "1")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -168,6 +168,10 @@ def load_member(run: str | Path | RunDir, *, split_file: str | Path | None = Non
     where = f"{r.predictions_file}" if split_file is None else f"run {r.name}'s scores of {split_file}"
     _check_table(pred, where)
     labels = _labels_of(r, pred)
+    unknown = sorted(set(pred["gold"].astype(str)) - set(labels))
+    if unknown:
+        raise RunError(f"{where} is damaged: gold label(s) {unknown[:5]} are not among the run's classes {labels}. "
+                       f"Fix: re-score the run or leave it out.")
     probs = stored_probs(pred, labels, where)
     if probs is None:
         if not recompute:
@@ -213,10 +217,10 @@ def check_members(members: Sequence[Member]) -> list[str]:
     test split); otherwise notes (e.g. classes in another order, aligned by name)."""
     if len(members) < 2:
         raise RunError(_too_few([m.name for m in members]))
-    names = [m.name for m in members]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup and len({m.path for m in members}) < len(members):
-        raise RunError(f"run {dup[0]} is named twice: each member must be a different run.")
+    paths = [str(Path(m.path).resolve()) for m in members]
+    twice = sorted({m.name for m, p in zip(members, paths) if paths.count(p) > 1})
+    if twice:
+        raise RunError(f"run {twice[0]} is given twice: each member must be a different run.")
     first, notes = members[0], []
     for m in members[1:]:
         if m.task != first.task:
@@ -358,6 +362,9 @@ def build_ensemble(members: Sequence[Member], weights: Sequence[float] | str | N
     """
     members = list(members)
     notes = check_members(members)
+    names = [m.name for m in members]  # runs of the same name in two folders: told apart by their folder
+    members = [replace(m, name=f"{Path(m.path).parent.name}/{m.name}") if names.count(m.name) > 1 else m
+               for m in members]
     w = parse_weights(weights, len(members))
     first = members[0]
     labels, task = list(first.labels), first.task
@@ -430,7 +437,7 @@ def default_folder(members: Sequence[Member], name: str | None = None) -> Path:
     parents = {Path(m.path).resolve().parent for m in members}
     root = parents.pop() if len(parents) == 1 else runs_root()
     if not name:
-        joined = "+".join(m.name for m in members)
+        joined = "+".join(m.name.replace("/", "_") for m in members)
         name = joined if len(joined) <= 80 else (f"{members[0].name[:30]}+{len(members) - 1}-more-"
                                                   + hashlib.sha256(joined.encode()).hexdigest()[:8])
     return root / "ensembles" / name
