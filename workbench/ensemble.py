@@ -362,9 +362,10 @@ def build_ensemble(members: Sequence[Member], weights: Sequence[float] | str | N
     """
     members = list(members)
     notes = check_members(members)
-    names = [m.name for m in members]  # runs of the same name in two folders: told apart by their folder
-    members = [replace(m, name=f"{Path(m.path).parent.name}/{m.name}") if names.count(m.name) > 1 else m
-               for m in members]
+    # Runs of the same name in two folders (or one named like the ensemble's row) are told apart by folder.
+    names = [m.name for m in members]
+    members = [replace(m, name=f"{Path(m.path).parent.name}/{m.name}")
+               if names.count(m.name) > 1 or m.name == "ensemble" else m for m in members]
     w = parse_weights(weights, len(members))
     first = members[0]
     labels, task = list(first.labels), first.task
