@@ -550,8 +550,10 @@ class _Context:
                  f"{best.user_attrs.get('run')}")
         for k, v in best.params.items():
             self.say(f"  {k}: {_fmt(v)}")
-        self.say(f"best config: {path}\ntrain it fully: {command}\n  (add --set training.num_train_epochs=N or "
-                 f"--set data.max_train_samples=null to train longer than the trials did)")
+        self.say(f"best config: {path}")
+        self.say(f"train it fully: {command}")
+        self.say("  (add --set training.num_train_epochs=N or --set data.max_train_samples=null to train longer "
+                 "than the trials did)")
         return SearchResult(self.study.study_name, url, folder, best, path, command, counts)
 
 
@@ -580,6 +582,8 @@ def load_study(folder: str | Path) -> Any:
     """The Optuna study kept in `folder/study.db` (its name is the folder's)."""
     optuna = _optuna()
     folder = Path(folder)
+    if not (folder / "study.db").is_file():
+        raise SearchError(f"{folder} holds no study.db: not a search folder.")
     try:
         return optuna.load_study(study_name=folder.name, storage=default_storage(folder.resolve()))
     except KeyError:
