@@ -155,6 +155,7 @@ def run_search(cfg: RunConfig, *, n_trials: int | None = None, storage: str | No
     base.to_yaml(folder / "search.yaml")
     say(f"study {name} ({direction} validation {metric}) in {url}: {total} trials")
     ctx = _Context(optuna, st, base, metric, direction == "maximize", params, poll, say)
+    ctx.local = url.startswith("sqlite:")
     ctx.recover()
     failures = 0
     while True:
@@ -181,6 +182,7 @@ class _Context:
         self.params, self.poll, self.say = params, poll, say
         self.TS = optuna.trial.TrialState
         self.host = socket.gethostname()
+        self.local = True  # the study is in a local SQLite file (run_search sets it from the storage URL)
 
     def run_name(self, number: int) -> str:
         return f"{self.study.study_name}-trial-{number}"
@@ -200,7 +202,7 @@ class _Context:
         return out
 
     def run_trial(self, trial: Any) -> Any:
-        from ..errors import ConfigError, RunError
+        from ..errors import RunError
         from ..launch import launch
 
         trial.set_user_attr("host", self.host)
@@ -211,12 +213,12 @@ class _Context:
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
         try:
             handle = launch(trial_config(self.base, values, self.run_name(trial.number)))
-        except ConfigError as e:  # this combination of values is not a valid config (e.g. adalora target_r > init_r)
-            return self._fail(trial, f"the trial's config is invalid: {e}", shown)
         except RunError as e:  # the run folder is taken: every later trial would fail the same way
             self.study.tell(trial, state=self.TS.FAIL)
             raise SearchError(f"{e} (trial {trial.number} of study {self.study.study_name}): delete that folder, or "
                               f"choose another study name (--study).") from None
+        except WorkbenchError as e:  # these values make no valid run (adalora target_r > init_r, a missing model)
+            return self._fail(trial, f"the trial's config cannot run: {e}", shown)
         trial.set_user_attr("run", str(handle.path))
         self.say(f"trial {trial.number}: {shown} -> run {handle.path}")
         return self.follow(trial, handle)
@@ -235,7 +237,9 @@ class _Context:
                         trial.set_user_attr("pruned_at", i)
                         self.say(f"trial {trial.number}: pruned after validation pass {i + 1} ({self.metric} "
                                  f"{scores[i]:.4g}); stopping its run")
-                        handle.stop(wait=True)
+                        handle.stop(wait=False)
+                        while handle.is_running():  # it saves a checkpoint first, however long that takes
+                            time.sleep(self.poll)
                         return self.settle(trial, handle.run, scores[: i + 1])
                 if not running:
                     return self.settle(trial, handle.run, scores)
@@ -277,8 +281,10 @@ class _Context:
         from ..rundir import ACTIVE, RunDir, pid_alive
 
         for t in self.study.get_trials(deepcopy=False, states=(self.TS.RUNNING,)):
-            if t.user_attrs.get("host") != self.host or pid_alive(t.user_attrs.get("pid")):
-                continue  # another machine's trial, or a search process still alive here
+            # Another machine's trial is left alone (in a local SQLite file every trial is this machine's, even
+            # when its name changed, as a container's does on restart), and so is a search process still alive.
+            if (t.user_attrs.get("host") != self.host and not self.local) or pid_alive(t.user_attrs.get("pid")):
+                continue
             trial = self.optuna.trial.Trial(self.study, t._trial_id)
             run = RunDir(self.run_path(t))
             st = run.status() if run.exists() else {"state": "missing"}
