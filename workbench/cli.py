@@ -241,6 +241,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .search import run_search
+    cfg = load_config(a.config, _parse_sets(a.set))
+    for note in cfg.load_notes:
+        print(f"note: {note}", file=sys.stderr)
+    _quiet_libraries()
+    run_search(cfg, n_trials=a.n_trials, storage=a.storage, study=a.study)
+    return 0
+
+
 def _grants(a: argparse.Namespace) -> dict[str, bool]:
     """What this command line grants the run's model: only explicit flags, never the run's own files."""
     return {"trust_remote_code": a.trust_remote_code, "allow_pickle": a.allow_pickle}
@@ -1063,6 +1074,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name")
     p.add_argument("--output-dir", help="folder for run directories")
     p.add_argument("--detach", action="store_true", help="start in the background and return")
+    p = add("search", cmd_search, "Hyper-parameter search with Optuna over the config's `search.space`: each trial "
+            "is a normal run (<study>-trial-<n>) in its own process, unpromising trials are stopped from their "
+            "validation scores, and the best config is written as <runs>/searches/<study>/best.yaml. The study "
+            "is kept in <runs>/searches/<study>/study.db: run the same command again to resume a search that was "
+            "stopped (only the missing trials run). Several machines: give each the same --study and a shared "
+            "--storage database URL (e.g. postgresql://user:password@host/db) and run the command on each.")
+    p.add_argument("config")
+    p.add_argument("--n-trials", type=int, help="trials in all, complete or pruned (default search.n_trials)")
+    p.add_argument("--storage", metavar="URL", help="SQLAlchemy URL of the study's database (default "
+                   "sqlite:///<runs>/searches/<study>/study.db); a shared postgresql:// or mysql:// database lets "
+                   "several machines work on one study")
+    p.add_argument("--study", metavar="NAME", help="study name (default search.study_name, else the run name, else "
+                   "search-<model>-<data>); the same name resumes the same study")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field first")
     p = add("resume", cmd_resume, "Continue a stopped or failed run from its last checkpoint.")
     p.add_argument("run")
     p.add_argument("--detach", action="store_true")

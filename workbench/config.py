@@ -342,8 +342,8 @@ class SearchConfig:
     n_trials: int = _f(12, "Trials to run in all (a resumed study runs only the missing ones).", lo=1, hi=100000)
     metric: str | None = _f(None, "Validation metric to optimise. Empty: training.metric_for_best_model, else the "
                             "task's headline metric.")
-    storage: str | None = _f(None, "Where the study lives: an SQLAlchemy URL. Empty: `sqlite:///<runs>/<study>/"
-                             "study.db`, which survives a restart. Give a shared database "
+    storage: str | None = _f(None, "Where the study lives: an SQLAlchemy URL. Empty: `sqlite:///<runs>/searches/"
+                             "<study>/study.db`, which survives a restart. Give a shared database "
                              "(`postgresql://user@host/db`, `mysql://...`) to run trials from several machines.")
     study_name: str | None = _f(None, "The study's name (also its folder under the runs folder). Empty: the run "
                                 "name, else made from the model and data.")
@@ -550,6 +550,8 @@ class RunConfig:
                          f"{', '.join(AUGMENT_OPERATIONS)}.")
         if self.name is not None:
             p += _name_problems(self.name)
+        from .search import space_problems  # imports nothing heavy: Optuna only when a search runs
+        p += space_problems(self)
         return p
 
     def check(self) -> "RunConfig":
