@@ -182,7 +182,7 @@ def _cfg(model, data, out, **training):
                                 "evaluate_before": False})
 
 
-def test_a_classification_run_with_fgm_and_gradient_accumulation_completes(tiny_bert, sentiment, tmp_path):
+def test_a_classification_run_with_fgm_and_gradient_accumulation_completes(tiny_bert, sentiment, tmp_path, capsys):
     run = _run(_cfg(tiny_bert, sentiment, tmp_path, adversarial="fgm", adversarial_epsilon=0.5,
                     gradient_accumulation_steps=2, per_device_train_batch_size=8))
     st = run.status()
@@ -193,6 +193,10 @@ def test_a_classification_run_with_fgm_and_gradient_accumulation_completes(tiny_
     train = [r for r in train if r.get("kind") == "train"]
     assert train and all(r["adversarial_loss"] > 0 and r["adversarial_seconds"] >= 0 for r in train)
     assert "accuracy" in run.evaluation()["after"]
+    from workbench.cli import main
+    assert main(["status", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "adversarial training: fgm, epsilon 0.5; its extra passes took" in out
 
 
 def test_a_decoder_run_with_pgd_and_frozen_embeddings_completes(tiny_llama, tmp_path):

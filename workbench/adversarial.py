@@ -34,7 +34,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -168,3 +168,19 @@ class EmbeddingAdversary:
             out.update(steps=self.steps, alpha=self.alpha)
         out["perturbs"] = "input-embedding output, L2 norm per example"
         return out
+
+
+def status_line(info: dict[str, Any]) -> str:
+    """One line about a run's adversarial training from its status.json record (untrusted: shown, never used):
+    the method, its size, and what it cost so far."""
+    def num(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+
+    method = str(info.get("method", "?"))[:10]
+    line = f"adversarial training: {method}, epsilon {num(info.get('epsilon'))}"
+    if method == "pgd":
+        line += f", {num(info.get('steps'))} steps of {num(info.get('alpha'))}"
+    secs, total = info.get("seconds"), info.get("train_seconds")
+    if isinstance(secs, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        line += f"; its extra passes took {secs:.1f} s of {total:.1f} s training ({100 * secs / total:.0f}%)"
+    return line
