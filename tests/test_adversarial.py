@@ -213,3 +213,28 @@ def test_a_decoder_run_with_pgd_and_frozen_embeddings_completes(tiny_llama, tmp_
     assert st["adversarial"] == {**st["adversarial"], "method": "pgd", "steps": 2, "alpha": 0.2, "epsilon": 0.3}
     train = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
     assert any(r.get("adversarial_loss") for r in train if r.get("kind") == "train")
+
+
+def test_train_page_has_the_adversarial_and_tracking_knobs(tiny_bert, sentiment, tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from test_app import no_crash, page, texts
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    at = page("train")
+    at.session_state["data_choice"] = {"source": str(sentiment), "text_column": "text", "label_column": "label",
+                                       "text_pair_column": None}
+    at.run()
+    at.radio(key="train_model_kind").set_value("Local folder")
+    at.run()
+    at.text_input(key="train_folder").input(str(tiny_bert))
+    no_crash(at.run())
+    keys = {w.key for w in at.number_input}
+    assert "t.training.adversarial_epsilon" not in keys  # off by default: no size to set
+    assert at.multiselect(key="t.training.report_to").value == ["tensorboard"]
+    at.selectbox(key="t.training.adversarial").set_value("pgd")
+    no_crash(at.run())
+    assert {"t.training.adversarial_epsilon", "t.training.adversarial_steps", "t.training.adversarial_alpha"} <= \
+        {w.key for w in at.number_input}
+    at.number_input(key="t.training.adversarial_alpha").set_value(2.0)  # above epsilon 1.0: refused, with the fix
+    no_crash(at.run())
+    assert any("adversarial_alpha=2 is above adversarial_epsilon=1" in e for e in texts(at.error)), texts(at.error)
