@@ -131,3 +131,21 @@ def test_workbench_tensorboard_serves_the_run_on_localhost(tb_run, tmp_path):
     out = subprocess.run([sys.executable, "-m", "workbench", "tensorboard", str(tmp_path)], capture_output=True,
                          text=True, env=env, timeout=60)
     assert out.returncode == 2 and "no TensorBoard event files" in out.stderr
+
+
+def test_mlflow_stores_beside_the_runs_unless_told_otherwise():
+    from workbench.tracking import local_mlflow_uri
+
+    assert local_mlflow_uri(Path("/x/runs"), "3.17.2") == "sqlite:////x/runs/mlflow.db"  # MLflow 3: no folder store
+    assert local_mlflow_uri(Path("/x/runs"), "2.22.0") == "file:///x/runs/mlruns"
+
+
+def test_an_mlflow_run_lands_in_the_runs_folder(tiny_bert, data, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")  # not a dependency: checked where it is installed
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = _cfg(tiny_bert, data, tmp_path / "runs", report_to=["mlflow"], max_steps=2, logging_steps=1,
+               eval_strategy="no")
+    run = run_training(cfg, new_run_dir(cfg), progress=False)
+    assert mlflow.get_tracking_uri().startswith("sqlite:///" + str(tmp_path / "runs"))
+    found = mlflow.search_runs(search_all_experiments=True)
+    assert list(found["tags.mlflow.runName"]) == [run.name] and found["metrics.loss"].notna().all()

@@ -6,7 +6,8 @@ they write and that they never reach for the network on their own:
 - TensorBoard: the run directory's `tensorboard/` folder (transformers 5 has no `logging_dir` argument; its
   callback reads `TENSORBOARD_LOGGING_DIR` or writes under the checkpoints folder, so the folder is set on the
   callback itself instead of in the process's environment).
-- MLflow: a local store, `mlruns/` beside the run directories, unless `MLFLOW_TRACKING_URI` says otherwise.
+- MLflow: a local store beside the run directories (`mlflow.db`, SQLite; `mlruns/` before MLflow 3), unless
+  `MLFLOW_TRACKING_URI` says otherwise.
 - Weights & Biases: offline (files under the run directory, `wandb sync` uploads them later) unless the user
   chose a mode (`WANDB_MODE`) or gave a key (`WANDB_API_KEY`): a training process never stops at a login
   prompt.
@@ -54,7 +55,7 @@ def prepare(report_to: list[str], run_path: Path, main: bool) -> list[str]:
     if "mlflow" in trackers and not os.environ.get("MLFLOW_TRACKING_URI"):
         import mlflow
 
-        uri = (run_path.parent / "mlruns").resolve().as_uri()
+        uri = local_mlflow_uri(run_path.parent, mlflow.__version__)
         if not mlflow.is_tracking_uri_set() or (_MLFLOW_SET and mlflow.get_tracking_uri() == _MLFLOW_SET[-1]):
             mlflow.set_tracking_uri(uri)
             _MLFLOW_SET.append(uri)
@@ -64,6 +65,15 @@ def prepare(report_to: list[str], run_path: Path, main: bool) -> list[str]:
         os.environ["WANDB_DIR"] = str(run_path)
         _WANDB_SET.append(str(run_path))
     return trackers
+
+
+def local_mlflow_uri(runs_folder: Path, mlflow_version: str) -> str:
+    """Where MLflow stores runs when `MLFLOW_TRACKING_URI` is unset: beside the run directories. MLflow 3 refuses
+    a plain-folder store (`./mlruns`: "maintenance mode", an exception unless MLFLOW_ALLOW_FILE_STORE is set), so
+    from 3 on it is a SQLite file, `mlflow.db`; `mlflow ui --backend-store-uri <that URI>` shows it."""
+    if int(mlflow_version.split(".")[0]) >= 3:
+        return "sqlite:///" + str((runs_folder / "mlflow.db").resolve())
+    return (runs_folder / "mlruns").resolve().as_uri()
 
 
 def place_tensorboard(trainer: Any, run_path: Path) -> None:

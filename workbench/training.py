@@ -123,7 +123,8 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
         train_sampling_strategy="group_by_length",  # batches of similar length: little padding
         remove_unused_columns=False,  # keep `length` for the sampler; the collator drops it
         dataloader_pin_memory=not prec["use_cpu"], torch_compile=t.torch_compile,
-        report_to=report_to or "none", disable_tqdm=not progress, save_only_model=False,
+        report_to=report_to or "none", run_name=run.name,  # the trackers' name for the run
+        disable_tqdm=not progress, save_only_model=False,
     )
 
 
