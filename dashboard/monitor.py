@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from workbench.adversarial import status_line
 from workbench.errors import WorkbenchError
 from workbench.estimate import format_seconds
 from workbench.figures.training import loss_figure, metric_figure
@@ -56,6 +57,8 @@ def _monitor(path: str, was_active: bool) -> None:
                       args=("resume", path), help="Continue from the last complete checkpoint, in a new process.")
     if s.get("note"):  # e.g. an Apple GPU that could not be used, a batch halved after running out of memory
         st.info(s["note"], icon=":material/info:")
+    if isinstance(s.get("adversarial"), dict):  # the method, its size and its cost so far
+        st.caption(status_line(s["adversarial"]))
     if st.session_state.get("monitor_error"):
         st.error(st.session_state.pop("monitor_error"), icon=":material/error:")
     if state == "failed":

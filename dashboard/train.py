@@ -277,6 +277,24 @@ def _hyper_section() -> None:
         c[0].selectbox("class weights", ["none", "balanced"], key="t.training.class_weights",
                        help=HELP["training.class_weights"] + " A {label: weight} map is set in a config file "
                        "(`workbench train`).", **PERSIST)
+        _adversarial_and_tracking()
+
+
+def _adversarial_and_tracking() -> None:
+    """Adversarial training (its size; steps and step size for PGD) and the experiment trackers."""
+    c = st.columns(4)
+    method = c[0].selectbox("adversarial", ["none", "fgm", "pgd"], key="t.training.adversarial",
+                            help=HELP["training.adversarial"], **PERSIST)
+    if method != "none":
+        c[1].number_input("epsilon", min_value=0.0, step=0.1, format="%.3f", key="t.training.adversarial_epsilon",
+                          help=HELP["training.adversarial_epsilon"], **PERSIST)
+    if method == "pgd":
+        c[2].number_input("pgd steps", min_value=1, max_value=100, key="t.training.adversarial_steps",
+                          help=HELP["training.adversarial_steps"], **PERSIST)
+        c[3].number_input("pgd alpha", min_value=0.0, step=0.05, format="%.3f", key="t.training.adversarial_alpha",
+                          help=HELP["training.adversarial_alpha"], **PERSIST)
+    st.multiselect("report to", ["tensorboard", "mlflow", "wandb"], key="t.training.report_to",
+                   help=HELP["training.report_to"], **PERSIST)
 
 
 def _knob(where: Any, key: str, fmt: str | None) -> None:
@@ -301,7 +319,9 @@ def _form_values() -> dict[str, Any]:
         v = st.session_state.get(f"t.{key}")
         out[key] = None if key in ZERO_IS_NONE and not v else v
     for key in ("training.lr_scheduler_type", "training.eval_strategy", "training.bf16", "peft.method", "peft.lora.r",
-                "peft.lora.lora_alpha", "peft.lora.lora_dropout", "peft.freeze_embeddings", "training.class_weights"):
+                "peft.lora.lora_alpha", "peft.lora.lora_dropout", "peft.freeze_embeddings", "training.class_weights",
+                "training.adversarial", "training.adversarial_epsilon", "training.adversarial_steps",
+                "training.adversarial_alpha", "training.report_to"):
         out[key] = st.session_state.get(f"t.{key}")
     targets = st.session_state.get("t.peft.lora.target_modules") or ""
     out["peft.lora.target_modules"] = [t.strip() for t in targets.split(",") if t.strip()] or None

@@ -294,6 +294,11 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"error: {st['error']}")
     if st.get("note"):
         print(f"note: {st['note']}")
+    if isinstance(st.get("adversarial"), dict):
+        from .adversarial import status_line
+        print(status_line(st["adversarial"]))
+    if (run.path / "tensorboard").is_dir():
+        print(f"curves: workbench tensorboard {run.path}")
     return 0
 
 
@@ -726,6 +731,19 @@ def cmd_app(a: argparse.Namespace) -> int:
     return _run_child(cmd, cwd=app.parent, env=env)
 
 
+def cmd_tensorboard(a: argparse.Namespace) -> int:
+    import importlib.util
+
+    from . import tracking
+    from .paths import runs_root
+    if importlib.util.find_spec("tensorboard") is None:
+        raise WorkbenchError(f"TensorBoard is not installed here. Fix: `{tracking.INSTALL['tensorboard']}`.")
+    logdir = tracking.logdir_for(a.run or runs_root())
+    port = tracking.choose_port(a.port)
+    print(f"TensorBoard for {logdir}: http://127.0.0.1:{port}/  (Ctrl+C stops it)", flush=True)
+    return _run_child(tracking.tensorboard_command(logdir, port), cwd=Path.cwd(), env=dict(os.environ))
+
+
 def _run_child(cmd: list[str], cwd: Path, env: dict[str, str], grace: float = 10.0) -> int:
     """Run `cmd` until it exits; a SIGTERM/SIGINT to this process is passed on to it, and if it has not
     exited `grace` seconds later it is killed, so stopping `workbench app` never leaves a server behind."""
@@ -1156,6 +1174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("app", cmd_app, "Start the dashboard (binds to 127.0.0.1).")
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8501)
+    p = add("tensorboard", cmd_tensorboard, "Open runs' TensorBoard event files (training.report_to) in TensorBoard, "
+            "bound to 127.0.0.1.")
+    p.add_argument("run", nargs="?", metavar="RUN_OR_RUNS_FOLDER", help="a run directory, or a folder of runs to "
+                   "compare (default $WORKBENCH_RUNS, else ./runs)")
+    p.add_argument("--port", type=int, help="port to serve on (default 6006, or a free one if that is taken)")
     p = add("errors", cmd_errors, "Show a run's most confident test mistakes and its worst slices.")
     p.add_argument("run")
     p.add_argument("--n", type=int, default=10, help="mistakes to show (default 10)")

@@ -542,6 +542,8 @@ class RunConfig:
                 p.append(f"training.report_to: {name!r} is not a tracker the workbench knows"
                          f"{f'; did you mean {close[0]!r}?' if close else '.'} Use a list of {', '.join(TRACKERS)}, "
                          f"or [] for none.")
+        from .tracking import missing_message, missing_trackers
+        p += [missing_message(name) for name in missing_trackers(list(dict.fromkeys(t.report_to)))]
         for op in d.augment.operations:
             if op not in AUGMENT_OPERATIONS:
                 close = difflib.get_close_matches(op, AUGMENT_OPERATIONS, n=1)

@@ -5,12 +5,15 @@
   rotated only after the new one is complete (the trainer writes in place);
 - an out-of-memory error during evaluation halves the evaluation batch and retries, leaving the
   training batch alone (training OOM is handled one level up, in `training.run_training`);
-- status.json and metrics.jsonl are kept current; a stop request becomes checkpoint-then-stop.
+- status.json and metrics.jsonl are kept current; a stop request becomes checkpoint-then-stop;
+- `training.adversarial`: FGM/PGD on the input embeddings as part of each training step
+  (workbench/adversarial.py), its loss and seconds logged beside the clean loss.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -21,6 +24,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
+from .adversarial import EmbeddingAdversary
 from .errors import TrainingHalted
 from .rundir import RunDir
 
@@ -66,8 +70,11 @@ class WorkbenchTrainer(Trainer):
     real_tokens = 0
 
     def __init__(self, *args: Any, class_weights: list[float] | None = None, head_learning_rate: float | None = None,
-                 eval_collator: Any = None, **kwargs: Any):
+                 eval_collator: Any = None, adversary: EmbeddingAdversary | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.adversary = adversary
+        self._adv_losses: list[float] = []
+        self._adv_logged_seconds = 0.0
         # A task whose training batches are random (masked LM) gives a factory of seeded collators: each
         # validation pass then sees the same batches, so its scores compare from pass to pass.
         self.eval_collator = eval_collator
@@ -113,16 +120,54 @@ class WorkbenchTrainer(Trainer):
         # non-padding tokens instead; the count is not a model input.
         real = inputs.pop("real_tokens", None)
         self.real_tokens += int(real) if real is not None else int(inputs["attention_mask"].sum())
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        finite = torch.isfinite(loss).all().float()
+        if self.adversary is None:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            finite = torch.isfinite(loss).all().float()
+        else:
+            loss = self._adversarial_step(model, inputs, num_items_in_batch)
+            adv = self.adversary.last_loss
+            finite = torch.isfinite(loss).all().float() * float(adv is None or math.isfinite(adv))
         if self.args.world_size > 1:  # every rank must halt together or the others hang
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if finite.item() < 1:
             step = self.state.global_step + 1
-            raise TrainingHalted.at_step(step, f"the training loss became {loss.item()} at step {step}; training "
-                                 f"halted. The last good checkpoint is kept. Fix: lower training.learning_rate, or "
+            # the clean loss is finite: the adversarial pass's was not (or, across ranks, another rank's loss)
+            clean = self.adversary is not None and bool(torch.isfinite(loss).all())
+            what = "adversarial loss (training.adversarial)" if clean else "training loss"
+            value = self.adversary.last_loss if clean else loss.item()
+            raise TrainingHalted.at_step(step, f"the {what} became {value} at step {step}; training "
+                                 f"halted. The last good checkpoint is kept. Fix: lower training.learning_rate"
+                                 f"{', lower training.adversarial_epsilon' if clean else ''}, or "
                                  f"turn off fp16 (try bf16 or fp32).")
         return loss
+
+    def _adversarial_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> torch.Tensor:
+        """The clean pass and the adversarial pass(es) each go through the stock `training_step`, so loss
+        scaling for gradient accumulation, mixed precision and the backward stay the trainer's own; PGD's
+        inner passes are forward-only, their gradient taken with respect to the push alone."""
+        def train_pass() -> torch.Tensor:
+            return super(WorkbenchTrainer, self).training_step(model, dict(inputs), num_items_in_batch)
+
+        def loss_pass() -> torch.Tensor:
+            with self.compute_loss_context_manager():
+                return self.compute_loss(model, self._prepare_inputs(dict(inputs)),
+                                         num_items_in_batch=num_items_in_batch)
+
+        scaler = getattr(self.accelerator, "scaler", None)  # fp16: keep small gradients from underflowing
+        loss = self.adversary.step(train_pass, loss_pass, loss_scale=float(scaler.get_scale()) if scaler else 1.0)
+        if self.adversary.last_loss is not None:
+            self._adv_losses.append(self.adversary.last_loss)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """With `training.adversarial`, a train log row also gets the mean adversarial loss and the seconds the
+        adversarial passes took since the previous row (their cost, beside the step time)."""
+        if self.adversary is not None and "loss" in logs:
+            if self._adv_losses:
+                logs["adversarial_loss"] = round(sum(self._adv_losses) / len(self._adv_losses), 4)
+            logs["adversarial_seconds"] = round(self.adversary.seconds - self._adv_logged_seconds, 3)
+            self._adv_losses, self._adv_logged_seconds = [], self.adversary.seconds
+        super().log(logs, start_time)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """Write the checkpoint into `.staging/`, fsync it, rename it into place, then rotate.
@@ -222,9 +267,13 @@ class RunDirCallback(TrainerCallback):
             done = state.global_step - (self._first_step or 0)
             rate = done / max(now - self._t0, 1e-9)
             eta = (state.max_steps - state.global_step) / rate if rate > 0 else None
+            trainer = self.ref.get("trainer")
+            extra = {"state": "stopping"} if self.stopped else {}
+            if trainer is not None and trainer.adversary is not None:  # its cost so far, in this process
+                extra["adversarial"] = {**trainer.adversary.describe(), "seconds": round(trainer.adversary.seconds, 2),
+                                        "train_seconds": round(now - self._t0, 2)}
             self.run.update_status(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
-                                   eta_seconds=eta, steps_per_second=rate,
-                                   **({"state": "stopping"} if self.stopped else {}))
+                                   eta_seconds=eta, steps_per_second=rate, **extra)
             self._last_status = now
 
     def on_log(self, args, state, control, logs=None, **kw):

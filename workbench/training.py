@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from transformers import TrainingArguments, set_seed
 
+from .adversarial import EmbeddingAdversary
 from .checkpoints import intact_checkpoint, pickled_files, set_aside
 from .config import RunConfig
 from .data.report import packing_line
@@ -99,7 +100,9 @@ def process_state(cfg: RunConfig) -> Any:
     return PartialState(cpu=precision(cfg)["use_cpu"])
 
 
-def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progress: bool) -> TrainingArguments:
+def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progress: bool,
+                       report_to: list[str] | None = None) -> TrainingArguments:
+    """`report_to`: the trackers this process reports to (`tracking.prepare`); none when not given."""
     t = cfg.training
     prec = precision(cfg)
     eval_strategy = t.eval_strategy if has_validation else "no"
@@ -120,7 +123,8 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
         train_sampling_strategy="group_by_length",  # batches of similar length: little padding
         remove_unused_columns=False,  # keep `length` for the sampler; the collator drops it
         dataloader_pin_memory=not prec["use_cpu"], torch_compile=t.torch_compile,
-        report_to="none", disable_tqdm=not progress, save_only_model=False,
+        report_to=report_to or "none", run_name=run.name,  # the trackers' name for the run
+        disable_tqdm=not progress, save_only_model=False,
     )
 
 
@@ -144,7 +148,10 @@ def _direction(cfg: RunConfig) -> bool:
 def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: Any, val_ds: Any, progress: bool,
                   main: bool, labels: list[str], class_weights: list[float] | None = None,
                   ) -> tuple[WorkbenchTrainer, RunDirCallback]:
-    args = training_arguments(cfg, run, val_ds is not None, progress)
+    from . import tracking
+
+    args = training_arguments(cfg, run, val_ds is not None, progress,
+                              report_to=tracking.prepare(cfg.training.report_to, run.path, main))
     ref: dict[str, Any] = {}
     cb = RunDirCallback(run, ref, main)
     callbacks: list[Any] = [cb]
@@ -160,13 +167,27 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
                                callbacks=callbacks, class_weights=class_weights,
                                eval_collator=functools.partial(task.eval_collator, tok, cfg.training.seed)
                                if hasattr(task, "eval_collator") else None,
-                               head_learning_rate=cfg.training.head_learning_rate)
+                               head_learning_rate=cfg.training.head_learning_rate,
+                               adversary=_adversary(cfg, model))
+    tracking.place_tensorboard(trainer, run.path)
     ref["trainer"] = trainer
     if not progress:  # the run directory is the progress report; no dict lines on stdout
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
     return trainer, cb
+
+
+def _adversary(cfg: RunConfig, model: Any) -> EmbeddingAdversary | None:
+    """`training.adversarial` on the model's input embeddings (through a PEFT wrapper too), or None."""
+    t = cfg.training
+    if t.adversarial == "none":
+        return None
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        emb = None
+    return EmbeddingAdversary(emb, t.adversarial, t.adversarial_epsilon, t.adversarial_steps, t.adversarial_alpha)
 
 
 def _write_predictions(path: Any, pred: Any) -> None:
@@ -283,7 +304,9 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels, weights)
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
-                              precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32")
+                              precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32",
+                              adversarial=trainer.adversary.describe() if trainer.adversary else None,
+                              report_to=list(eff.training.report_to))
         if main and retry:  # rows logged after the checkpoint are logged again by the rerun: one row per step
             run.drop_metrics_after(int(ckpt.name.split("-")[1]) if ckpt else 0)
         retry = True
