@@ -184,6 +184,8 @@ def test_paraphrase_answers_are_filtered():
     assert A.clean_paraphrase(src, "  ") == (None, "empty")
     assert A.clean_paraphrase(src, "The film was good!") == (None, "unchanged")
     assert A.clean_paraphrase(src, " ".join(["word"] * 14)) == (None, "too long")
+    assert A.clean_paraphrase(src, "Original: the film was good.") == (None, "unchanged")
+    assert A.clean_paraphrase(src + " and long and funny and sad", "Good.") == (None, "too short")
     assert A.clean_paraphrase(src, 'Rewritten text: "The movie was fine."') == ("The movie was fine.", None)
 
 
@@ -256,3 +258,34 @@ def test_a_tiny_run_with_augmentation_trains_on_the_added_rows(tiny_bert, tmp_pa
 def test_real_wordnet_gives_synonyms():
     syn = A.load_synonyms()
     assert len(syn) > 100_000 and "film" in syn["movie"] and "beneficial" in syn["good"]
+
+
+def test_train_page_sets_augmentation_and_shows_its_counts_before_launch(tiny_bert, tmp_path):
+    pytest.importorskip("streamlit")
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:  # `dashboard` is a folder next to app.py, not an installed package
+        sys.path.insert(0, root)
+    make_sentiment_frame(120).to_csv(tmp_path / "s.csv", index=False)
+    at = AppTest.from_string("from dashboard import train\ntrain.page()", default_timeout=120)
+    at.session_state["data_choice"] = {"source": str(tmp_path / "s.csv"), "text_column": "text",
+                                       "label_column": "label", "text_pair_column": None}
+    at.run()
+    at.radio(key="train_model_kind").set_value("Local folder")
+    at.run()
+    at.text_input(key="train_folder").input(str(tiny_bert))
+    at.run()
+    at.multiselect(key="t.data.augment.operations").set_value(["swap", "delete"])
+    at.number_input(key="t.data.augment.copies").set_value(2)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    line = [c.value for c in at.caption if c.value.startswith("Augmentation: +")]
+    assert line and " swap, +" in line[0] and " delete; train " in line[0], [c.value for c in at.caption]
+    assert not [b for b in at.button if b.label == "Launch"][0].disabled
+    at.multiselect(key="t.data.augment.operations").set_value(["paraphrase"])
+    at.run()
+    assert at.text_input(key="t.data.augment.paraphrase_model").value == "smollm2-135m"
+    assert any("at training" in c.value for c in at.caption)

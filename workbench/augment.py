@@ -218,18 +218,25 @@ def check_paraphrase_model(name: str) -> None:
                           f"built-in smollm2-135m (a folder or a causal-lm-sft run works too).")
 
 
-def clean_paraphrase(source: str, answer: str, max_ratio: float = 2.0) -> tuple[str | None, str | None]:
+def clean_paraphrase(source: str, answer: str, max_ratio: float = 2.0,
+                     min_ratio: float = 0.4) -> tuple[str | None, str | None]:
     """(the paraphrase, None) or (None, why it is dropped): `empty`, `unchanged` (the source again, up to case,
-    spacing and punctuation) or `too long` (more than `max_ratio` times the source's words, plus 5)."""
-    text = re.sub(r"^\s*(rewritten text|paraphrase|text)\s*:\s*", "", str(answer), flags=re.I).strip()
+    spacing and punctuation), `too long` (more than `max_ratio` times the source's words, plus 5: a model that
+    explains instead of rewriting) or `too short` (under `min_ratio` of them: most of the text lost). A leading
+    "Rewritten text:"/"Paraphrase:"/"Original:" label and wrapping quotes are taken off first."""
+    text = re.sub(r"^\s*(rewritten text|rewritten|paraphrase|paraphrased text|original|text)\s*:\s*", "",
+                  str(answer), flags=re.I).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     if not normalise(text):
         return None, "empty"
     if normalise(text) == normalise(source):
         return None, "unchanged"
-    if len(text.split()) > max_ratio * len(str(source).split()) + 5:
+    n, n_source = len(text.split()), len(str(source).split())
+    if n > max_ratio * n_source + 5:
         return None, "too long"
+    if n < min_ratio * n_source:
+        return None, "too short"
     return text, None
 
 
@@ -302,7 +309,9 @@ def augment_training_split(task: Any, prep: Any, cfg: AugmentConfig, seed: int, 
     train = prep.train
     column = "text"
     held_out = {normalise(t) for f in (prep.validation, prep.test) if len(f) for t in f[column]}
-    keys = [normalise(t) for t in train[column]]
+    texts = train[column].astype(str).tolist()  # plain lists: a row lookup per text would cost more than the work
+    tokens, tags = (train["tokens"].tolist(), train["tags"].tolist()) if kind == "words" else ([], [])
+    keys = [normalise(t) for t in texts]
     sources = [i for i, k in enumerate(keys) if k not in held_out]
     seen = set(keys)
     synonyms = load_synonyms() if "synonym" in ops else None
@@ -336,11 +345,10 @@ def augment_training_split(task: Any, prep: Any, cfg: AugmentConfig, seed: int, 
             rng = random.Random(f"{seed}:{op}:{copy}")
             made: list[tuple[int, Any]] = []
             for i in sources:
-                row = train.iloc[i]
                 if kind == "words":
-                    made.append((i, augment_tagged(row["tokens"], row["tags"], op, cfg.word_share, rng, synonyms)))
+                    made.append((i, augment_tagged(tokens[i], tags[i], op, cfg.word_share, rng, synonyms)))
                 else:
-                    made.append((i, augment_text(row[column], op, cfg.word_share, rng, synonyms)))
+                    made.append((i, augment_text(texts[i], op, cfg.word_share, rng, synonyms)))
             keep(op, made, [_text_of(v, kind) for _, v in made])
     if "paraphrase" in ops:
         chosen = random.Random(f"{seed}:paraphrase").sample(sources, min(len(sources), cfg.max_paraphrased or
@@ -356,13 +364,13 @@ def augment_training_split(task: Any, prep: Any, cfg: AugmentConfig, seed: int, 
             generator = load_generator(cfg.paraphrase_model)
             total = len(chosen) * cfg.copies
             for copy in range(cfg.copies):
-                texts = [str(train.iloc[i][column]) for i in chosen]
-                answers = paraphrase_texts(texts, cfg.paraphrase_model, seed + 1000 * copy, generator=generator,
+                picked = [texts[i] for i in chosen]
+                answers = paraphrase_texts(picked, cfg.paraphrase_model, seed + 1000 * copy, generator=generator,
                                            progress=None if progress is None else
                                            (lambda done, _n, c=copy: progress(c * len(chosen) + done, total)))
                 made, outs = [], []
                 dropped = summary["dropped"].setdefault("paraphrase", {})
-                for i, src, ans in zip(chosen, texts, answers):
+                for i, src, ans in zip(chosen, picked, answers):
                     text, why = clean_paraphrase(src, ans)
                     if why:
                         dropped[why] = dropped.get(why, 0) + 1
