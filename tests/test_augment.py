@@ -119,6 +119,22 @@ def test_only_training_rows_grow_and_nothing_leaks_from_validation_or_test(tmp_p
     assert copy not in set(again.train["text"]) and len(again.train) == len(out.train) - 1
 
 
+def test_a_text_pair_augments_its_first_text_and_keeps_the_second(tmp_path):
+    from workbench.tasks import get_task
+
+    df = make_sentiment_frame(80).assign(hypothesis=lambda d: "it was " + d["label"])
+    df.to_csv(tmp_path / "p.csv", index=False)
+    cfg = RunConfig().override({"data.source": str(tmp_path / "p.csv"), "data.text_pair_column": "hypothesis",
+                                "data.augment.operations": ["swap"]})
+    task = get_task(cfg.task)
+    prep = task.prepare(cfg.data, 0)
+    out = A.augment_training_split(task, prep, cfg.data.augment, 0)
+    new = out.train[out.train["augmentation"] == "swap"]
+    assert len(new) > 0.8 * len(prep.train)
+    assert (new["text_pair"].to_numpy() == prep.train.loc[new.index, "text_pair"].to_numpy()).all()
+    assert (new["text"].to_numpy() != prep.train.loc[new.index, "text"].to_numpy()).all()
+
+
 def test_the_same_seed_gives_the_same_rows_and_the_report_says_what_was_added(tmp_path):
     task, prep, cfg = _prep(tmp_path)
     a = A.augment_training_split(task, prep, cfg.data.augment, 7)
