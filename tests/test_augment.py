@@ -200,7 +200,9 @@ def test_paraphrase_answers_are_filtered():
     assert A.clean_paraphrase(src, "  ") == (None, "empty")
     assert A.clean_paraphrase(src, "The film was good!") == (None, "unchanged")
     assert A.clean_paraphrase(src, " ".join(["word"] * 14)) == (None, "too long")
-    assert A.clean_paraphrase(src, "Original: the film was good.") == (None, "unchanged")
+    assert A.clean_paraphrase(src, "Original: the film was good.") == (None, "empty")
+    assert A.clean_paraphrase(src, "Original: the film was good.\nRephrased: The movie was fine.") == \
+        ("The movie was fine.", None)
     assert A.clean_paraphrase(src + " and long and funny and sad", "Good.") == (None, "too short")
     assert A.clean_paraphrase(src, 'Rewritten text: "The movie was fine."') == ("The movie was fine.", None)
 

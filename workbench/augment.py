@@ -223,9 +223,16 @@ def clean_paraphrase(source: str, answer: str, max_ratio: float = 2.0,
     """(the paraphrase, None) or (None, why it is dropped): `empty`, `unchanged` (the source again, up to case,
     spacing and punctuation), `too long` (more than `max_ratio` times the source's words, plus 5: a model that
     explains instead of rewriting) or `too short` (under `min_ratio` of them: most of the text lost). A leading
-    "Rewritten text:"/"Paraphrase:"/"Original:" label and wrapping quotes are taken off first."""
-    text = re.sub(r"^\s*(rewritten text|rewritten|paraphrase|paraphrased text|original|text)\s*:\s*", "",
-                  str(answer), flags=re.I).strip()
+    "Rewritten text:"/"Paraphrase:" label and wrapping quotes are taken off first; an answer that labels its lines
+    ("Original: ...", "Rephrased: ...") keeps what follows its last rewrite label, else loses its "Original:" lines."""
+    label = re.compile(r"^\s*(rewritten text|rewritten|rephrased|paraphrased text|paraphrased|paraphrase|"
+                       r"new text|text)\s*:\s*", re.I)
+    lines = [ln for ln in str(answer).splitlines() if ln.strip()]
+    marked = [k for k, ln in enumerate(lines) if label.match(ln)]
+    if marked:
+        lines = lines[marked[-1]:]
+    lines = [ln for ln in lines if not re.match(r"^\s*original( text)?\s*:", ln, re.I)]
+    text = label.sub("", " ".join(ln.strip() for ln in lines)).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     if not normalise(text):
