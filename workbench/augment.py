@@ -296,11 +296,14 @@ def applicable_problems(task: Any, task_name: str, operations: Sequence[str], ta
                 f"spans, conversations or marked entities that rewritten words would no longer match. Fix: set "
                 f"data.augment.operations to []."]
     bad = [op for op in operations if op in AUGMENT_OPERATIONS and op not in APPLIES[kind]]
+    out = []
     if bad:
-        return [f"data.augment.operations: {', '.join(bad)} cannot keep {task_name}'s word tags lined up (a rewritten "
-                f"sentence has other words); this task takes {', '.join(APPLIES[kind])}. Fix: leave "
-                f"{', '.join(bad)} out."]
-    return []
+        out.append(f"data.augment.operations: {', '.join(bad)} cannot keep {task_name}'s word tags lined up (a "
+                   f"rewritten sentence has other words); this task takes {', '.join(APPLIES[kind])}. Fix: leave "
+                   f"{', '.join(bad)} out.")
+    if "synonym" in operations and wordnet_folder() is None:
+        out.append(synonyms_missing_message())
+    return out
 
 
 def augment_training_split(task: Any, prep: Any, cfg: AugmentConfig, seed: int, *, paraphrase: bool = True,
