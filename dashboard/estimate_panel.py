@@ -42,6 +42,11 @@ def show(cfg: RunConfig) -> list[str]:
         st.caption(f"Data: {train_rows:,} training rows" + (f", labels {', '.join(report['labels'])}"
                                                             if report["labels"] else "")
                    + (f"; {len(report['warnings'])} warning(s) on the Data page" if report["warnings"] else "") + ".")
+        if cfg.data.augment.operations:
+            rows = _augmentation(cfg, widgets.file_stamp(source), train_rows)
+            if rows is None:
+                return ["augmentation"]
+            train_rows = rows
     if train_rows is not None:
         try:
             _estimate(cfg, report, train_rows)
@@ -49,6 +54,38 @@ def show(cfg: RunConfig) -> list[str]:
             st.error(f"Model: {e}", icon=":material/block:")
             return [str(e)]
     return []
+
+
+def _augmentation(cfg: RunConfig, stamp: float, train_rows: int) -> int | None:
+    """Show what `data.augment` adds (the cheap operations made here, paraphrases counted at most); the training
+    rows the estimate should count, or None when augmentation cannot run (the message is shown)."""
+    from workbench.data.report import augmentation_line
+
+    try:
+        summary = _augment_summary(cfg.to_yaml(), stamp)
+    except WorkbenchError as e:
+        st.error(f"Augmentation: {e}", icon=":material/block:")
+        return None
+    if not summary:  # the data has problems (shown above) or nothing to augment
+        return train_rows
+    line = augmentation_line(summary)
+    st.caption(line[0].upper() + line[1:] + ".")
+    para = summary.get("paraphrase") or {}
+    return summary["train_rows_after"] + para.get("sources", 0) * summary["copies"]
+
+
+@st.cache_data(ttl=300, max_entries=8, show_spinner="Augmenting the training split...")
+def _augment_summary(cfg_yaml: str, stamp: float) -> dict:
+    from workbench.augment import augment_training_split
+    from workbench.tasks import get_task
+
+    cfg = RunConfig.from_yaml(cfg_yaml)
+    task = get_task(cfg.task)
+    prep = task.prepare(cfg.data, cfg.training.seed, raise_on_problems=False)
+    if not prep.report.ok:
+        return {}
+    prep = augment_training_split(task, prep, cfg.data.augment, cfg.training.seed, paraphrase=False)
+    return prep.report.details.get("augmentation") or {}
 
 
 def _estimate(cfg: RunConfig, report: dict, train_rows: int) -> None:

@@ -54,7 +54,9 @@ def page() -> None:
         data = sections.hook(task, "train_data")(task)
         _method_section()
         _hyper_section()
-    overrides = {"task": task, "model.name_or_path": model, **data, **_form_values(), **_task_defaults(task)}
+        augment = _augment_section(task)
+    overrides = {"task": task, "model.name_or_path": model, **data, **_form_values(), **augment,
+                 **_task_defaults(task)}
     try:
         cfg = RunConfig().override(overrides)
         problems = cfg.validate()
@@ -295,6 +297,38 @@ def _adversarial_and_tracking() -> None:
                           help=HELP["training.adversarial_alpha"], **PERSIST)
     st.multiselect("report to", ["tensorboard", "mlflow", "wandb"], key="t.training.report_to",
                    help=HELP["training.report_to"], **PERSIST)
+
+
+def _augment_section(task: str) -> dict[str, Any]:
+    """`data.augment` knobs, for tasks it applies to; the counts appear under "Before you launch"."""
+    from workbench.augment import APPLIES, augment_kind
+
+    kind = augment_kind(TASKS[task])
+    if kind is None:
+        return {}
+    chosen = st.session_state.get("t.data.augment.operations") or []
+    st.session_state["t.data.augment.operations"] = [op for op in chosen if op in APPLIES[kind]]  # task changed
+    with st.expander("Data augmentation"):
+        c = st.columns([2, 1, 1])
+        ops = c[0].multiselect("operations", list(APPLIES[kind]), key="t.data.augment.operations",
+                               help=HELP["data.augment.operations"], **PERSIST)
+        c[1].number_input("copies", min_value=1, max_value=100, key="t.data.augment.copies",
+                          help=HELP["data.augment.copies"], **PERSIST)
+        c[2].number_input("word share", min_value=0.01, max_value=0.9, step=0.05, key="t.data.augment.word_share",
+                          help=HELP["data.augment.word_share"], **PERSIST)
+        if "paraphrase" in ops:
+            c = st.columns([2, 1])
+            c[0].text_input("paraphrase model", key="t.data.augment.paraphrase_model",
+                            help=HELP["data.augment.paraphrase_model"], **PERSIST)
+            c[1].number_input("max paraphrased", min_value=0, key="t.data.augment.max_paraphrased",
+                              help=HELP["data.augment.max_paraphrased"] + " 0 means all.", **PERSIST)
+            st.caption("Paraphrasing runs at the start of training, before the first step: on a CPU SmolLM2-135M "
+                       "takes seconds per text, so 200 texts add minutes. The run's phase shows its progress.")
+    keys = ("operations", "copies", "word_share", "paraphrase_model", "max_paraphrased")
+    out = {f"data.augment.{k}": st.session_state.get(f"t.data.augment.{k}") for k in keys}
+    out["data.augment.operations"] = [op for op in out["data.augment.operations"] or [] if op in APPLIES[kind]]
+    out["data.augment.max_paraphrased"] = out["data.augment.max_paraphrased"] or None
+    return out
 
 
 def _knob(where: Any, key: str, fmt: str | None) -> None:

@@ -656,6 +656,10 @@ def cmd_report(a: argparse.Namespace) -> int:
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
     prep = get_task(cfg.task).prepare(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False,
                                       max_positions=model_max_tokens(load_model_config(cfg.model), tok))
+    if cfg.data.augment.operations and prep.report.ok:  # the cheap operations; paraphrases come at training
+        from .augment import augment_training_split
+        prep = augment_training_split(get_task(cfg.task), prep, cfg.data.augment, cfg.training.seed,
+                                      paraphrase=False)
     if cfg.task in ("masked-lm", "causal-lm") and not a.task and not a.source.endswith((".yaml", ".yml")):
         print(f"(read as a corpus for {cfg.task}, the pre-training objective of {cfg.model.name_or_path}; "
               f"--task to choose another)")

@@ -75,16 +75,21 @@ class AugmentConfig:
     """More training examples made from the training split (never validation or test), seeded by training.seed."""
 
     operations: list[str] = _f([], "What makes the new examples: `swap` (two words trade places), `delete` (words "
-                               "dropped), `synonym` (words replaced by a WordNet synonym; English), `paraphrase` "
-                               "(the text rewritten by `paraphrase_model`). Each operation makes `copies` new "
-                               "examples per training example, with the original's label. Empty: no augmentation.")
+                               "dropped), `synonym` (words replaced by a WordNet synonym; English; needs "
+                               "`pip install 'workbench[augment]'`), `paraphrase` (the text rewritten by "
+                               "`paraphrase_model`; slow on a CPU, so made at training only). Each operation makes "
+                               "`copies` new examples per training example, with the original's label; copies "
+                               "equal to a validation/test text are dropped. Text classification (the first text of "
+                               "a pair) takes all four; token classification swap, delete and synonym on words "
+                               "tagged O. Empty: no augmentation.")
     copies: int = _f(1, "New examples per training example and operation.", lo=1, hi=100, hint="typical: 1-4")
     word_share: float = _f(0.1, "swap/delete/synonym: share of a text's words changed (at least one).", gt=0, lt=1,
                            hint="typical: 0.1 (EDA's alpha)")
     paraphrase_model: str = _f("smollm2-135m", "paraphrase: the instruction-following model that rewrites texts "
                                "(a built-in name, a folder, or a finished causal-lm-sft run).")
     max_paraphrased: int | None = _f(200, "paraphrase: rewrite at most this many training examples (generation is "
-                                     "slow on a CPU). Empty: all.", lo=1, hi=INT_MAX)
+                                     "slow on a CPU: SmolLM2-135M takes seconds per text). Empty: all.", lo=1,
+                                     hi=INT_MAX)
 
 
 @dataclass
@@ -550,6 +555,11 @@ class RunConfig:
                 p.append(f"data.augment.operations: {op!r} is not an operation"
                          f"{f'; did you mean {close[0]!r}?' if close else '.'} Use some of "
                          f"{', '.join(AUGMENT_OPERATIONS)}.")
+        if len(set(d.augment.operations)) < len(d.augment.operations):
+            p.append("data.augment.operations names an operation twice: list each once (data.augment.copies sets "
+                     "how many examples each makes).")
+        from .augment import applicable_problems
+        p += applicable_problems(task, self.task, d.augment.operations, registered)
         if self.name is not None:
             p += _name_problems(self.name)
         from .search import space_problems  # imports nothing heavy: Optuna only when a search runs

@@ -257,6 +257,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=prep.max_length))
     if prep.report.token_lengths:
         prep.report.token_lengths["tokenizer"] = cfg.model.name_or_path
+    if cfg.data.augment.operations:  # new training rows only, after the splits (workbench/augment.py)
+        prep = _augment(task, prep, cfg, run, main)
     # `training.class_weights` is checked against this data's labels here, before the model is loaded.
     weights = task.class_weights(cfg.training.class_weights, prep) if hasattr(task, "class_weights") else None
     if main:
@@ -379,6 +381,26 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         run.update_status(state="completed", phase=None, finished=time.time(), step=trainer.state.global_step)
     state.wait_for_everyone()
     return run
+
+
+def _augment(task: Any, prep: Any, cfg: RunConfig, run: RunDir, main: bool) -> Any:
+    """`data.augment` applied to the training split, its progress (paraphrasing is slow) and counts in status.json."""
+    from .augment import augment_training_split, augmentation_line
+
+    def progress(done: int, total: int) -> None:
+        if main:
+            run.update_status(phase=f"augmenting the training split: {done}/{total} texts paraphrased")
+            print(f"paraphrased {done}/{total} training texts", file=sys.stderr, flush=True)
+
+    if main:
+        run.update_status(phase="augmenting the training split")
+    prep = augment_training_split(task, prep, cfg.data.augment, cfg.training.seed, progress=progress)
+    summary = prep.report.details.get("augmentation")
+    if main and summary:
+        run.update_status(augmentation={k: summary[k] for k in ("added", "dropped", "train_rows_before",
+                                                                 "train_rows_after")})
+        print(f"note: {augmentation_line(summary)}", file=sys.stderr, flush=True)
+    return prep
 
 
 def _resume_point(run: RunDir, main: bool) -> Path | None:

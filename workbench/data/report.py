@@ -98,6 +98,29 @@ def packing_line(p: dict[str, Any]) -> str:
             f"{p['max_length']} tokens, {p['fill']:.0%} full ({p['tokens']:,} tokens)")
 
 
+def augmentation_line(summary: dict[str, Any]) -> str:
+    """What augmentation did (`details["augmentation"]`), in one line for the report and the training log."""
+    added = summary.get("added") or {}
+    parts = [f"+{n:,} {op}" for op, n in added.items()]
+    p = summary.get("paraphrase") or {}
+    if p.get("at_training"):
+        parts.append(f"paraphrase of up to {p['sources']:,} text(s) x {summary.get('copies', 1)} by "
+                     f"{p['model']} at training (slow on a CPU: not made for this report)")
+    line = (f"augmentation: {', '.join(parts) or 'nothing added'}; train {summary['train_rows_before']:,} -> "
+            f"{summary['train_rows_after']:,} rows")
+    dropped: dict[str, int] = {}
+    for reasons in (summary.get("dropped") or {}).values():
+        for why, n in reasons.items():
+            dropped[why] = dropped.get(why, 0) + n
+    if dropped:
+        line += "; dropped " + ", ".join(f"{n:,} {why}" for why, n in dropped.items())
+    if summary.get("sources_skipped"):
+        line += f"; {summary['sources_skipped']:,} training text(s) also in validation/test never used"
+    if p.get("seconds") is not None:
+        line += f"; paraphrasing took {p['seconds']:g} s"
+    return line
+
+
 def format_report(r: DataReport, verbose: bool = False) -> str:
     """A short, human-readable summary (CLI and notebooks)."""
     unit = "documents" if r.row_kind == "document" else "rows"
@@ -133,6 +156,8 @@ def format_report(r: DataReport, verbose: bool = False) -> str:
                        f"truncated (at {d.get('target_max_length')} tokens)")
     if d.get("packing"):
         out.append(f"  {packing_line(d['packing'])}")
+    if d.get("augmentation"):
+        out.append(f"  {augmentation_line(d['augmentation'])}")
     if d.get("objective") and d.get("characters"):  # a corpus (masked-lm, causal-lm)
         tok = d.get("tokens") or {}
         out.append("  corpus: " + "; ".join(

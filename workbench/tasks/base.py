@@ -60,6 +60,10 @@ class Task(Protocol):
     Optional, for tasks whose outputs are too big to gather over a validation split (a causal LM's logits):
     `preprocess_logits_for_metrics(logits, labels)`, passed to the Trainer, reduces each batch before
     `compute_metrics` sees it. A task without classes sets `needs_labels = False` (its labels list is empty).
+
+    Optional, for `data.augment` (`workbench.augment`): `augment`, what its training rows are to augmentation:
+    "text" (a `text` column mapped to labels) or "words" (`tokens`/`tags` lists); a task without it refuses
+    augmentation.
     """
 
     name: str                     # the value of `RunConfig.task`, e.g. "text-classification"

@@ -200,6 +200,8 @@ class TextClassification:
     freeze_embeddings_ok = True
     # Attention and saliency (`workbench.attention`) read one prediction per text: [CLS], or the last token.
     readout = "sequence"
+    # `data.augment` rewrites the text (the first of a pair) and keeps the label (`workbench.augment`).
+    augment = "text"
 
     def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
                 max_positions: int | None = None) -> Any:

@@ -214,6 +214,8 @@ class TokenClassification:
     file_extensions = (".txt", ".conll", ".bio", ".iob", ".json", ".jsonl")  # uploads the dashboard accepts
     # Attention and saliency (`workbench.attention`) read one prediction per word, at its reading piece.
     readout = "word"
+    # `data.augment` moves, drops or replaces words tagged O only, so entities and their tags stay whole.
+    augment = "words"
 
     def prepare(self, cfg: Any, seed: int, tokenizer: Any = None, *, raise_on_problems: bool = True,
                 max_positions: int | None = None) -> Any:
