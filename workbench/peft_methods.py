@@ -224,16 +224,39 @@ def model_problem(model: Any, method: str) -> str | None:
     """Why `method` cannot work on this loaded model (None when it can), checked before wrapping."""
     if method not in PROMPT_LEARNING:
         return None
+    import inspect
+
     from .models import is_decoder
 
     auto = type(model).__name__
+    if method == "prefix" and not auto.endswith(("ForCausalLM", "ForConditionalGeneration", "ForSeq2SeqLM")):
+        # peft hands the prefix to a head model (or its body) as `past_key_values`, and checks the forward's
+        # signature for that name first; transformers 5 calls it `cache`, so peft 0.21 refuses every head model.
+        body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+        takes = [f for f in (model.forward, getattr(body, "forward", None)) if f is not None
+                 and "past_key_values" in inspect.signature(f).parameters]
+        if not takes:
+            return (f"peft.method: prefix cannot train this {_arch(model) or 'model'} {auto}: peft hands the prefix "
+                    f"to the model as `past_key_values`, which this transformers version's {auto} does not take "
+                    f"(it names its cache `cache`), so peft refuses it. Prefix tuning works here for the generation "
+                    f"tasks (causal-lm-sft, seq2seq). Fix: use lora, adalora, ia3 or prompt.")
     if method == "prompt" and is_decoder(model) and auto.endswith("ForSequenceClassification") and \
             getattr(model, "workbench_pooling", "auto") != "mean":
         return (f"peft.method: prompt on a decoder classifier ({_arch(model)}): peft feeds the soft prompt as input "
                 f"embeddings, and then transformers reads the class from the last position of the padded batch, "
                 f"a padding token for every shorter text. Fix: set model.pooling: mean (the head reads the mean over "
-                f"the real tokens), or use prefix, lora, adalora or ia3.")
+                f"the real tokens), or use lora, adalora or ia3.")
     return None
+
+
+def loaded(model: Any) -> Any:
+    """A `PeftModel` just read back, made usable for scoring: peft 0.21's AdaLoRA names its trainable adapter only
+    when built for training, yet reads that name in every forward that is given labels (its orthogonality
+    penalty), so a reloaded AdaLoRA model failed on any loss; the name is set here (the penalty weight is 0)."""
+    inner = getattr(model, "base_model", None)
+    if type(inner).__name__ == "AdaLoraModel" and not hasattr(inner, "trainable_adapter_name"):
+        inner.trainable_adapter_name = model.active_adapter
+    return model
 
 
 def mergeable(method: str) -> bool:
@@ -317,6 +340,8 @@ def read_adapter_config(folder: str | Path, base_name: str | None = None) -> Any
         raise ModelError(f"{f}: peft_type {kind!r} is not an adapter the workbench trains "
                          f"({', '.join(_SAFE_FIELDS)}). Fix: give a run's model folder as the workbench wrote it.")
     kept = {k: v for k, v in raw.items() if k in _SAFE_FIELDS[kind]}
+    if kind == "ADALORA":  # a training penalty: a loaded model's loss is the model's own
+        kept["orth_reg_weight"] = 0.0
     kept["base_model_name_or_path"] = base_name
     kept["inference_mode"] = True
     cls = peft.PEFT_TYPE_TO_CONFIG_MAPPING[kind]
