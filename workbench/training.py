@@ -304,6 +304,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels, weights)
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
+                              method=cfg.peft.method,
                               precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32")
         if main and retry:  # rows logged after the checkpoint are logged again by the rerun: one row per step
             run.drop_metrics_after(int(ckpt.name.split("-")[1]) if ckpt else 0)
