@@ -59,8 +59,9 @@ def run_model_folder(run: Path) -> Path:
     if (m / "config.json").is_file():
         return m
     if (m / "adapter_config.json").is_file():
-        raise ModelError(f"{run} saved a LoRA adapter only, and a new run starts from whole weights. Fix: train it "
-                         f"again with peft.merge_adapter: true (pre-training runs always save merged weights), or "
+        raise ModelError(f"{run} saved a PEFT adapter only, and a new run starts from whole weights. Fix: train it "
+                         f"again with peft.merge_adapter: true (lora, adalora and ia3 merge; prefix and prompt tuning "
+                         f"have nothing to fold into the weights; pre-training runs always save merged weights), or "
                          f"start from its base model.")
     import json
     try:
