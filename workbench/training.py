@@ -294,8 +294,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         if model is None:  # rebuilt after an OOM: the old one may hold half-applied updates
             model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
         if cfg.peft.method != "full" and not hasattr(model, "peft_config"):
-            model = apply_peft(model, cfg.peft, task.peft_task_type, optimizer_steps(cfg, train_ds, state.num_processes),
-                               tokenizer_path=path)
+            steps = optimizer_steps(cfg, train_ds, state.num_processes)  # AdaLoRA's schedule spans the run
+            model = apply_peft(model, cfg.peft, task.peft_task_type, steps, tokenizer_path=path)
         if cfg.peft.method == "full" and cfg.peft.freeze_embeddings and task.freeze_embeddings_ok:
             freeze_input_embeddings(model)
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
