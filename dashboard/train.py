@@ -8,17 +8,18 @@ from typing import Any
 import streamlit as st
 
 from workbench.assets import BUILTIN_MODELS
-from workbench.config import RunConfig, field_help
+from workbench.config import PEFT_METHODS, RunConfig, field_help
 from workbench.errors import ConfigError, ModelError
 from workbench.estimate import model_summary
 from workbench.launch import launch
+from workbench.peft_methods import EXPLAIN
 from workbench.rundir import list_runs
 from workbench.tasks import TASKS
 
 from . import estimate_panel, monitor, sections, widgets
 
 HELP = field_help()
-# Presets set these dotted fields; the LoRA learning rate is ~10x the full fine-tuning one.
+# Presets set these dotted fields; the adapter learning rate (every method but full) is ~10x the full one.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick look": {"training.num_train_epochs": 1.0, "training.learning_rate": 5e-5, "lora_lr": 5e-4,
                    "data.max_train_samples": 1000, "data.max_eval_samples": 500, "data.max_length": 128,
@@ -98,7 +99,13 @@ def _init_state() -> None:
     d = RunConfig().to_dict()
     for section in ("training", "data", "peft"):
         flat(d[section], f"t.{section}.")
-    st.session_state["t.peft.lora.target_modules"] = ""
+    for method in PEFT_METHODS[1:]:  # text boxes hold "" for empty, number boxes 0
+        for name, kind in _section_fields(method):
+            key = f"t.peft.{method}.{name}"
+            if st.session_state.get(key) is None:
+                st.session_state[key] = 0 if kind == "optional int" else ""
+            elif kind == "list":
+                st.session_state[key] = ", ".join(str(x) for x in st.session_state[key])
     st.session_state["t.training.bf16"] = "auto"
     # A browser reload starts a new session: the chosen preset comes back from the address (?preset=...).
     url = st.query_params.get("preset")
@@ -110,7 +117,7 @@ def _apply_preset() -> None:
     preset = PRESETS.get(st.session_state.get("train_preset") or "")
     if not preset:
         return
-    lora = st.session_state.get("t.peft.method") == "lora"
+    lora = st.session_state.get("t.peft.method", "full") != "full"
     for k, v in preset.items():
         if k != "lora_lr":
             st.session_state[f"t.{k}"] = v
@@ -237,20 +244,78 @@ def _task_section() -> str:
 
 def _method_section() -> None:
     st.subheader("Method")
-    method = st.radio("Fine-tuning method", ["full", "lora"], horizontal=True, key="t.peft.method",
+    method = st.radio("Fine-tuning method", list(PEFT_METHODS), horizontal=True, key="t.peft.method",
                       help=HELP["peft.method"], on_change=_apply_preset, **PERSIST)
+    st.caption(EXPLAIN[method])
     if method == "full":
         st.checkbox("keep input embeddings fixed", key="t.peft.freeze_embeddings",
                     help=HELP["peft.freeze_embeddings"], **PERSIST)
-    if method == "lora":
-        c = st.columns(4)
-        c[0].number_input("r", min_value=1, max_value=256, key="t.peft.lora.r", help=HELP["peft.lora.r"], **PERSIST)
-        c[1].number_input("alpha", min_value=1, max_value=1024, key="t.peft.lora.lora_alpha",
-                          help=HELP["peft.lora.lora_alpha"], **PERSIST)
-        c[2].number_input("dropout", min_value=0.0, max_value=0.9, step=0.05, key="t.peft.lora.lora_dropout",
-                          help=HELP["peft.lora.lora_dropout"], **PERSIST)
-        c[3].text_input("target modules", key="t.peft.lora.target_modules", placeholder="default for the architecture",
-                        help=HELP["peft.lora.target_modules"] + " Comma-separated.", **PERSIST)
+        return
+    fields = _section_fields(method)
+    cols = st.columns(4)
+    for i, (name, kind) in enumerate(fields):
+        key, where = f"t.peft.{method}.{name}", cols[i % 4]
+        label, help_text = name.replace("_", " "), HELP[f"peft.{method}.{name}"]
+        if kind == "bool":
+            where.checkbox(label, key=key, help=help_text, **PERSIST)
+        elif kind in ("text", "list"):
+            where.text_input(label, key=key, help=help_text + (" Comma-separated." if kind == "list" else ""),
+                             placeholder="default", **PERSIST)
+        elif kind == "float":
+            where.number_input(label, min_value=0.0, step=0.05, format="%.3g", key=key, help=help_text, **PERSIST)
+        else:  # int, or int | None where 0 means empty
+            where.number_input(label, min_value=0, step=1, key=key, help=help_text +
+                               (" 0 means empty." if kind == "optional int" else ""), **PERSIST)
+    if method in ("lora", "adalora", "ia3"):
+        st.checkbox("also save a merged full model", key="t.peft.merge_adapter", help=HELP["peft.merge_adapter"],
+                    **PERSIST)
+
+
+def _section_fields(method: str) -> list[tuple[str, str]]:
+    """(field, widget kind) of a method's section (`peft.lora`, ...), from its dataclass: every field is shown
+    with its config help, so a field added to the config appears here without a page change."""
+    import dataclasses
+    import typing
+
+    from workbench import config
+
+    section = typing.get_type_hints(config.PeftConfig)[method]
+    out = []
+    for f, hint in ((f, typing.get_type_hints(section)[f.name]) for f in dataclasses.fields(section)):
+        args = typing.get_args(hint)
+        if hint is bool:
+            out.append((f.name, "bool"))
+        elif hint is float:
+            out.append((f.name, "float"))
+        elif hint is int:
+            out.append((f.name, "int"))
+        elif int in args:
+            out.append((f.name, "optional int"))
+        elif str in args:
+            out.append((f.name, "text"))
+        else:
+            out.append((f.name, "list"))
+    return out
+
+
+def _peft_values() -> dict[str, Any]:
+    """Every method section's fields from the form, back in their config types ("" and 0 mean empty)."""
+    out: dict[str, Any] = {"peft.merge_adapter": bool(st.session_state.get("t.peft.merge_adapter"))
+                           and st.session_state.get("t.peft.method") in ("lora", "adalora", "ia3")}
+    for method in PEFT_METHODS[1:]:
+        for name, kind in _section_fields(method):
+            v = st.session_state.get(f"t.peft.{method}.{name}")
+            if kind == "list":
+                items = [x.strip() for x in str(v or "").split(",") if x.strip()]
+                if name == "layers":
+                    items = [int(x) if x.lstrip("-").isdigit() else x for x in items]
+                v = items or None
+            elif kind == "text":
+                v = str(v or "").strip() or None
+            elif kind == "optional int":
+                v = int(v) if v else None
+            out[f"peft.{method}.{name}"] = v
+    return out
 
 
 def _hyper_section() -> None:
@@ -352,13 +417,12 @@ def _form_values() -> dict[str, Any]:
     for key, _ in MAIN + ADVANCED:
         v = st.session_state.get(f"t.{key}")
         out[key] = None if key in ZERO_IS_NONE and not v else v
-    for key in ("training.lr_scheduler_type", "training.eval_strategy", "training.bf16", "peft.method", "peft.lora.r",
-                "peft.lora.lora_alpha", "peft.lora.lora_dropout", "peft.freeze_embeddings", "training.class_weights",
+    for key in ("training.lr_scheduler_type", "training.eval_strategy", "training.bf16", "peft.method",
+                "peft.freeze_embeddings", "training.class_weights",
                 "training.adversarial", "training.adversarial_epsilon", "training.adversarial_steps",
                 "training.adversarial_alpha", "training.report_to"):
         out[key] = st.session_state.get(f"t.{key}")
-    targets = st.session_state.get("t.peft.lora.target_modules") or ""
-    out["peft.lora.target_modules"] = [t.strip() for t in targets.split(",") if t.strip()] or None
+    out.update(_peft_values())
     if out["training.eval_strategy"] == "no":
         out["training.early_stopping_patience"] = None
     return out

@@ -240,6 +240,47 @@ def test_launch_starts_a_separate_process_and_the_page_follows_it(tiny_bert, run
     assert any("Completed" in s for s in texts(at.success))
 
 
+def test_every_peft_method_has_its_fields_and_an_ia3_run_launches(tiny_bert, runs_root):
+    import json
+
+    from workbench.peft_methods import EXPLAIN
+    from workbench.rundir import RunDir
+
+    at = _train_with(tiny_bert, runs_root)
+    assert at.radio(key="t.peft.method").options == ["full", "lora", "adalora", "ia3", "prefix", "prompt"]
+    at.radio(key="t.peft.method").set_value("adalora")
+    no_crash(at.run())
+    assert EXPLAIN["adalora"] in texts(at.caption)
+    assert at.number_input(key="t.peft.adalora.init_r").value == 12 and at.get("checkbox")
+    at.number_input(key="t.peft.adalora.target_r").set_value(20)  # above init_r: refused with the reason
+    no_crash(at.run())
+    assert any("target_r=20 is above init_r=12" in e for e in texts(at.error))
+    at.number_input(key="t.peft.adalora.target_r").set_value(4)
+    at.radio(key="t.peft.method").set_value("prompt")
+    no_crash(at.run())
+    at.text_input(key="t.peft.prompt.init_text").input("classify the movie")
+    at.radio(key="t.peft.method").set_value("ia3")
+    no_crash(at.run())
+    assert at.text_input(key="t.peft.ia3.target_modules").value == ""
+    at.segmented_control(key="train_preset").set_value("quick look")
+    at.run()
+    at.number_input(key="t.training.learning_rate").set_value(3e-3)
+    at.text_input(key="train_name").input("ui-ia3")
+    no_crash(at.run())
+    assert not at.error, texts(at.error)
+    [b for b in at.button if b.label == "Launch"][0].click()
+    no_crash(at.run())
+    run = RunDir(runs_root / "ui-ia3")
+    assert run.exists(), texts(at.error)
+    cfg = run.config()
+    assert cfg.peft.method == "ia3" and cfg.peft.prompt.init_text == "classify the movie"
+    deadline = time.time() + 150
+    while run.status().get("state") in ("queued", "running", "stopping") and time.time() < deadline:
+        time.sleep(1)
+    assert run.status()["state"] == "completed" and run.status()["method"] == "ia3", run.status()
+    assert json.loads((run.model_dir / "adapter_config.json").read_text())["peft_type"] == "IA3"
+
+
 # --- live run view: failed, stopped, running ---------------------------------------------------------
 def _monitor(name: str) -> AppTest:
     at = page("train").run()

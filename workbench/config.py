@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, WorkbenchError
 
 TASKS = ("text-classification",)  # the built-in tasks; the registry (`workbench.tasks.TASKS`) may hold more
 INT_MAX = 2**31 - 1  # counts above this overflow the int32 the trainer's tensors and tokenizers use
@@ -533,6 +533,21 @@ class RunConfig:
         if pe.merge_adapter and pe.method not in ("lora", "adalora", "ia3"):
             p.append(f"peft.merge_adapter folds an adapter into the weights: lora, adalora and ia3; "
                      f"peft.method={pe.method!r} has nothing to fold. Set it to false.")
+        if task is not None and pe.method != "full":
+            from .peft_methods import task_problem  # no torch: validation stays light
+            if (why := task_problem(task, pe.method)) is not None:
+                p.append(why)
+        for section in ("lora", "adalora"):
+            targets = getattr(pe, section).target_modules or []
+            if "all-linear" in targets and len(targets) > 1:
+                p.append(f"peft.{section}.target_modules: `all-linear` already means every linear layer but the head; "
+                         f"give it alone, or list module names without it.")
+        if pe.method == "adalora" and isinstance(t.max_steps, int) and t.max_steps > 0:
+            from .peft_methods import adalora_schedule
+            try:
+                adalora_schedule(pe, t.max_steps)
+            except WorkbenchError as e:
+                p.append(str(e))
         if pe.adalora.target_r > pe.adalora.init_r:
             p.append(f"peft.adalora.target_r={pe.adalora.target_r} is above init_r={pe.adalora.init_r}: the budget "
                      f"only shrinks. Fix: target_r <= init_r.")

@@ -101,7 +101,7 @@ def load_model_config(name_or_path: str) -> Any | None:
 
 def count_parameters(config: Any, num_labels: int, peft: Any = None, task: Any = None) -> tuple[int, int]:
     """(total, trainable) parameters of `task`'s model (default: text classification) built from `config`,
-    with LoRA if `peft.method == "lora"`.
+    with `peft.method`'s adapter (LoRA, AdaLoRA at its starting rank, IA3, prefix or prompt tuning).
 
     The model is built on the `meta` device, so this is exact and takes no memory.
     """
@@ -125,17 +125,21 @@ def count_parameters(config: Any, num_labels: int, peft: Any = None, task: Any =
                          f"model transformers builds as {task.auto_model}. Fix: choose a model made for "
                          f"{task.name}.") from None
     total = sum(p.numel() for p in model.parameters())
-    if peft is None or peft.method != "lora":
+    if peft is None or peft.method == "full":
         freeze = getattr(peft, "freeze_embeddings", False) and task.freeze_embeddings_ok
         frozen = model.get_input_embeddings().weight.numel() if freeze and not tied_output_embeddings(model) else 0
         return total, total - frozen
-    from .models import lora_targets
+    import dataclasses
 
-    targets = set(lora_targets(model, peft))
-    lora = sum(peft.lora.r * (m.in_features + m.out_features) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets)
-    head = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in ("classifier", "score"))
-    return total + lora + head, lora + head  # PEFT trains a copy of the head (modules_to_save)
+    from .peft_methods import apply_peft
+
+    # peft's own wrap, on the meta device: exact for every method. Counting needs no tokenizer (a soft prompt's
+    # init text changes its values, not its size) and AdaLoRA counts at its starting rank, whatever the schedule.
+    counted = dataclasses.replace(peft, prompt=dataclasses.replace(peft.prompt, init_text=None))
+    with torch.device("meta"):
+        wrapped = apply_peft(model, counted, task.peft_task_type, total_steps=10_000)
+    total = sum(p.numel() for p in wrapped.parameters())
+    return total, sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
 def activation_bytes(config: Any, batch: int, seq: int, bytes_per_value: float) -> float:
@@ -224,15 +228,15 @@ def probe_step(cfg: RunConfig, batch: int, seq: int, *, num_labels: int = 2, ste
 
     import torch
 
-    from .models import apply_lora, load_tokenizer, resolve_model_path
+    from .models import apply_peft, load_tokenizer, resolve_model_path
     from .tasks import get_task
 
     task = get_task(cfg.task)
     path = resolve_model_path(cfg.model.name_or_path)
     tok = load_tokenizer(path, cfg.model)
     model = task.load_model(cfg.model, [f"class{i}" for i in range(max(2, num_labels))], tokenizer=tok)
-    if cfg.peft.method == "lora":
-        model = apply_lora(model, cfg.peft, task_type=task.peft_task_type)
+    if cfg.peft.method != "full":
+        model = apply_peft(model, cfg.peft, task.peft_task_type, total_steps=10_000, tokenizer_path=path)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     gen = torch.Generator().manual_seed(0)

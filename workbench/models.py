@@ -7,13 +7,10 @@ to fix it.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -21,21 +18,13 @@ from .assets import BUILTIN_MODELS, builtin_model_path
 from .config import ModelConfig, PeftConfig
 from .errors import ConfigError, ModelError
 from .gguf_files import check_gguf, find_gguf, gguf_model_path
+from .peft_methods import LORA_TARGETS, apply_peft, lora_targets  # noqa: F401  (re-exported)
+from .peft_methods import peft_quiet as _peft_quiet
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout",
                   "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "seq_classif_dropout")
-# Adapters on every attention projection: better than peft's q/v default for classification.
-LORA_TARGETS = {
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"], "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"], "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "bert": ["query", "key", "value"], "roberta": ["query", "key", "value"], "xlm-roberta": ["query", "key", "value"],
-    "electra": ["query", "key", "value"], "distilbert": ["q_lin", "k_lin", "v_lin"],
-    "deberta-v2": ["query_proj", "key_proj", "value_proj"],
-    # encoder-decoders peft has no default for (it has t5/mt5 ["q", "v"], bart/mbart ["q_proj", "v_proj"])
-    "marian": ["q_proj", "v_proj"],
-}
+
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -70,8 +59,9 @@ def run_model_folder(run: Path) -> Path:
     if (m / "config.json").is_file():
         return m
     if (m / "adapter_config.json").is_file():
-        raise ModelError(f"{run} saved a LoRA adapter only, and a new run starts from whole weights. Fix: train it "
-                         f"again with peft.merge_adapter: true (pre-training runs always save merged weights), or "
+        raise ModelError(f"{run} saved a PEFT adapter only, and a new run starts from whole weights. Fix: train it "
+                         f"again with peft.merge_adapter: true (lora, adalora and ia3 merge; prefix and prompt tuning "
+                         f"have nothing to fold into the weights; pre-training runs always save merged weights), or "
                          f"start from its base model.")
     import json
     try:
@@ -343,60 +333,10 @@ def is_decoder(model: Any) -> bool:
     return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def lora_targets(model: Any, peft_cfg: PeftConfig) -> list[str]:
-    if peft_cfg.lora.target_modules:
-        return list(peft_cfg.lora.target_modules)
-    arch = architecture(model)
-    if arch in LORA_TARGETS:
-        return LORA_TARGETS[arch]
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_defaults
-    if arch in peft_defaults:
-        return list(peft_defaults[arch])
-    linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-    raise ModelError(f"No default LoRA target modules for architecture {arch!r}. Fix: set peft.lora.target_modules "
-                     f"to some of its linear layers: {linear[:12]}.")
-
-
-def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str = "SEQ_CLS") -> Any:
-    """Wrap with LoRA adapters; the task head stays fully trainable (PEFT's SEQ_CLS/TOKEN_CLS do that).
-
-    `task_type` is the task's `peft.TaskType` name (`Task.peft_task_type`). Token ids a task's `load_model` left
-    on the model as `workbench_trainable_token_ids` (relation extraction's entity markers: new tokens whose
-    embedding rows start untrained) are trained too and saved with the adapter (peft's `trainable_token_indices`)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    targets = lora_targets(model, peft_cfg)
-    present = {n.split(".")[-1] for n, _ in model.named_modules()}
-    missing = [t for t in targets if t not in present]
-    if missing:
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ModelError(f"peft.lora.target_modules {missing} are not modules of this {architecture(model)} model. "
-                         f"Linear modules it has: {linear[:12]}.")
-    new_tokens = list(getattr(model, "workbench_trainable_token_ids", None) or [])
-    lcfg = LoraConfig(task_type=TaskType[task_type] if task_type else None, r=peft_cfg.lora.r,
-                      lora_alpha=peft_cfg.lora.lora_alpha, lora_dropout=peft_cfg.lora.lora_dropout,
-                      target_modules=targets,
-                      trainable_token_indices=new_tokens or None,
-                      # a head the task trains whole beside the adapters (masked LM's `cls`)
-                      modules_to_save=list(getattr(model, "workbench_modules_to_save", None) or []) or None)
-    with _peft_quiet():
-        wrapped = get_peft_model(model, lcfg)
-    if new_tokens:
-        # peft saves the whole resized embedding table with the adapter (113 MB for SmolLM2) because the vocabulary
-        # grew; the only rows that differ from the base are the new tokens', saved anyway as trainable tokens, and
-        # `load_trained` rebuilds the table from the run's tokenizer before loading the adapter.
-        wrapped.save_pretrained = functools.partial(wrapped.save_pretrained, save_embedding_layers=False)
-    return wrapped
-
-
-@contextmanager
-def _peft_quiet() -> Iterator[None]:
-    """Silence the one FutureWarning peft causes on every LoRA wrap under transformers 5: `PeftModel.__init__`
-    reads the deprecated `model.is_gradient_checkpointing` (its successor is `is_activation_checkpointing`).
-    Nothing for the user to change, so only that message is hidden, and only around the peft call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
+def apply_lora(model: Any, peft_cfg: PeftConfig, task_type: str | None = "SEQ_CLS") -> Any:
+    """LoRA adapters (`peft.lora`) whatever `peft_cfg.method` says: `apply_peft` for callers that mean LoRA."""
+    import dataclasses
+    return apply_peft(model, dataclasses.replace(peft_cfg, method="lora"), task_type)
 
 
 def freeze_input_embeddings(model: Any) -> int:
@@ -442,7 +382,7 @@ RUN_PICKLE_FIX = ("the workbench writes a run's model as safetensors, so this fi
 def load_trained(model_dir: str | Path, *, attn_implementation: str | None = None,
                  dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
                  allow_pickle: bool = False) -> tuple[Any, Any]:
-    """Load a run's final model (full weights, or a LoRA adapter on its base) and its tokenizer.
+    """Load a run's final model (full weights, or a PEFT adapter on its base) and its tokenizer.
 
     The run directory is untrusted (`workbench.untrusted`): remote code and pickled base weights are
     used only when the caller grants them here, whatever the run's files say. The run's own weights
@@ -468,12 +408,21 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
     if (d / "adapter_config.json").exists():
         from peft import PeftModel
         if recorded is None:
-            raise ModelError(f"{d} holds a LoRA adapter but no workbench_model.json naming its base model and labels. "
+            raise ModelError(f"{d} holds a PEFT adapter but no workbench_model.json naming its base model and labels. "
                              f"Fix: give the whole run's model folder as written by the workbench.")
         model = task.load_model(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype,
                                 tokenizer=tok)
+        from .peft_methods import METHOD_OF_TYPE, loaded, read_adapter_config
+        # Only the adapter's shape is read from the file (a shared run's adapter_config.json could otherwise name
+        # a tokenizer to fetch, or an init that rewrites the base weights); the base is ours, from the record.
+        pcfg = read_adapter_config(d, recorded.base.name_or_path)
+        kind = str(getattr(pcfg.peft_type, "value", pcfg.peft_type))
+        if recorded.method and recorded.method != "full" and METHOD_OF_TYPE.get(kind) != recorded.method:
+            raise ModelError(f"{d}: adapter_config.json holds a {kind} adapter but workbench_model.json records "
+                             f"method {recorded.method!r}; the folder is inconsistent. Fix: give the run's model "
+                             f"folder as the workbench wrote it, or retrain.")
         with _peft_quiet():
-            model = PeftModel.from_pretrained(model, d)
+            model = loaded(PeftModel.from_pretrained(model, d, config=pcfg))
     else:
         try:
             model = getattr(transformers, task.auto_model).from_pretrained(d, use_safetensors=True,

@@ -35,8 +35,9 @@ from .config import RunConfig
 from .data.report import packing_line
 from .errors import RunError, TrainingHalted, WorkbenchError
 from .evaluate import score_frame
-from .models import (apply_lora, count_parameters, freeze_input_embeddings, load_model_config, load_tokenizer,
+from .models import (apply_peft, count_parameters, freeze_input_embeddings, load_model_config, load_tokenizer,
                      resolve_model_path)
+from .peft_methods import adalora_callback, merge, mergeable
 from .rundir import RunDir, write_json_atomic
 from .speed import apply_cpu_speedups, restore_attention
 from .tasks import get_task, greater_is_better
@@ -159,6 +160,8 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     task = get_task(cfg.task)
+    if cfg.peft.method == "adalora":  # peft leaves its rank-budget update to the training loop
+        callbacks.append(adalora_callback())
     trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                                processing_class=tok, data_collator=task.collator(tok),
                                compute_metrics=functools.partial(task.compute_metrics, labels=labels),
@@ -190,6 +193,22 @@ def _adversary(cfg: RunConfig, model: Any) -> EmbeddingAdversary | None:
     return EmbeddingAdversary(emb, t.adversarial, t.adversarial_epsilon, t.adversarial_steps, t.adversarial_alpha)
 
 
+def optimizer_steps(cfg: RunConfig, train_ds: Any, world_size: int = 1) -> int | None:
+    """The run's optimizer steps as the Trainer will count them (`training.max_steps`, else batches per epoch over
+    gradient accumulation, times the epochs); None when the training set has no length (AdaLoRA's schedule needs
+    it: `peft_methods.adalora_schedule` says so)."""
+    t = cfg.training
+    if t.max_steps and t.max_steps > 0:
+        return int(t.max_steps)
+    try:
+        rows = len(train_ds)
+    except TypeError:
+        return None
+    batches = math.ceil(rows / max(1, t.per_device_train_batch_size * world_size))
+    per_epoch = max(batches // t.gradient_accumulation_steps + int(batches % t.gradient_accumulation_steps > 0), 1)
+    return math.ceil(t.num_train_epochs * per_epoch)
+
+
 def _write_predictions(path: Any, pred: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pred.to_json(tmp, orient="records", lines=True, force_ascii=False)
@@ -201,6 +220,7 @@ def _score_test_split(run: RunDir, stage: Literal["before", "after"], model: Any
     """Score the test split as `stage` ("before"/"after" fine-tuning): its predictions file, then its
     metrics into eval.json."""
     task = get_task(cfg.task)
+    model.eval()  # the trainer leaves it in training mode: a task's predict must not score with dropout on
     pred = score_frame(task, model, tok, prep.test, prep.labels, max_length=cfg.data.max_length,
                        batch_size=cfg.training.per_device_eval_batch_size, bf16=bf16)
     _write_predictions(run.predictions_before_file if stage == "before" else run.predictions_file, pred)
@@ -296,8 +316,9 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
     while True:
         if model is None:  # rebuilt after an OOM: the old one may hold half-applied updates
             model = task.load_model(cfg.model, prep.labels, tokenizer=tok)
-        if cfg.peft.method == "lora" and not hasattr(model, "peft_config"):
-            model = apply_lora(model, cfg.peft, task_type=task.peft_task_type)
+        if cfg.peft.method != "full" and not hasattr(model, "peft_config"):
+            steps = optimizer_steps(cfg, train_ds, state.num_processes)  # AdaLoRA's schedule spans the run
+            model = apply_peft(model, cfg.peft, task.peft_task_type, steps, tokenizer_path=path)
         if cfg.peft.method == "full" and cfg.peft.freeze_embeddings and task.freeze_embeddings_ok:
             freeze_input_embeddings(model)
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
@@ -306,6 +327,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels, weights)
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
+                              method=cfg.peft.method,
                               precision="bf16" if prec["bf16"] else "fp16" if prec["fp16"] else "fp32",
                               adversarial=trainer.adversary.describe() if trainer.adversary else None,
                               report_to=list(eff.training.report_to))
@@ -362,8 +384,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
                            "model": cfg.model.__dict__})
         final = trainer.model
         # A pre-training run is a starting point for later fine-tunes: its weights are always written whole.
-        if cfg.peft.method == "lora" and (cfg.peft.merge_adapter or getattr(task, "reusable_weights", False)):
-            merged = final.merge_and_unload()
+        if mergeable(cfg.peft.method) and (cfg.peft.merge_adapter or getattr(task, "reusable_weights", False)):
+            merged = merge(final)
             merged.save_pretrained(run.model_dir / "merged", safe_serialization=True)
             tok.save_pretrained(run.model_dir / "merged")
             # its own record too, so the workbench reads it back as trained (model.pooling, the task, labels)

@@ -226,7 +226,9 @@ def _example_losses(model: Any, tokenizer: Any, encoded: list[Any], batch_size: 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed next-token negative log-likelihood over labelled positions, and their count (the
-    causal-LM loss: position t predicts label t+1, as `model(labels=...)` computes it)."""
+    causal-LM loss: position t predicts label t+1, as `model(labels=...)` computes it). Logits longer than the
+    labels come from prompt tuning (peft prepends the soft prompt's positions): the text's are the last ones."""
+    logits = logits[:, logits.shape[1] - labels.shape[1]:]
     lg, lb = logits[:, :-1].float(), labels[:, 1:]
     nll = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=IGNORE,
                                             reduction="none").view(lb.shape)
