@@ -412,7 +412,7 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
                              f"Fix: give the whole run's model folder as written by the workbench.")
         model = task.load_model(recorded.base, recorded.labels, attn_implementation=attn_implementation, dtype=dtype,
                                 tokenizer=tok)
-        from .peft_methods import METHOD_OF_TYPE, loaded, read_adapter_config
+        from .peft_methods import METHOD_OF_TYPE, accept_prefix, loaded, read_adapter_config
         # Only the adapter's shape is read from the file (a shared run's adapter_config.json could otherwise name
         # a tokenizer to fetch, or an init that rewrites the base weights); the base is ours, from the record.
         pcfg = read_adapter_config(d, recorded.base.name_or_path)
@@ -421,6 +421,8 @@ def load_trained(model_dir: str | Path, *, attn_implementation: str | None = Non
             raise ModelError(f"{d}: adapter_config.json holds a {kind} adapter but workbench_model.json records "
                              f"method {recorded.method!r}; the folder is inconsistent. Fix: give the run's model "
                              f"folder as the workbench wrote it, or retrain.")
+        if kind == "PREFIX_TUNING":
+            accept_prefix(model)
         with _peft_quiet():
             model = loaded(PeftModel.from_pretrained(model, d, config=pcfg))
     else:

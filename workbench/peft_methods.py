@@ -11,6 +11,7 @@ writes (a shared run directory is untrusted: see `workbench.untrusted`).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import warnings
 from contextlib import contextmanager
@@ -182,6 +183,8 @@ def apply_peft(model: Any, peft_cfg: PeftConfig, task_type: str | None = "SEQ_CL
     problem = model_problem(model, peft_cfg.method)
     if problem:
         raise ModelError(problem)
+    if peft_cfg.method == "prefix":
+        accept_prefix(model)
     pcfg = peft_config(model, peft_cfg, task_type, total_steps, tokenizer_path)
     try:
         with peft_quiet():
@@ -224,22 +227,13 @@ def model_problem(model: Any, method: str) -> str | None:
     """Why `method` cannot work on this loaded model (None when it can), checked before wrapping."""
     if method not in PROMPT_LEARNING:
         return None
-    import inspect
-
     from .models import is_decoder
 
     auto = type(model).__name__
-    if method == "prefix" and not auto.endswith(("ForCausalLM", "ForConditionalGeneration", "ForSeq2SeqLM")):
-        # peft hands the prefix to a head model (or its body) as `past_key_values`, and checks the forward's
-        # signature for that name first; transformers 5 calls it `cache`, so peft 0.21 refuses every head model.
-        body = getattr(model, getattr(model, "base_model_prefix", ""), None)
-        takes = [f for f in (model.forward, getattr(body, "forward", None)) if f is not None
-                 and "past_key_values" in inspect.signature(f).parameters]
-        if not takes:
-            return (f"peft.method: prefix cannot train this {_arch(model) or 'model'} {auto}: peft hands the prefix "
-                    f"to the model as `past_key_values`, which this transformers version's {auto} does not take "
-                    f"(it names its cache `cache`), so peft refuses it. Prefix tuning works here for the generation "
-                    f"tasks (causal-lm-sft, seq2seq). Fix: use lora, adalora, ia3 or prompt.")
+    if method == "prefix" and not _takes_past_key_values(model) and not _body_takes_cache(model):
+        return (f"peft.method: prefix cannot train this {_arch(model) or 'model'} {auto}: peft hands the prefix "
+                f"to the model as `past_key_values` (in this transformers version: `cache`), and neither this model "
+                f"nor its transformer body takes one. Fix: use lora, adalora, ia3 or prompt.")
     if method == "prompt" and is_decoder(model) and auto.endswith("ForSequenceClassification") and \
             getattr(model, "workbench_pooling", "auto") != "mean":
         return (f"peft.method: prompt on a decoder classifier ({_arch(model)}): peft feeds the soft prompt as input "
@@ -247,6 +241,43 @@ def model_problem(model: Any, method: str) -> str | None:
                 f"a padding token for every shorter text. Fix: set model.pooling: mean (the head reads the mean over "
                 f"the real tokens), or use lora, adalora or ia3.")
     return None
+
+
+def _takes_past_key_values(model: Any) -> bool:
+    return "past_key_values" in inspect.signature(model.forward).parameters
+
+
+def _body_takes_cache(model: Any) -> bool:
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return body is not None and "cache" in inspect.signature(body.forward).parameters
+
+
+def accept_prefix(model: Any) -> Any:
+    """Let peft 0.21's prefix tuning reach a model with a task head under transformers 5.24.
+
+    peft passes the prefix's keys/values as `past_key_values` and first checks that the model's forward signature
+    has that name; transformers 5.24 renamed it `cache` (a head model such as BertForSequenceClassification passes
+    `**kwargs` on to its body, whose forward takes `cache`), so peft refused every classifier, tagger and QA model.
+    This gives the model's forward a `past_key_values` parameter that is handed on as `cache`: the body then prepends
+    the prefix at every layer, as prefix tuning means (positions continue after the prefix; peft extends the
+    attention mask over it). Applied before wrapping, and again before a saved prefix adapter is loaded."""
+    if _takes_past_key_values(model) or not _body_takes_cache(model):
+        return model
+    forward = model.forward
+    sig = inspect.signature(forward)
+    params = list(sig.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    params.insert(at, inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None))
+
+    @functools.wraps(forward)
+    def with_prefix(*args: Any, past_key_values: Any = None, **kwargs: Any) -> Any:
+        if past_key_values is not None:
+            kwargs["cache"] = past_key_values
+        return forward(*args, **kwargs)
+
+    with_prefix.__signature__ = sig.replace(parameters=params)  # what peft's check reads
+    model.forward = with_prefix
+    return model
 
 
 def loaded(model: Any) -> Any:
