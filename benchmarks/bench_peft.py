@@ -12,7 +12,9 @@ changing only what the row names.
   MiniLM    built-in `minilm` (all-MiniLM-L6-v2) on `rotten_tomatoes`: 2,000 training reviews (--quick: 64), 1,000
             test reviews (--quick: 32), max_length 64, 2 epochs, batch 16, seed 42, linear decay, warmup 0.1.
   SmolLM2   built-in `smollm2-135m` (SmolLM2-135M-Instruct, a Llama decoder) classifying `sms_spam`: 480 training
-            messages (--quick: 32), 300 test (--quick: 16), max_length 64, 1 epoch, batch 8.
+            messages (--quick: 32), 300 test (--quick: 16), max_length 64, 1 epoch, batch 8, `model.pooling: mean`
+            for every row (prompt tuning on a decoder classifier needs it: with the last token, a soft prompt
+            makes transformers read padding), so all rows read a text the same way.
   rows      full (input embeddings frozen, the workbench default), LoRA r 8 (q/k/v), DoRA (the same + magnitude),
             AdaLoRA (init_r 12 -> target_r 4), IA3, prefix tuning (20 virtual tokens), prompt tuning (20 virtual
             tokens). Each method gets the learning rate its papers/peft examples use (LEARNING_RATES below: a method
@@ -53,7 +55,7 @@ def settings(model: str, quick: bool) -> dict[str, Any]:
         return {"model": "minilm", "source": "rotten_tomatoes", "train": 64 if quick else 2000,
                 "test": 32 if quick else 1000, "max_length": 64, "epochs": 1 if quick else 2, "batch": 16}
     return {"model": "smollm2-135m", "source": "sms_spam", "train": 32 if quick else 480, "test": 16 if quick else 300,
-            "max_length": 64, "epochs": 1, "batch": 8}
+            "max_length": 64, "epochs": 1, "batch": 8, "pooling": "mean"}
 
 
 def variant_config(s: dict[str, Any], method: str, device: str, extra: dict[str, Any] | None = None) -> Any:
@@ -68,7 +70,7 @@ def variant_config(s: dict[str, Any], method: str, device: str, extra: dict[str,
     if method != "full":
         training["head_learning_rate"] = HEAD_LR
     raw = {"output_dir": tempfile.mkdtemp(prefix="bench-peft-"), "evaluate_before": False,
-           "model": {"name_or_path": s["model"]},
+           "model": {"name_or_path": s["model"], "pooling": s.get("pooling", "auto")},
            "data": {"source": s["source"], "max_train_samples": s["train"], "max_eval_samples": s["test"],
                     "max_length": s["max_length"]},
            "training": training, "peft": peft}
@@ -102,7 +104,9 @@ def _workbench(s: dict[str, Any], method: str, device: str, extra: dict[str, Any
 def _hf_lora(s: dict[str, Any], device: str) -> dict[str, Any]:
     """LoRA as a user of peft + transformers writes it: get_peft_model, dynamic padding, Trainer."""
     import datasets
+    import torch
     from peft import LoraConfig, TaskType, get_peft_model
+    from sklearn.metrics import f1_score
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
 
@@ -120,9 +124,7 @@ def _hf_lora(s: dict[str, Any], device: str) -> dict[str, Any]:
         model.config.pad_token_id = tok.pad_token_id
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.05,
                                              target_modules=LORA_TARGETS[architecture(model)]))
-    lab = {name: i for i, name in enumerate(prep.labels)}
-    ds = datasets.Dataset.from_dict({"text": prep.train["text"].tolist(),
-                                     "label": [lab[x] for x in prep.train["label"]]})
+    ds = datasets.Dataset.from_dict({"text": prep.train["text"].tolist(), "label": prep.train["label"].tolist()})
     ds = ds.map(lambda b: tok(b["text"], truncation=True, max_length=s["max_length"]), batched=True,
                 remove_columns=["text"])
     prec = precision(cfg)
@@ -134,8 +136,17 @@ def _hf_lora(s: dict[str, Any], device: str) -> dict[str, Any]:
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok))
     out = trainer.train()
     counts = (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+    model.eval()
+    texts, gold, preds = prep.test["text"].tolist(), prep.test["label"].tolist(), []
+    with torch.inference_mode():
+        for i in range(0, len(texts), 64):
+            b = tok(texts[i:i + 64], truncation=True, max_length=s["max_length"], padding=True,
+                    return_tensors="pt").to(model.device)
+            preds += model(**b).logits.argmax(-1).tolist()
     return {"wall_s": out.metrics["train_runtime"], "s_per_epoch": out.metrics["train_runtime"] / s["epochs"],
-            "trainable": counts[0], "total": counts[1]}
+            "trainable": counts[0], "total": counts[1],
+            "accuracy": sum(p == g for p, g in zip(preds, gold)) / len(gold),
+            "f1_macro": float(f1_score(gold, preds, average="macro"))}
 
 
 def _child(part: str, model: str, quick: bool, device: str, extra: str | None) -> dict[str, Any]:
@@ -203,7 +214,8 @@ def main() -> int:
             rows["full+augment"] = run_part(name, "full", {"data.augment": {"operations": ["swap", "delete"]}},
                                             "full + augmentation")
             for seed in (43, 44):
-                rows[f"full-seed{seed}"] = run_part(name, "full", {"training.seed": seed}, f"full, seed {seed}")
+                rows[f"full-seed{seed}"] = run_part(name, "full", {"training.seed": seed, "data.split_seed": 42},
+                                                    f"full, seed {seed}")
             out["ensemble"] = _ensemble([rows[k]["run"] for k in ("full", "full-seed43", "full-seed44")])
         out["tables"][model] = rows
         _print_table(model, settings(name, a.quick), rows)

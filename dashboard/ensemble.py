@@ -38,8 +38,8 @@ def section(runs: list[RunDir]) -> None:
                f"{' and '.join(E.ENSEMBLE_TASKS)} runs with test predictions ({len(usable)} here).")
     if len(usable) < 2:
         st.info(f"An ensemble needs at least 2 finished classification runs; this folder has {len(usable)}. "
-                f"Train the same config with different `training.seed` values (and a fixed test split: "
-                f"data.test_source or data.split_column) to make some.")
+                f"Train the same config with different `training.seed` values and a fixed `data.split_seed` "
+                f"(so every run is tested on the same examples) to make some.")
         return
     by_name = {r.name: r for r in usable}
     chosen = st.multiselect("Runs to ensemble", list(by_name), key="ens_runs",

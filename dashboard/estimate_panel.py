@@ -81,7 +81,7 @@ def _augment_summary(cfg_yaml: str, stamp: float) -> dict:
 
     cfg = RunConfig.from_yaml(cfg_yaml)
     task = get_task(cfg.task)
-    prep = task.prepare(cfg.data, cfg.training.seed, raise_on_problems=False)
+    prep = task.prepare(cfg.data, cfg.split_seed, raise_on_problems=False)
     if not prep.report.ok:
         return {}
     prep = augment_training_split(task, prep, cfg.data.augment, cfg.training.seed, paraphrase=False)

@@ -88,3 +88,21 @@ def test_demo_config_matches_the_cli_demo():
     from workbench.cli import DEMO
     assert RunConfig.from_yaml(Path(__file__).parent.parent / "configs" / "minilm-rotten-tomatoes.yaml") == \
         RunConfig.from_dict(DEMO)
+
+
+def test_split_seed_keeps_the_split_while_the_training_seed_varies(tmp_path):
+    import pandas as pd
+
+    from workbench.data import prepare_data
+    csv = tmp_path / "d.csv"
+    pd.DataFrame({"text": [f"review number {i}" for i in range(60)], "label": ["a", "b"] * 30}).to_csv(csv)
+
+    def test_rows(**raw):
+        cfg = RunConfig.from_dict({"data": {"source": str(csv), **raw.get("data", {})},
+                                   "training": raw.get("training", {})})
+        return sorted(prepare_data(cfg.data, cfg.split_seed).test["text"])
+
+    assert RunConfig().split_seed == 42
+    assert test_rows(training={"seed": 1}) != test_rows(training={"seed": 2})  # the seed draws the split...
+    fixed = [test_rows(training={"seed": s}, data={"split_seed": 7}) for s in (1, 2)]
+    assert fixed[0] == fixed[1] == test_rows(training={"seed": 7})  # ...unless data.split_seed fixes it

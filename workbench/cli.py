@@ -654,7 +654,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     if sets:
         cfg = cfg.override(sets).check()
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path), cfg.model)
-    prep = get_task(cfg.task).prepare(cfg.data, cfg.training.seed, tokenizer=tok, raise_on_problems=False,
+    prep = get_task(cfg.task).prepare(cfg.data, cfg.split_seed, tokenizer=tok, raise_on_problems=False,
                                       max_positions=model_max_tokens(load_model_config(cfg.model), tok))
     if cfg.data.augment.operations and prep.report.ok:  # the cheap operations; paraphrases come at training
         from .augment import augment_training_split

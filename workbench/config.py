@@ -154,6 +154,10 @@ class DataConfig:
                                         "objective; needs a model with a pre-training head, e.g. BERT): pairs of "
                                         "text spans, half of them followed by their real next sentences, half by "
                                         "sentences of another document.")
+    split_seed: int | None = _f(None, "Seed of the train/validation/test split and of the max_*_samples subsets. "
+                                "Empty: training.seed. Set it to keep one split while training.seed varies (runs "
+                                "to ensemble, a seed study): the runs are then tested on the same examples.",
+                                lo=0, hi=SEED_MAX)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     negative_ratio: float = _f(1.0, "relation-extraction, DuIE sentences (`text` + `spo_list`): pairs of a sentence's "
                                "entities with no triple between them become `no_relation` examples, at most this many "
@@ -426,6 +430,11 @@ class RunConfig:
                 node = node[part]
             node[leaf] = value
         return RunConfig.from_dict(raw)
+
+    @property
+    def split_seed(self) -> int:
+        """The seed that draws the splits: `data.split_seed`, else `training.seed`."""
+        return self.training.seed if self.data.split_seed is None else self.data.split_seed
 
     # --- validation --------------------------------------------------------------------------
     def validate(self) -> list[str]:

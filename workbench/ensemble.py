@@ -33,9 +33,10 @@ CHANGES = ("fixed", "broken", "both wrong", "both right")  # the ensemble agains
 SHOW = {"all": "every example", "disagree": "members disagree", "ensemble wrong": "the ensemble is wrong",
         "fixed": "the ensemble fixed the best member", "broken": "the ensemble broke the best member"}
 _SPLIT_FIX = ("Fix: ensemble runs scored on the same test split: the same data.source, data.test_size, "
-              "data.max_eval_samples and training.seed (the seed also draws the split), or a fixed test split "
-              "(data.test_source or data.split_column) with only the training settings varied; or score every "
-              "member on one labelled file with `workbench ensemble RUN RUN ... --split-file FILE`.")
+              "data.max_eval_samples and split seed (data.split_seed, else training.seed draws the split: to vary "
+              "only the training seed, fix data.split_seed), or a fixed test split (data.test_source or "
+              "data.split_column); or score every member on one labelled file with `workbench ensemble RUN RUN ... "
+              "--split-file FILE`.")
 
 
 @dataclass

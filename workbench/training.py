@@ -271,7 +271,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         path = resolve_model_path(cfg.model.name_or_path)
     tok = load_tokenizer(path, cfg.model)
     task = get_task(cfg.task)
-    prep = task.prepare(cfg.data, cfg.training.seed, tokenizer=tok,
+    prep = task.prepare(cfg.data, cfg.split_seed, tokenizer=tok,
                         max_positions=model_max_tokens(load_model_config(cfg.model), tok))
     if prep.max_length != cfg.data.max_length:  # above the model's limit: the report says so
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_length=prep.max_length))
@@ -371,7 +371,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         return run
 
     if main:
-        run.update_status(phase="saving the model")
+        run.update_status(phase="saving the model", peak_memory=peak_memory())
     restore_attention(trainer.model)
     trainer.save_model(str(run.model_dir))
     if main:
@@ -423,6 +423,21 @@ def _augment(task: Any, prep: Any, cfg: RunConfig, run: RunDir, main: bool) -> A
                                                                  "train_rows_after")})
         print(f"note: {augmentation_line(summary)}", file=sys.stderr, flush=True)
     return prep
+
+
+def peak_memory() -> dict[str, float]:
+    """The training process's peak memory so far, in MB: resident memory (the whole process: model, data,
+    optimizer, activations) and, on a GPU, the most the CUDA allocator held. Recorded in status.json."""
+    out: dict[str, float] = {}
+    try:
+        import resource  # not on Windows
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["rss_mb"] = round(rss / (1024 if sys.platform != "darwin" else 1024 * 1024), 1)
+    except ImportError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 def _resume_point(run: RunDir, main: bool) -> Path | None:
