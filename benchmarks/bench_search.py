@@ -1,7 +1,7 @@
 """A 12-trial Optuna search of MiniLM on Rotten Tomatoes, killed once mid-way and resumed from its SQLite study;
 then the best trial's config against the default config on the held-out test split.
 
-    python benchmarks/bench_search.py            # est. 15-20 min on 2 shared CPU cores (trials one at a time)
+    python benchmarks/bench_search.py            # ~9 min on 2 shared CPU cores (trials one at a time; 15 if busy)
     python benchmarks/bench_search.py --quick    # a 3-trial smoke version, ~2-3 min (tests/test_bench_search.py)
     python benchmarks/bench_search.py --json out.json [--keep DIR]
 
@@ -17,8 +17,9 @@ This script does exactly that and prints what happened.
             training.per_device_train_batch_size [8, 16, 32], training.warmup_steps [0.0, 0.1]; TPE sampler
             and median pruner (the defaults), 12 trials (--quick: 3), validation accuracy.
   kill      `workbench search c.yaml` runs as a subprocess in its own process group; once 5 trials (--quick: 1)
-            are complete or pruned and the next trial's run is training, the group is SIGKILLed (the trial's run
-            has its own session, as every launched run does, so it goes on). The same command is then run again.
+            are complete or pruned and the next trial's run is training and has reported its first validation
+            score (--quick: has started), the group is SIGKILLed (the trial's run has its own session, as every
+            launched run does, so it goes on). The same command is then run again.
   checked   in the study at the end: complete + pruned = n_trials, trial numbers 0..n-1 without a gap, one run
             folder per launched trial and no other, no parameters run twice unless a dead trial was queued again
             (`retry_of`), and what the resumed search did with the trial the kill left RUNNING.
@@ -52,6 +53,7 @@ def settings(quick: bool) -> dict[str, Any]:
     return {"model": "minilm", "source": "rotten_tomatoes", "train_rows": 48 if quick else 400,
             "eval_rows": 24 if quick else 200, "max_length": 64, "epochs": 2, "seed": 42,
             "n_trials": 3 if quick else 12, "kill_after": 1 if quick else 5, "kill_min_step": 0 if quick else 1,
+            "kill_min_reported": 0 if quick else 1,
             "test_rows": 64 if quick else None,
             "space": {"training.learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
                       "peft.method": ["full", "lora"], "peft.lora.r": [4, 8, 16],
@@ -108,7 +110,7 @@ def search_killed_once(s: dict[str, Any], work: Path, config: Path, folder: Path
                     continue
                 st = RunDir(t.user_attrs["run"]).status()
                 if st.get("state") in ACTIVE and pid_alive(st.get("pid")) and (st.get("step") or 0) >= \
-                        s["kill_min_step"]:
+                        s["kill_min_step"] and len(t.intermediate_values) >= s["kill_min_reported"]:
                     os.killpg(proc.pid, signal.SIGKILL)  # the search and its group; the run has its own session
                     kill = {"after_s": time.monotonic() - t0, "done": len(done), "trial": t.number,
                             "run": t.user_attrs["run"], "run_pid": st.get("pid"), "step": st.get("step"),
@@ -245,6 +247,7 @@ def main() -> None:
     import yaml
 
     s = settings(a.quick)
+    start = time.monotonic()
     work = Path(a.keep).resolve() if a.keep else Path(tempfile.mkdtemp(prefix="bench-search-"))
     work.mkdir(parents=True, exist_ok=True)
     runs, folder, config = work / "runs", work / "runs" / "searches" / STUDY, work / "search.yaml"
@@ -319,6 +322,7 @@ def main() -> None:
         print(f"best vs default on the held-out test split: {b['heldout']['accuracy']:.3f} vs "
               f"{d['heldout']['accuracy']:.3f} ({100 * (b['heldout']['accuracy'] - d['heldout']['accuracy']):+.1f} "
               f"points): the best trial is {verdict} the default config")
+        print(f"whole benchmark: {time.monotonic() - start:.0f} s (the search, then the two runs and their scoring)")
         if a.json:
             Path(a.json).write_text(json.dumps({
                 "quick": a.quick, "settings": s, "kill": kill, "resumed_seconds": resumed_s, "wall_seconds": total,
