@@ -163,6 +163,19 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tiny_bert, 
     assert all(RunDir(runs / m).status()["state"] == "completed" for m in made)
 
 
+def test_a_resumed_search_draws_new_parameters_not_the_first_trials_again(tiny_bert, data, tmp_path, monkeypatch):
+    """Each `workbench search` process makes its own sampler: seeded only by training.seed, the resumed one drew
+    trial 0's values again (a killed 12-trial search re-ran trial 0's parameters as trial 6)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    raw = _raw(tiny_bert, data, tmp_path / "runs", "again", max_steps=2, n_trials=1)
+    run_search(RunConfig.from_dict(raw), poll=0.1, say=lambda s: None)
+    raw["search"]["n_trials"] = 2  # the same command again, asked for one trial more
+    res = run_search(RunConfig.from_dict(raw), poll=0.1, say=lambda s: None)
+    first, second = load_study(res.folder).trials
+    assert first.state == second.state == TS.COMPLETE
+    assert first.params != second.params
+
+
 def test_a_dead_trial_fails_and_its_parameters_run_again(tiny_bert, data, tmp_path):
     """A trial left RUNNING whose run died with the search: failed with the run's error, parameters queued."""
     from workbench.search import _Context, study_folder

@@ -74,7 +74,17 @@ def default_storage(folder: Path) -> str:
 
 
 def _sampler(optuna: Any, kind: str, seed: int) -> Any:
+    """The sampler, seeded by `seed` (see `sampler_seed`)."""
     return optuna.samplers.RandomSampler(seed=seed) if kind == "random" else optuna.samplers.TPESampler(seed=seed)
+
+
+def sampler_seed(seed: int, trials_so_far: int, local: bool) -> int:
+    """The seed of this process's sampler: training.seed for a new study (the same seed, the same trials), moved
+    on by the trials the study already holds when it is resumed. A resumed search makes a new sampler, and seeded
+    as the first process's was it draws the first process's values again (its random start-up trials are the
+    same draws), re-running trials that were already run. A shared database (several machines, possibly starting
+    together on a new study) also mixes in the process id, so that two workers do not draw in lockstep."""
+    return (seed + trials_so_far + (0 if local else os.getpid())) % 2**32
 
 
 def _pruner(optuna: Any, kind: str) -> Any:
@@ -151,6 +161,10 @@ def run_search(cfg: RunConfig, *, n_trials: int | None = None, storage: str | No
                           f"{metric!r}: set search.metric to {st.user_attrs['metric']!r} or choose another study "
                           f"name (--study).")
     st.set_user_attr("metric", metric)
+    so_far = len(st.get_trials(deepcopy=False))
+    if so_far or not url.startswith("sqlite:"):
+        st.sampler = _sampler(optuna, cfg.search.sampler, sampler_seed(cfg.training.seed, so_far,
+                                                                        url.startswith("sqlite:")))
     base = RunConfig.from_dict({**cfg.to_dict(), "output_dir": str(runs_folder(cfg))})
     base.to_yaml(folder / "search.yaml")
     say(f"study {name} ({direction} validation {metric}) in {url}: {total} trials")
