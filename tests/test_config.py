@@ -106,3 +106,14 @@ def test_split_seed_keeps_the_split_while_the_training_seed_varies(tmp_path):
     assert test_rows(training={"seed": 1}) != test_rows(training={"seed": 2})  # the seed draws the split...
     fixed = [test_rows(training={"seed": s}, data={"split_seed": 7}) for s in (1, 2)]
     assert fixed[0] == fixed[1] == test_rows(training={"seed": 7})  # ...unless data.split_seed fixes it
+
+
+def test_old_flat_lora_names_work_in_overrides_too(tmp_path):
+    from workbench.config import load_config
+    cfg = RunConfig().override({"peft.r": 16, "peft.lora_alpha": 32, "training.learning_rate": 1e-4})
+    assert (cfg.peft.lora.r, cfg.peft.lora.lora_alpha, cfg.training.learning_rate) == (16, 32, 1e-4)
+    assert "peft.r, peft.lora_alpha" in cfg.load_notes[0] and "peft.lora.r" in cfg.load_notes[0]
+    old = tmp_path / "old.yaml"
+    old.write_text("peft:\n  method: lora\n  r: 4\n")
+    cfg = load_config(old, {"peft.lora_dropout": 0.1})
+    assert (cfg.peft.lora.r, cfg.peft.lora.lora_dropout) == (4, 0.1) and len(cfg.load_notes) == 2

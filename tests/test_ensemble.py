@@ -291,3 +291,17 @@ def test_runs_page_ensemble_section(members):
             os.environ.pop("WORKBENCH_RUNS", None)
         else:
             os.environ["WORKBENCH_RUNS"] = old
+
+
+def test_an_ensemble_name_cannot_leave_the_ensembles_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from workbench.data.report import augmentation_line
+    from workbench.ensemble import default_folder
+    members = [SimpleNamespace(path=str(tmp_path / "runs" / n), name=n) for n in ("a", "b")]
+    assert default_folder(members, "mine") == (tmp_path / "runs" / "ensembles" / "mine").resolve()
+    for name in ("../../x", "a/b", "..", "c\\d"):
+        with pytest.raises(RunError, match="cannot hold path separators"):
+            default_folder(members, name)
+    # a damaged augmentation record in a shared run's data report reads as damaged, not as a traceback
+    assert "unreadable" in augmentation_line({"added": {"swap": 3}})

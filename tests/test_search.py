@@ -280,3 +280,25 @@ def test_the_search_page_without_studies_says_how_to_start(tmp_path, monkeypatch
 class _Handle:
     def __init__(self, cfg):
         self.run = RunDir(Path(cfg.output_dir) / (cfg.name or "x"))
+
+
+def test_a_step_that_does_not_divide_the_range_is_a_problem():
+    def problems(spec):
+        return " ".join(RunConfig.from_dict({"search": {"space": {"training.per_device_train_batch_size": spec}}})
+                        .validate())
+    assert "step=5 is larger than the range 4 to 6" in problems({"low": 4, "high": 6, "step": 5})
+    assert "not a whole number of steps of 4" in problems({"low": 4, "high": 13, "step": 4})
+    assert problems({"low": 4, "high": 12, "step": 4}) == ""
+
+
+def test_a_shared_study_cannot_point_the_search_at_another_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from workbench.search import _Context
+    base = RunConfig.from_dict({"output_dir": str(tmp_path / "runs")})
+    s = _Context.__new__(_Context)
+    s.base, s.study = base, SimpleNamespace(study_name="st")
+    own = (tmp_path / "runs" / "st-trial-3").resolve()
+    for recorded in ("/", str(tmp_path / "elsewhere" / "st-trial-3"), str(tmp_path / "runs" / "other"), 7):
+        assert s.run_path(SimpleNamespace(number=3, user_attrs={"run": recorded})) == own
+    assert s.run_path(SimpleNamespace(number=3, user_attrs={"run": str(own) + "-2"})) == Path(str(own) + "-2")

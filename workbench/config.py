@@ -420,6 +420,9 @@ class RunConfig:
     def override(self, dotted: dict[str, Any]) -> "RunConfig":
         """A copy with `{"training.learning_rate": 1e-4, ...}` applied (CLI `--set`, dashboard widgets)."""
         raw = self.to_dict()
+        moved = [k for k in dotted if k.startswith("peft.") and k[5:] in _LEGACY_LORA]
+        if moved:  # the old flat LoRA names (`--set peft.r=16`) still work, read as peft.lora.*
+            dotted = {(f"peft.lora.{k[5:]}" if k in moved else k): v for k, v in dotted.items()}
         for key, value in dotted.items():
             *parents, leaf = key.split(".")
             node = raw
@@ -429,7 +432,11 @@ class RunConfig:
                                       f"search.")
                 node = node[part]
             node[leaf] = value
-        return RunConfig.from_dict(raw)
+        cfg = RunConfig.from_dict(raw)
+        if moved:
+            cfg.load_notes = [f"{', '.join(moved)}: the old flat LoRA field names, read as "
+                              f"{', '.join('peft.lora.' + k[5:] for k in moved)}; use those names."]
+        return cfg
 
     @property
     def split_seed(self) -> int:
@@ -795,5 +802,5 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     notes = cfg.load_notes
     if overrides:
         cfg = cfg.override(overrides)
-        cfg.load_notes = notes
+        cfg.load_notes = notes + cfg.load_notes
     return cfg.check()

@@ -442,6 +442,10 @@ def default_folder(members: Sequence[Member], name: str | None = None) -> Path:
         joined = "+".join(m.name.replace("/", "_") for m in members)
         name = joined if len(joined) <= 80 else (f"{members[0].name[:30]}+{len(members) - 1}-more-"
                                                   + hashlib.sha256(joined.encode()).hexdigest()[:8])
+    bad = [c for c in ("/", "\\", "\0") if c in name] or ([name] if name.strip() in ("", ".", "..") else [])
+    if bad:
+        raise RunError(f"ensemble name {name[:60]!r} cannot hold path separators or be '.'/'..' (it names a folder "
+                       f"under {root / 'ensembles'}). Fix: a plain name, or --out DIR for another folder.")
     return root / "ensembles" / name
 
 

@@ -96,7 +96,7 @@ def clean_floats(obj: Any) -> Any:
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:  # status.json may come from anyone
         return False
     try:
         os.kill(pid, 0)

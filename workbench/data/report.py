@@ -99,7 +99,15 @@ def packing_line(p: dict[str, Any]) -> str:
 
 
 def augmentation_line(summary: dict[str, Any]) -> str:
-    """What augmentation did (`details["augmentation"]`), in one line for the report and the training log."""
+    """What augmentation did (`details["augmentation"]`), in one line for the report and the training log.
+    A record that is not what the workbench writes (a damaged or hand-edited data_report.json) reads as such."""
+    try:
+        return _augmentation_line(summary)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "augmentation: (the recorded counts are unreadable: data_report.json was changed or damaged)"
+
+
+def _augmentation_line(summary: dict[str, Any]) -> str:
     added = summary.get("added") or {}
     parts = [f"+{n:,} {op}" for op, n in added.items()]
     p = summary.get("paraphrase") or {}

@@ -202,7 +202,16 @@ class _Context:
         return f"{self.study.study_name}-trial-{number}"
 
     def run_path(self, t: Any) -> Path:
-        return Path(t.user_attrs.get("run") or runs_folder(self.base) / self.run_name(t.number))
+        """The trial's run directory: in this search's runs folder under the trial's own name. The path the study
+        recorded is used only when it is there too (a shared study.db is untrusted: a path it names elsewhere is
+        never followed, stopped or signalled)."""
+        folder = runs_folder(self.base).resolve()
+        recorded = t.user_attrs.get("run")
+        if isinstance(recorded, str):
+            p = Path(recorded).resolve()
+            if p.parent == folder and p.name.startswith(self.run_name(t.number)):
+                return p
+        return folder / self.run_name(t.number)
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         out = {}
@@ -297,7 +306,9 @@ class _Context:
         for t in self.study.get_trials(deepcopy=False, states=(self.TS.RUNNING,)):
             # Another machine's trial is left alone (in a local SQLite file every trial is this machine's, even
             # when its name changed, as a container's does on restart), and so is a search process still alive.
-            if (t.user_attrs.get("host") != self.host and not self.local) or pid_alive(t.user_attrs.get("pid")):
+            pid = t.user_attrs.get("pid")
+            pid = pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+            if (t.user_attrs.get("host") != self.host and not self.local) or pid_alive(pid):
                 continue
             trial = self.optuna.trial.Trial(self.study, t._trial_id)
             run = RunDir(self.run_path(t))

@@ -176,6 +176,14 @@ def _range(key: str, spec: dict[str, Any], hint: Any, meta: dict[str, Any], prob
     if log and low <= 0:
         problems.append(f"{where}: log=true needs low > 0 (got low={low:g}): raise low, or set log: false.")
         return None
+    if step is not None and step > high - low:
+        problems.append(f"{where}: step={step:g} is larger than the range {low:g} to {high:g}: only low could be "
+                        f"drawn. Fix: a smaller step, or a list of choices.")
+        return None
+    if step is not None and abs((high - low) / step - round((high - low) / step)) > 1e-9:
+        problems.append(f"{where}: the range {low:g} to {high:g} is not a whole number of steps of {step:g} (Optuna "
+                        f"would silently cut high down). Fix: make high - low a multiple of step.")
+        return None
     if log and step is not None and not (as_int and step == 1):
         problems.append(f"{where}: log and step cannot be combined (Optuna samples a log range without a step): "
                         f"drop one.")
