@@ -149,3 +149,19 @@ def test_figures_and_a_prefix_tuned_tagger(runs):
     assert tagger.attentions.shape[-2:] == (seq, seq) and tagger.token_probs.shape[0] == seq
     np.testing.assert_allclose(tagger.attentions.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(attention_rollout(tagger.attentions).sum(-1), 1.0, atol=1e-4)
+
+
+def test_dashboard_attention_page_captions_the_soft_prompt_share(runs, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    run = runs[("", "bert", "prompt")]
+    monkeypatch.setenv("WORKBENCH_RUNS", str(run.parent))
+    at = AppTest.from_string("from dashboard import attention\nattention.page()", default_timeout=120).run()
+    at.selectbox(key="att_run").set_value(run.name)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    captions = " ".join(c.value for c in at.caption)
+    assert "4 soft-prompt positions [P1]–[P4]" in captions and "of its attention to them" in captions
+    assert at.get("plotly_chart")
