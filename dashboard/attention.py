@@ -79,6 +79,7 @@ def page() -> None:
         st.error(str(e), icon=":material/error:")
         return
     _predictions(result, whole, untrained=run is None)
+    _virtual_caption(result)
     from workbench.figures.attention import rollout_heatmap
 
     # Only the open tab runs: saliency and the base model cost seconds, and a slider move must not wait on them.
@@ -213,9 +214,19 @@ def _maps(source: str, stamp: float, text: str, max_tokens: int, window: tuple[i
     layer = a.slider("Layer", 0, result.n_layers - 1, result.n_layers - 1, key="att_layer")
     head = b.selectbox("Head", [MEAN] + list(range(result.n_heads)), key="att_head")
     h = None if head == MEAN else int(head)
+    _virtual_caption(result, layer, h)
     left, right = st.columns(2)
     left.plotly_chart(attention_heatmap(result, layer, h), key="att_heatmap")
     right.plotly_chart(readout_bar(result, layer, h), key="att_readout")
+
+
+def _virtual_caption(result: Any, layer: int | None = None, head: int | None = None) -> None:
+    """A prompt- or prefix-tuned run: how much attention its virtual tokens take (`virtual_note`)."""
+    from workbench.attention import virtual_note
+
+    note = virtual_note(result, layer, head)
+    if note:
+        st.caption(note)
 
 
 def _difference(source: str, stamp: float, text: str, max_tokens: int, window: tuple[int, int], tuned: Any,
@@ -228,6 +239,9 @@ def _difference(source: str, stamp: float, text: str, max_tokens: int, window: t
     with widgets.shown_errors():
         base = _attention(source, stamp, True, text, max_tokens, window, word)
         diff = attention_difference(base, tuned, None if layer == "all" else int(layer))
+        if tuned.virtual == "prompt":
+            st.caption(f"The base model has no soft prompt: its attention to [P1]–[P{tuned.n_virtual}] counts as 0, "
+                       f"and their own rows (queries the base model has not got) are left blank.")
         st.plotly_chart(attention_difference_heatmap(diff, tuned.tokens), key="att_diff")
 
 
@@ -331,6 +345,7 @@ def _answer_page(run: Any, source: str, stamp: float) -> None:
                 f"probability {result.start_prob:.2f}.")
     if result.notice:
         st.caption(result.notice)
+    _virtual_caption(result)
     from workbench.figures.attention import rollout_heatmap
 
     tabs = st.tabs(TABS, key="att_tab", on_change="rerun")

@@ -11,6 +11,14 @@ predicts at every word, so the readout is a chosen word's first sub-word (last, 
 context in the windows its prediction uses (`read_answer`: `question_answering.encode.make_windows`, the
 run's doc_stride); the window shown is the one holding the predicted answer, and the readout is the
 answer's start token (where its start logit is read).
+
+A model trained with peft's prompt or prefix tuning attends to positions that are not in the text
+(`virtual_tokens`). Prompt tuning prepends a trained soft prompt to the input embeddings: its positions are
+real queries and keys, so they are kept and shown as tokens `[P1]`..`[Pn]` (marked special) before the text;
+every map stays square with rows summing to 1, and an encoder's classifier, which reads position 0, reads
+`[P1]`. Prefix tuning adds trained keys/values at every layer but no queries: the attention a text token pays
+to the prefix is kept as `virtual_share`, and the maps over the text are renormalised so each row sums to 1
+again (what rollout needs): they show how the attention left for the text is split among its tokens.
 """
 
 from __future__ import annotations
@@ -71,6 +79,14 @@ class AttentionResult:
     qa_window: int = 0  # "answer": which of the context's windows is shown
     qa_windows: int = 0  # "answer": how many windows the context is read in
     context_span: tuple[int, int] = (0, 0)  # "answer": the context's characters in the shown window
+    # peft prompt or prefix tuning (`virtual_tokens`): "prompt" / "prefix", else "". For "prompt" the first
+    # `n_virtual` tokens are the soft prompt ([P1]..[Pn]; `input_ids` holds the text's ids only); for "prefix"
+    # they are keys outside the maps, which are renormalised over the text.
+    virtual: str = ""
+    n_virtual: int = 0
+    # (layers, heads, seq): the share of each shown token's attention on the virtual tokens (for "prefix", taken
+    # before the renormalisation); None without them.
+    virtual_share: np.ndarray | None = None
 
     @property
     def window_label(self) -> str:
@@ -411,6 +427,75 @@ def with_readout(result: AttentionResult, word: int | None = None, position: int
 
 
 # --- the forward pass ------------------------------------------------------------------------------
+# peft types whose model attends to trained positions that are not in the text (`virtual_tokens`).
+_VIRTUAL = {"PROMPT_TUNING": "prompt", "P_TUNING": "prompt", "MULTITASK_PROMPT_TUNING": "prompt",
+            "PREFIX_TUNING": "prefix"}
+
+
+def virtual_tokens(model: Any) -> tuple[str, int]:
+    """("prompt", n) for a peft prompt-tuned model (n soft-prompt positions prepended to the input), ("prefix", n)
+    for a prefix-tuned one (n trained keys/values at every layer), else ("", 0); read from its active adapter."""
+    configs = getattr(model, "peft_config", None)
+    name = getattr(model, "active_adapter", None)
+    if not isinstance(configs, dict) or not isinstance(name, str) or name not in configs:
+        return "", 0
+    cfg = configs[name]
+    kind = _VIRTUAL.get(str(getattr(cfg.peft_type, "value", cfg.peft_type)), "")
+    return (kind, int(cfg.num_virtual_tokens)) if kind else ("", 0)
+
+
+def _split_virtual(model: Any, att: np.ndarray, n_text: int) -> tuple[np.ndarray, str, int, np.ndarray | None]:
+    """(maps, kind, n, share) from the raw (layers, heads, queries, keys) attention of `n_text` text tokens.
+
+    Prompt tuning: queries = keys = n + n_text, the soft prompt first; the maps are kept whole. Prefix tuning:
+    n_text queries over n + n_text keys, the prefix first; the maps over the text are renormalised (rows sum to
+    1). `share` (layers, heads, queries) is the attention each query pays to the virtual positions."""
+    kind, n = virtual_tokens(model)
+    q, k = att.shape[-2:]
+    expected = {"prompt": (n + n_text, n + n_text), "prefix": (n_text, n + n_text)}.get(kind, (n_text, n_text))
+    if (q, k) != expected:
+        raise ModelError(f"{type(model).__name__} returned attention maps of {q} x {k} positions for {n_text} tokens"
+                         f"{f' and {n} {kind}-tuning virtual tokens' if kind else ''} (expected {expected[0]} x "
+                         f"{expected[1]}); this model's attention cannot be lined up with its tokens.")
+    if not kind:
+        return att, "", 0, None
+    share = att[..., :n].sum(-1)
+    if kind == "prompt":
+        return att, kind, n, share
+    text = att[..., n:]
+    total = text.sum(-1, keepdims=True)
+    return (text / np.where(total > 0, total, 1.0)).astype(np.float32), kind, n, share
+
+
+def soft_prompt_tokens(n: int) -> list[str]:
+    """How a prompt-tuned model's n soft-prompt positions are labelled: [P1]..[Pn]."""
+    return [f"[P{i + 1}]" for i in range(n)]
+
+
+def virtual_note(result: AttentionResult, layer: int | None = None, head: int | None = None) -> str:
+    """One line on the attention the virtual tokens get ("" without them): the readout token's share in `layer` /
+    `head` (None: the mean over layers / heads), its mean over all layers, and the mean over the text's tokens."""
+    if not result.virtual or result.virtual_share is None:
+        return ""
+    share = result.virtual_share
+    r = result.readout_index
+    at = float(select(share, layer, head)[r])
+    where = (f"layer {_index(layer, result.n_layers, 'layer')}" if layer is not None else "mean of layers") + \
+        (", head average" if head is None else f", head {_index(head, result.n_heads, 'head')}")
+    text_rows = share[:, :, result.n_virtual:] if result.virtual == "prompt" else share
+    overall = float(text_rows.mean())
+    n = result.n_virtual
+    if result.virtual == "prompt":
+        what = (f"prompt tuning: {n} soft-prompt positions [P1]–[P{n}] are prepended to the text (shown as special "
+                f"tokens; they have queries and keys like the text's)")
+    else:
+        what = (f"prefix tuning: {n} trained key/value positions at every layer, attended to but not shown (they "
+                f"have no queries); the maps show the rest of each row, renormalised over the text tokens")
+    return (f"{what}. The readout token {result.tokens[r]!r} (position {r}) pays {at:.1%} of its attention to them "
+            f"({where}; {float(share[:, :, r].mean()):.1%} over all layers and heads); the text's tokens pay "
+            f"{overall:.1%} on average.")
+
+
 def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None = None, *, max_tokens: int = 128,
                    window: tuple[int, int] | int | None = None, word: int | None = None,
                    position: int | None = None, context: str | None = None,
@@ -445,19 +530,29 @@ def attention_maps(model: Any, tokenizer: Any, text: str, text_pair: str | None 
     if not out.attentions:
         raise ModelError(f"{type(model).__name__} returned no attention weights; eager attention is required.")
     att = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
+    att, kind, n_virtual, share = _split_virtual(model, att, len(enc.input_ids))
+    virtual = {"virtual": kind, "n_virtual": n_virtual, "virtual_share": share}
+    tokens, special = enc.tokens, enc.special
+    if kind == "prompt":  # the soft prompt is part of the sequence the model reads: show it as tokens
+        tokens, special = soft_prompt_tokens(n_virtual) + tokens, [True] * n_virtual + special
     probs = torch.softmax(out.logits[0].float(), -1).cpu().numpy()
     if readout_kind(task) == "word":  # probs is (seq, classes): a prediction at every token
+        if kind == "prompt":  # peft and the task refuse to train this (task_problem); say so rather than misalign
+            raise ModelError("A token classifier with a soft prompt (peft prompt tuning) predicts at the prompt's "
+                             "positions too, which the words cannot be lined up with; use a prefix-tuned or LoRA run.")
         result = AttentionResult(
-            tokens=enc.tokens, attentions=att, readout_index=0, model_type=getattr(model.config, "model_type", ""),
-            truncated=enc.truncated, notice=enc.notice, window=enc.window, special=enc.special,
+            tokens=tokens, attentions=att, readout_index=0, model_type=getattr(model.config, "model_type", ""),
+            truncated=enc.truncated, notice=enc.notice, window=enc.window, special=special,
             input_ids=enc.input_ids, labels=class_labels(model), readout="word", words=enc.words,
-            word_ids=enc.word_ids, word_positions=enc.word_positions, token_probs=probs, n_tokens=enc.n_tokens)
+            word_ids=enc.word_ids, word_positions=enc.word_positions, token_probs=probs, n_tokens=enc.n_tokens,
+            **virtual)
         return with_readout(result, word, position)
+    # An encoder's head reads position 0 ([CLS]; with a soft prompt, [P1]); a decoder's the last token.
     return AttentionResult(
-        tokens=enc.tokens, attentions=att, readout_index=len(enc.input_ids) - 1 if is_decoder(model) else 0,
+        tokens=tokens, attentions=att, readout_index=len(tokens) - 1 if is_decoder(model) else 0,
         model_type=getattr(model.config, "model_type", ""), truncated=enc.truncated, notice=enc.notice,
-        window=enc.window, special=enc.special, input_ids=enc.input_ids, probs=probs, labels=class_labels(model),
-        n_tokens=enc.n_tokens)
+        window=enc.window, special=special, input_ids=enc.input_ids, probs=probs, labels=class_labels(model),
+        n_tokens=enc.n_tokens, **virtual)
 
 
 # --- question answering: read out at the predicted answer's start token ---------------------------
@@ -587,6 +682,11 @@ def _answer_attention(model: Any, tokenizer: Any, question: str, context: str | 
     if not out.attentions:
         raise ModelError(f"{type(model).__name__} returned no attention weights; eager attention is required.")
     att = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
+    att, kind, n_virtual, share = _split_virtual(model, att, len(enc.input_ids))
+    if kind == "prompt":  # peft and the task refuse to train this (task_problem)
+        raise ModelError("A question-answering model with a soft prompt (peft prompt tuning) has start/end logits at "
+                         "the prompt's positions too, which the context cannot be lined up with; use a prefix-tuned "
+                         "or LoRA run.")
     a = reading.answer
     result = AttentionResult(
         tokens=enc.tokens, attentions=att, readout_index=reading.readout,
@@ -594,7 +694,8 @@ def _answer_attention(model: Any, tokenizer: Any, question: str, context: str | 
         window=enc.window, special=enc.special, input_ids=enc.input_ids, n_tokens=enc.n_tokens, readout="answer",
         labels=["answer start", "answer end"], answer=a.text, answer_span=(a.start, a.end),
         answer_tokens=reading.answer_tokens, start_logits=out.start_logits[0].float().cpu().numpy(),
-        qa_window=reading.window, qa_windows=reading.n_windows, context_span=reading.context_span)
+        qa_window=reading.window, qa_windows=reading.n_windows, context_span=reading.context_span,
+        virtual=kind, n_virtual=n_virtual, virtual_share=share)
     return with_readout(result, position=position)
 
 
@@ -711,15 +812,55 @@ def select(att: np.ndarray, layer: int | None = None, head: int | None = None) -
 
 def attention_difference(base: AttentionResult, tuned: AttentionResult, layer: int | None = None,
                          head: int | None = None) -> np.ndarray:
-    """(seq, seq) tuned - base: where fine-tuning moved attention (positive: attends more after tuning)."""
-    if base.tokens != tuned.tokens or base.input_ids != tuned.input_ids:
+    """(seq, seq) tuned - base: where fine-tuning moved attention (positive: attends more after tuning).
+
+    A prompt-tuned model shows its soft prompt [P1]..[Pn] before the text, which the base model has not got: the
+    difference is then over the prompt-tuned model's positions, the base model's attention to the soft prompt
+    counted as 0 and its soft-prompt rows (queries it does not have) NaN. A prefix-tuned model's maps are over the
+    text (renormalised), as the base model's."""
+    b, t = _aligned(base, tuned)
+    return select(t, layer, head) - select(b, layer, head)
+
+
+def readout_difference(base: AttentionResult, tuned: AttentionResult, layer: int | None = None,
+                       head: int | None = None) -> np.ndarray:
+    """(seq,) the readout token's attention, tuned - base, over the positions `attention_difference` uses.
+
+    Each model's own readout row: with a soft prompt an encoder's classifier reads [P1], where the base model read
+    [CLS], and this compares what the classifier reads from before and after tuning."""
+    b, t = _aligned(base, tuned)
+    rb, rt = base.readout_index + (b.shape[-2] - base.attentions.shape[-2]), tuned.readout_index + \
+        (t.shape[-2] - tuned.attentions.shape[-2])
+    return select(t[:, :, rt, :], layer, head) - select(b[:, :, rb, :], layer, head)
+
+
+def _aligned(base: AttentionResult, tuned: AttentionResult) -> tuple[np.ndarray, np.ndarray]:
+    """The two results' maps over the same positions (a soft prompt only one of them has: padded in the other,
+    0 attention to it, NaN rows for its queries)."""
+    nb = base.n_virtual if base.virtual == "prompt" else 0
+    nt = tuned.n_virtual if tuned.virtual == "prompt" else 0
+    if base.tokens[nb:] != tuned.tokens[nt:] or base.input_ids != tuned.input_ids:
         raise WorkbenchError(f"Cannot compare attention over different tokens ({len(base.tokens)} vs "
                              f"{len(tuned.tokens)} tokens). Fix: use the same text, tokenizer and max_tokens/window "
                              f"for both models.")
-    if base.attentions.shape != tuned.attentions.shape:
+    if base.attentions.shape[:2] != tuned.attentions.shape[:2]:
         raise WorkbenchError(f"The models have different layer/head counts ({base.attentions.shape[:2]} vs "
                              f"{tuned.attentions.shape[:2]}); compare a run with its own base model.")
-    return select(tuned.attentions, layer, head) - select(base.attentions, layer, head)
+    if nb != nt and min(nb, nt) > 0:
+        raise WorkbenchError(f"The models have soft prompts of different lengths ({nb} vs {nt}); compare a run with "
+                             f"its own base model.")
+    n = max(nb, nt)
+    return _pad_prompt(base.attentions, n - nb), _pad_prompt(tuned.attentions, n - nt)
+
+
+def _pad_prompt(att: np.ndarray, n: int) -> np.ndarray:
+    if not n:
+        return att
+    layers, heads, q, k = att.shape
+    out = np.zeros((layers, heads, q + n, k + n), dtype=np.float32)
+    out[:, :, :n, :] = np.nan
+    out[:, :, n:, n:] = att
+    return out
 
 
 def top_tokens(weights: np.ndarray, tokens: list[str], k: int = 5,

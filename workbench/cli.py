@@ -955,6 +955,8 @@ def cmd_attention(a: argparse.Namespace) -> int:
         tags = res.word_tags
         print(("tags of the words in this window: " if res.truncated else "tags: ")
               + "  ".join(f"{i}:{res.words[i]}/{tags[i]}" for i in res.shown_words))
+    if res.virtual:
+        print(f"note: {att.virtual_note(res, a.layer, a.head)}")
     if res.truncated:
         print(f"note: {res.notice}")
         listing = ", ".join(f"{i} = {att.window_label(win, res.n_tokens)}" for i, win in enumerate(windows))
@@ -977,8 +979,15 @@ def cmd_attention(a: argparse.Namespace) -> int:
                                    max_tokens=a.max_tokens, window=window, word=w)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
-        out.append(figs.attention_difference_heatmap(diff, res.tokens))
-        show("readout attention most increased by fine-tuning:", diff[r], "+.3f")
+        # Over the tuned model's tokens: a prompt-tuned one has its soft prompt [P1].. too, which the base has not.
+        out.append(figs.attention_difference_heatmap(diff, tuned_res.tokens))
+        print("readout attention most increased by fine-tuning:")
+        moved = att.readout_difference(base_res, tuned_res, a.layer, a.head)
+        for i, t, v in att.top_tokens(moved, tuned_res.tokens, a.top, tuned_res.special):
+            print(f"  {i:4d}  {t:20s} {v:+.3f}")
+        if tuned_res.virtual == "prompt":
+            print(f"  (the soft prompt [P1]–[P{tuned_res.n_virtual}], which the base model has not got, gained "
+                  f"{float(moved[:tuned_res.n_virtual].sum()):+.3f})")
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
@@ -986,7 +995,9 @@ def cmd_attention(a: argparse.Namespace) -> int:
         out.append(figs.saliency_figure(sal))
         gap = f" (completeness gap {sal.completeness_gap:.2g})" if sal.completeness_gap is not None else ""
         what = f"class {sal.target_label}" if w is None else f"tag {sal.target_label} of word {w} {res.words[w]!r}"
-        print(f"saliency ({a.saliency}) for {what}{gap}:")
+        print(f"saliency ({a.saliency}) for {what}{gap}"
+              + (" (positions in the text: the soft prompt is trained, not input, so it has no saliency):"
+                 if res.virtual == "prompt" else ":"))
         for i, t, _ in att.top_tokens(abs(sal.scores), sal.tokens, a.top, sal.special):
             print(f"  {i:4d}  {t:20s} {float(sal.scores[i]):+.3f}")
     path = figs.write_figures_html(out, a.out, title=f"Attention: {Path(str(a.run)).name}")
@@ -1020,6 +1031,8 @@ def _answer_attention(a: argparse.Namespace, model: Any, tok: Any) -> int:
     start = "the answer's start token" if res.answer_tokens else \
         ("the null position (no answer)" if not res.answer else "this window's best start token")
     print(f"readout: {start} {res.tokens[r]!r} (position {r}, start probability {res.start_prob:.3f})")
+    if res.virtual:
+        print(f"note: {att.virtual_note(res, a.layer, a.head)}")
 
     def show(title: str, weights: Any, fmt: str = ".3f") -> None:
         print(title)
@@ -1037,8 +1050,15 @@ def _answer_attention(a: argparse.Namespace, model: Any, tok: Any) -> int:
                                    context=a.context, max_tokens=size, window=res.qa_window, position=r, qa=qa)
         base_res, tuned_res = (res, other) if a.base else (other, res)
         diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
-        out.append(figs.attention_difference_heatmap(diff, res.tokens))
-        show("readout attention most increased by fine-tuning:", diff[r], "+.3f")
+        # Over the tuned model's tokens: a prompt-tuned one has its soft prompt [P1].. too, which the base has not.
+        out.append(figs.attention_difference_heatmap(diff, tuned_res.tokens))
+        print("readout attention most increased by fine-tuning:")
+        moved = att.readout_difference(base_res, tuned_res, a.layer, a.head)
+        for i, t, v in att.top_tokens(moved, tuned_res.tokens, a.top, tuned_res.special):
+            print(f"  {i:4d}  {t:20s} {v:+.3f}")
+        if tuned_res.virtual == "prompt":
+            print(f"  (the soft prompt [P1]–[P{tuned_res.n_virtual}], which the base model has not got, gained "
+                  f"{float(moved[:tuned_res.n_virtual].sum()):+.3f})")
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, context=a.context,

@@ -36,10 +36,16 @@ def _what(result: AttentionResult, layer: int, head: int | None) -> str:
     return f"layer {layer} of 0–{result.n_layers - 1}, {who}"
 
 
-def _subtitle(result: AttentionResult) -> str:
+def _subtitle(result: AttentionResult, layer: int | None = None, head: int | None = None) -> str:
     parts = []
     if result.predicted is not None and result.probs is not None:
         parts.append(f"predicted {result.predicted} (p={float(np.max(result.probs)):.2f})")
+    if result.virtual and result.virtual_share is not None:  # peft prompt / prefix tuning
+        share = float(select(result.virtual_share, layer, head)[result.readout_index])
+        n = result.n_virtual
+        parts.append(f"soft prompt [P1]–[P{n}] takes {share:.0%} of the readout's attention" if result.virtual ==
+                     "prompt" else f"prefix ({n} keys, not shown) takes {share:.0%} of the readout's attention; "
+                     f"rows renormalised over the text")
     if result.truncated:
         parts.append(result.notice)
     return " · ".join(parts)
@@ -74,7 +80,8 @@ def _token_heatmap(z: np.ndarray, tokens: Sequence[str], title: str, subtitle: s
 def attention_heatmap(result: AttentionResult, layer: int, head: int | None = None) -> go.Figure:
     """One layer's attention map for one head (or the head average)."""
     z = select(result.attentions, layer, head)
-    return _token_heatmap(z, result.tokens, f"Attention · {_what(result, layer, head)}", _subtitle(result))
+    return _token_heatmap(z, result.tokens, f"Attention · {_what(result, layer, head)}",
+                          _subtitle(result, layer, head))
 
 
 def rollout_heatmap(result: AttentionResult, add_residual: bool = True) -> go.Figure:
@@ -102,7 +109,7 @@ def readout_bar(result: AttentionResult, layer: int, head: int | None = None) ->
     r = result.readout_index
     fig.update_layout(
         title={"text": f"Attention from {_esc(result.tokens[r])} (position {r}) · {_what(result, layer, head)}",
-               "subtitle": {"text": _esc(_subtitle(result) or "grey: special tokens")}},
+               "subtitle": {"text": _esc(_subtitle(result, layer, head) or "grey: special tokens")}},
         xaxis={"tickmode": "array", "tickvals": list(range(n)), "ticktext": [_esc(t) for t in result.tokens],
                "tickangle": -60, "tickfont": {"size": 11 if n <= 40 else 8}},
         yaxis={"title": {"text": "attention weight"}}, height=420, margin={"t": 90})
