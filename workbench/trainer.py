@@ -2,7 +2,9 @@
 
 - a NaN/inf loss halts the run at the step it happens (the trainer would log and carry on);
 - checkpoints are written atomically: into a staging folder, fsynced, then renamed, and old ones
-  rotated only after the new one is complete (the trainer writes in place);
+  rotated only after the new one is complete (the trainer writes in place); an AdaLoRA adapter is
+  written at init_r with its rank mask and importance scores beside it, so a resumed run fits it
+  (`peft_methods.adalora_unpruned`);
 - an out-of-memory error during evaluation halves the evaluation batch and retries, leaving the
   training batch alone (training OOM is handled one level up, in `training.run_training`);
 - status.json and metrics.jsonl are kept current; a stop request becomes checkpoint-then-stop;
@@ -26,6 +28,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from .adversarial import EmbeddingAdversary
 from .errors import TrainingHalted
+from .peft_methods import adalora_unpruned, save_adalora_state
 from .rundir import RunDir
 
 SIGNALLED = {"stop": False}
@@ -185,12 +188,15 @@ class WorkbenchTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         self.args.output_dir = str(staging)
         try:
-            super()._save_checkpoint(model, trial)  # rotates inside staging only: nothing to delete there
+            # AdaLoRA: saved at init_r with its rank mask and scores beside it (`peft_methods.adalora_unpruned`)
+            with adalora_unpruned(self.model):
+                super()._save_checkpoint(model, trial)  # rotates inside staging only: nothing to delete there
         finally:
             self.args.output_dir = str(root)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             src, dst = staging / name, root / name
+            save_adalora_state(self.model, src)
             if self.state.best_model_checkpoint and str(staging) in self.state.best_model_checkpoint:
                 self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging), str(root))
             state_file = src / "trainer_state.json"
