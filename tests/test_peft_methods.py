@@ -210,6 +210,53 @@ def test_a_stopped_adalora_run_resumes_and_ends_like_an_uninterrupted_one(stop_a
     assert again["predicted"].astype(str).tolist() == stored["predicted"].astype(str).tolist()
 
 
+def test_adalora_checkpoints_that_cannot_resume_are_refused_with_the_fix(work, monkeypatch):
+    """A checkpoint saved pruned (as before checkpoints were written at init_r), one without its AdaLoRA state just
+    before the step that fixes the budget by it, and a state file that does not fit: each a clear refusal."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import workbench.training as training
+    from workbench.errors import ModelError, RunError
+    from workbench.peft_methods import ADALORA_STATE
+    from workbench.rundir import new_run_dir
+    from workbench.trainer import RunDirCallback
+
+    real = RunDirCallback.on_step_end
+
+    def stop(self, args, state, control, **kw):
+        if state.global_step == 8:
+            self.run.request_stop()
+        return real(self, args, state, control, **kw)
+
+    monkeypatch.setattr(RunDirCallback, "on_step_end", stop)
+    cfg = _adalora_run(work, "ada-refused")
+    run = training.run_training(cfg, new_run_dir(cfg), progress=False)
+    monkeypatch.setattr(RunDirCallback, "on_step_end", real)
+    ckpt = run.latest_checkpoint()
+    keep = ckpt.parent / "kept"
+    shutil.copytree(ckpt, keep)
+
+    f = ckpt / "adapter_config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "rank_pattern": {"x.lora_E": [True, False]}}))
+    with pytest.raises(RunError, match="saved at its pruned ranks.*Fix: start the run again"):
+        training.run_training(cfg, run, resume=True, progress=False)
+    assert run.status()["state"] == "failed" and "pruned ranks" in run.status()["error"]
+
+    shutil.copyfile(keep / "adapter_config.json", f)
+    (ckpt / ADALORA_STATE).unlink()  # step 9 fixes the budget by the scores, which peft does not build first
+    with pytest.raises(ModelError, match="no AdaLoRA importance scores.*Fix: delete that checkpoint folder"):
+        training.run_training(cfg, run, resume=True, progress=False)
+
+    state = load_file(keep / ADALORA_STATE)
+    name = next(k for k in state if k.startswith("exp_avg_ipt."))
+    save_file({**state, name: torch.zeros(3, 3)}, str(ckpt / ADALORA_STATE))
+    with pytest.raises(ModelError, match="does not fit this run's AdaLoRA adapter"):
+        training.run_training(cfg, run, resume=True, progress=False)
+    assert "does not fit" in run.status()["error"]
+
+
 def test_adalora_shares_become_step_counts_and_unknown_counts_are_refused(tiny_bert):
     from workbench.config import ModelConfig, PeftConfig, RunConfig
     from workbench.errors import ModelError
