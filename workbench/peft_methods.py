@@ -447,6 +447,20 @@ def restore_adalora_state(model: Any, folder: str | Path, global_step: int) -> N
     cfg.rank_pattern = pattern or None
 
 
+def adalora_mask_from_weights(model: Any) -> None:
+    """Once pruning has begun (some singular value is zero), set an AdaLoRA model's rank mask to its non-zero
+    singular values, so its final save keeps exactly the ranks that act. For weights loaded from a checkpoint (the
+    Trainer's best one) whose mask is not the one in memory; a zero one contributes nothing, so none is lost."""
+    found = _adalora_model(model)
+    if found is None:
+        return
+    base, name = found
+    values = {n: (p.detach() != 0).view(-1).tolist() for n, p in base.model.named_parameters()
+              if ".lora_E." in n and n.endswith(f".{name}")}
+    pruned = any(not all(keep) for keep in values.values())
+    base.peft_config[name].rank_pattern = values if pruned else None
+
+
 def adalora_resume_problem(checkpoint: str | Path) -> str | None:
     """Why an AdaLoRA run cannot resume from `checkpoint`, or None: one whose adapter was saved already pruned
     (as workbench versions before `adalora_unpruned` wrote them) does not fit the model rebuilt at init_r."""

@@ -28,7 +28,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from .adversarial import EmbeddingAdversary
 from .errors import TrainingHalted
-from .peft_methods import adalora_unpruned, save_adalora_state
+from .peft_methods import adalora_mask_from_weights, adalora_unpruned, save_adalora_state
 from .rundir import RunDir
 
 SIGNALLED = {"stop": False}
@@ -216,6 +216,14 @@ class WorkbenchTrainer(Trainer):
             rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+    def _load_best_model(self) -> None:
+        """`training.load_best_model_at_end` for AdaLoRA too: the best checkpoint is at init_r (see
+        `_save_checkpoint`), so the mask in memory is set aside while it loads (peft would cut the model down to it
+        first), then set to the loaded weights' own. Private like `_save_checkpoint` (tests/test_untrusted.py)."""
+        with adalora_unpruned(self.model):
+            super()._load_best_model()
+        adalora_mask_from_weights(self.model)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Evaluation OOM halves the evaluation batch only, and retries."""
