@@ -210,6 +210,37 @@ def test_a_stopped_adalora_run_resumes_and_ends_like_an_uninterrupted_one(stop_a
     assert again["predicted"].astype(str).tolist() == stored["predicted"].astype(str).tolist()
 
 
+def test_adalora_loads_its_best_checkpoint_at_end_and_saves_the_ranks_it_uses(work, monkeypatch):
+    """load_best_model_at_end with the best checkpoint mid-pruning (its mask is not the final one in memory): the
+    checkpoint loads, and the final adapter keeps the ranks its weights use, so it reloads to the same predictions."""
+    from safetensors.torch import load_file
+
+    from workbench.trainer import WorkbenchTrainer
+
+    real = WorkbenchTrainer.evaluate
+
+    def best_at_6(self, *a, **k):  # the validation loss made lowest at step 6, whatever training does
+        return {**real(self, *a, **k), "eval_loss": float(abs(self.state.global_step - 6))}
+
+    monkeypatch.setattr(WorkbenchTrainer, "evaluate", best_at_6)
+    cfg = _adalora_run(work, "ada-best", eval_strategy="steps", eval_steps=2, save_steps=2,
+                       load_best_model_at_end=True, metric_for_best_model="loss")
+    run, test, model = _train(cfg, monkeypatch)
+    assert run.status()["state"] == "completed", run.status().get("error")
+    best = load_file(run.checkpoints_dir / "checkpoint-6" / "adapter_model.safetensors")
+    loaded = {k.replace(".default", ""): p for k, p in model.named_parameters() if "lora_" in k}
+    assert all(torch.equal(loaded[k], v) for k, v in best.items() if "lora_" in k)
+    kept = {k: (v != 0).view(-1).tolist() for k, v in best.items() if "lora_E" in k}
+    assert 2 * len(kept) < sum(map(sum, kept.values())) < 6 * len(kept)  # mid-pruning: above the final budget
+    saved = json.loads((run.model_dir / "adapter_config.json").read_text())["rank_pattern"]
+    assert {f"base_model.model.{k}": v for k, v in saved.items()} == kept
+    labels = json.loads(run.labels_file.read_text())
+    again = _scores(run.model_dir, cfg.task, test, labels, 64)
+    stored = run.predictions("after")
+    _same_losses(again, stored, 1e-5)
+    assert again["predicted"].astype(str).tolist() == stored["predicted"].astype(str).tolist()
+
+
 def test_adalora_checkpoints_that_cannot_resume_are_refused_with_the_fix(work, monkeypatch):
     """A checkpoint saved pruned (as before checkpoints were written at init_r), one without its AdaLoRA state just
     before the step that fixes the budget by it, and a state file that does not fit: each a clear refusal."""
