@@ -131,6 +131,163 @@ def test_adalora_moves_its_rank_budget_during_training(work, monkeypatch):
     assert sum(kept) == 2 * len(kept) and len(set(kept)) > 1  # the budget went to some modules more than others
 
 
+def _adalora_run(work, name: str, **training):
+    task = "text-classification"
+    return config_for(task, _model(task, work), data_for(task, work / f"data-{task}"), work / "runs", "adalora",
+                      adalora={"init_r": 6, "target_r": 2, "tinit": 2, "tfinal": 4, "deltaT": 1}).override({
+        "name": name, "training.max_steps": 12, "training.save_strategy": "steps", "training.save_steps": 10_000,
+        # 56 training rows: 12 steps of 4 stay in the first epoch (the Trainer resumes bit-exact within it)
+        "training.per_device_train_batch_size": 4,
+        **{f"training.{k}": v for k, v in training.items()}})
+
+
+@pytest.fixture(scope="module")
+def adalora_straight(work):
+    """The AdaLoRA run of `_adalora_run` without a stop: the reference a stopped-and-resumed one must match."""
+    from workbench.rundir import new_run_dir
+    from workbench.training import run_training
+
+    cfg = _adalora_run(work, "ada-straight")
+    return run_training(cfg, new_run_dir(cfg), progress=False)
+
+
+# 12 steps, tinit 2, tfinal 4 (peft counts the steps done before the current one): scores only in steps 1-3, the
+# budget pruned in steps 4-8, fixed in step 9 by the scores, masked in steps 10-12 by the mask fixed then.
+@pytest.mark.parametrize("stop_at", [1, 5, 8, 9],
+                         ids=["before-tinit", "during-pruning", "budget-fixed-next", "after-tfinal"])
+def test_a_stopped_adalora_run_resumes_and_ends_like_an_uninterrupted_one(stop_at, work, adalora_straight,
+                                                                          monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    import workbench.training as training
+    from workbench.rundir import new_run_dir
+    from workbench.trainer import RunDirCallback
+
+    real = RunDirCallback.on_step_end
+
+    def stop(self, args, state, control, **kw):  # `workbench stop` after step stop_at: checkpoint, then exit
+        if state.global_step == stop_at:
+            self.run.request_stop()
+        return real(self, args, state, control, **kw)
+
+    monkeypatch.setattr(RunDirCallback, "on_step_end", stop)
+    cfg = _adalora_run(work, f"ada-stop-{stop_at}")
+    run = training.run_training(cfg, new_run_dir(cfg), progress=False)
+    assert run.status()["state"] == "stopped"
+    ckpt = run.latest_checkpoint()
+    assert ckpt.name == f"checkpoint-{stop_at}"
+    # saved at init_r (the model is rebuilt at init_r on resume); the zeroed singular values carry the mask
+    assert json.loads((ckpt / "adapter_config.json").read_text())["rank_pattern"] is None
+    with safe_open(ckpt / "adapter_model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_shape()[0] for k in f.keys() if "lora_A" in k} == {6}
+
+    monkeypatch.setattr(RunDirCallback, "on_step_end", real)
+    seen, score = {}, training._score_test_split
+    monkeypatch.setattr(training, "_score_test_split", lambda run, stage, model, tok, prep, *a, **k: (
+        seen.update(test=prep.test), score(run, stage, model, tok, prep, *a, **k))[1])
+    training.run_training(cfg, run, resume=True, progress=False)
+    st = run.status()
+    assert st["state"] == "completed" and st["step"] == 12, st.get("error")
+    assert run.metrics().query("kind == 'train'")["step"].tolist() == list(range(1, 13))
+    # the importance scores and the rank mask travel with the checkpoint: the same budget, losses and adapter
+    ref = adalora_straight
+    a = run.metrics().query("kind == 'train'").set_index("step")["loss"]
+    b = ref.metrics().query("kind == 'train'").set_index("step")["loss"]
+    assert a.tolist() == pytest.approx(b.tolist(), rel=1e-4)
+    saved = json.loads((run.model_dir / "adapter_config.json").read_text())
+    assert saved["rank_pattern"] == json.loads((ref.model_dir / "adapter_config.json").read_text())["rank_pattern"]
+    assert sum(sum(v) for v in saved["rank_pattern"].values()) == 2 * len(saved["rank_pattern"])
+    mine, theirs = (load_file(r.model_dir / "adapter_model.safetensors") for r in (run, ref))
+    assert mine.keys() == theirs.keys()
+    assert all(torch.allclose(mine[k], theirs[k], atol=1e-5) for k in mine)
+    # the final adapter is pruned (as peft saves it) and reloads to the run's own predictions
+    assert sum(v.shape[0] for k, v in mine.items() if "lora_A" in k) == 2 * len(saved["rank_pattern"])
+    labels = json.loads(run.labels_file.read_text())
+    stored = run.predictions("after")
+    again = _scores(run.model_dir, cfg.task, seen["test"], labels, 64)
+    _same_losses(again, stored, 1e-5)
+    assert again["predicted"].astype(str).tolist() == stored["predicted"].astype(str).tolist()
+
+
+def test_adalora_loads_its_best_checkpoint_at_end_and_saves_the_ranks_it_uses(work, monkeypatch):
+    """load_best_model_at_end with the best checkpoint mid-pruning (its mask is not the final one in memory): the
+    checkpoint loads, and the final adapter keeps the ranks its weights use, so it reloads to the same predictions."""
+    from safetensors.torch import load_file
+
+    from workbench.trainer import WorkbenchTrainer
+
+    real = WorkbenchTrainer.evaluate
+
+    def best_at_6(self, *a, **k):  # the validation loss made lowest at step 6, whatever training does
+        return {**real(self, *a, **k), "eval_loss": float(abs(self.state.global_step - 6))}
+
+    monkeypatch.setattr(WorkbenchTrainer, "evaluate", best_at_6)
+    cfg = _adalora_run(work, "ada-best", eval_strategy="steps", eval_steps=2, save_steps=2,
+                       load_best_model_at_end=True, metric_for_best_model="loss")
+    run, test, model = _train(cfg, monkeypatch)
+    assert run.status()["state"] == "completed", run.status().get("error")
+    best = load_file(run.checkpoints_dir / "checkpoint-6" / "adapter_model.safetensors")
+    loaded = {k.replace(".default", ""): p for k, p in model.named_parameters() if "lora_" in k}
+    assert all(torch.equal(loaded[k], v) for k, v in best.items() if "lora_" in k)
+    kept = {k: (v != 0).view(-1).tolist() for k, v in best.items() if "lora_E" in k}
+    assert 2 * len(kept) < sum(map(sum, kept.values())) < 6 * len(kept)  # mid-pruning: above the final budget
+    saved = json.loads((run.model_dir / "adapter_config.json").read_text())["rank_pattern"]
+    assert {f"base_model.model.{k}": v for k, v in saved.items()} == kept
+    labels = json.loads(run.labels_file.read_text())
+    again = _scores(run.model_dir, cfg.task, test, labels, 64)
+    stored = run.predictions("after")
+    _same_losses(again, stored, 1e-5)
+    assert again["predicted"].astype(str).tolist() == stored["predicted"].astype(str).tolist()
+
+
+def test_adalora_checkpoints_that_cannot_resume_are_refused_with_the_fix(work, monkeypatch):
+    """A checkpoint saved pruned (as before checkpoints were written at init_r), one without its AdaLoRA state just
+    before the step that fixes the budget by it, and a state file that does not fit: each a clear refusal."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import workbench.training as training
+    from workbench.errors import ModelError, RunError
+    from workbench.peft_methods import ADALORA_STATE
+    from workbench.rundir import new_run_dir
+    from workbench.trainer import RunDirCallback
+
+    real = RunDirCallback.on_step_end
+
+    def stop(self, args, state, control, **kw):
+        if state.global_step == 8:
+            self.run.request_stop()
+        return real(self, args, state, control, **kw)
+
+    monkeypatch.setattr(RunDirCallback, "on_step_end", stop)
+    cfg = _adalora_run(work, "ada-refused")
+    run = training.run_training(cfg, new_run_dir(cfg), progress=False)
+    monkeypatch.setattr(RunDirCallback, "on_step_end", real)
+    ckpt = run.latest_checkpoint()
+    keep = ckpt.parent / "kept"
+    shutil.copytree(ckpt, keep)
+
+    f = ckpt / "adapter_config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "rank_pattern": {"x.lora_E": [True, False]}}))
+    with pytest.raises(RunError, match="saved at its pruned ranks.*Fix: start the run again"):
+        training.run_training(cfg, run, resume=True, progress=False)
+    assert run.status()["state"] == "failed" and "pruned ranks" in run.status()["error"]
+
+    shutil.copyfile(keep / "adapter_config.json", f)
+    (ckpt / ADALORA_STATE).unlink()  # step 9 fixes the budget by the scores, which peft does not build first
+    with pytest.raises(ModelError, match="no AdaLoRA importance scores.*Fix: delete that checkpoint folder"):
+        training.run_training(cfg, run, resume=True, progress=False)
+
+    state = load_file(keep / ADALORA_STATE)
+    name = next(k for k in state if k.startswith("exp_avg_ipt."))
+    save_file({**state, name: torch.zeros(3, 3)}, str(ckpt / ADALORA_STATE))
+    with pytest.raises(ModelError, match="does not fit this run's AdaLoRA adapter"):
+        training.run_training(cfg, run, resume=True, progress=False)
+    assert "does not fit" in run.status()["error"]
+
+
 def test_adalora_shares_become_step_counts_and_unknown_counts_are_refused(tiny_bert):
     from workbench.config import ModelConfig, PeftConfig, RunConfig
     from workbench.errors import ModelError

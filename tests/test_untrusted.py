@@ -297,6 +297,16 @@ def test_i12_12_private_apis_present():
     assert "self._save_checkpoint(" in inspect.getsource(Trainer)
     assert {"output_dir", "save_total_limit", "best_model_checkpoint", "use_mtime"} <= set(
         inspect.signature(rotate_checkpoints).parameters)
+    # WorkbenchTrainer._load_best_model wraps the trainer's own (AdaLoRA's mask set aside while it loads), and
+    # peft_methods saves/restores peft's AdaLoRA allocator state (rank_pattern, the score EMAs) across checkpoints.
+    assert list(inspect.signature(Trainer._load_best_model).parameters) == ["self"]
+    assert "self._load_best_model()" in inspect.getsource(Trainer)
+    from peft.tuners.adalora.layer import RankAllocator
+    from peft.tuners.adalora.model import AdaLoraModel
+    assert all(f"self.{n} = {{}}" in inspect.getsource(RankAllocator.reset_ipt)
+               for n in ("ipt", "exp_avg_ipt", "exp_avg_unc"))
+    assert "self.rankallocator" in inspect.getsource(AdaLoraModel.__init__)
+    assert "lora_config.rank_pattern" in inspect.getsource(AdaLoraModel.update_and_allocate)
     # WorkbenchTrainer.evaluate relies on eval loaders being rebuilt (cached only with persistent workers).
     assert "dataloader_persistent_workers" in inspect.getsource(Trainer.get_eval_dataloader)
     # workbench/speed.py: the CPU training attention hands back to transformers' SDPA function.

@@ -309,17 +309,173 @@ def merge(model: Any) -> Any:
 
 
 # --- AdaLoRA's budget update -------------------------------------------------------------------
-def adalora_callback() -> Any:
+def adalora_callback(resume_from: str | Path | None = None) -> Any:
     """A `TrainerCallback` that calls peft's `update_and_allocate(global_step)` after each optimizer step and
-    before the gradients are zeroed (peft's documented order: it reads the gradients to score each rank)."""
+    before the gradients are zeroed (peft's documented order: it reads the gradients to score each rank).
+    With `resume_from` (the checkpoint the Trainer resumes from), it first puts back the allocator's state that
+    checkpoint holds (`restore_adalora_state`), once the Trainer has loaded the weights and the step count."""
     from transformers import TrainerCallback
 
     class AdaLoraBudget(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            if resume_from is not None:
+                restore_adalora_state(model, resume_from, state.global_step)
+
         def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             inner = getattr(model, "module", model)  # DDP wraps the PeftModel
             inner.base_model.update_and_allocate(state.global_step)
 
     return AdaLoraBudget()
+
+
+# --- AdaLoRA across a checkpoint ---------------------------------------------------------------
+# Once peft has pruned the budget it keeps `rank_pattern` on the adapter's config, and `save_pretrained` then writes
+# the adapter cut down to the kept ranks. A run resumes by rebuilding the model at init_r and loading the checkpoint
+# into it, so checkpoints are written whole (`adalora_unpruned`): the pruned ranks are there as zeroed singular
+# values (`lora_E`). What peft keeps only in memory travels beside them in ADALORA_STATE (`save_adalora_state`):
+# the rank mask, and the rank allocator's importance scores (the two moving averages it prunes by), so a resumed
+# run prunes as the uninterrupted one would. The run's final model is saved pruned, as peft saves it.
+ADALORA_STATE = "adalora_state.safetensors"
+
+
+def _adalora_model(model: Any) -> tuple[Any, str] | None:
+    """(peft's AdaLoraModel, the adapter it trains) of a model being trained with AdaLoRA, else None."""
+    inner = getattr(model, "module", model)  # DDP wraps the PeftModel
+    base = getattr(inner, "base_model", None)
+    if getattr(base, "rankallocator", None) is None or not hasattr(base, "trainable_adapter_name"):
+        return None
+    return base, base.trainable_adapter_name
+
+
+@contextmanager
+def adalora_unpruned(model: Any) -> Iterator[None]:
+    """While inside, an AdaLoRA model saves its adapter at init_r (its rank mask is set aside, then put back);
+    any other model as it is."""
+    found = _adalora_model(model)
+    if found is None:
+        yield
+        return
+    base, name = found
+    cfg = base.peft_config[name]
+    pattern, cfg.rank_pattern = cfg.rank_pattern, None
+    try:
+        yield
+    finally:
+        cfg.rank_pattern = pattern
+
+
+def save_adalora_state(model: Any, folder: str | Path) -> None:
+    """Write an AdaLoRA model's rank mask and importance scores into `folder` (a checkpoint) as ADALORA_STATE:
+    plain tensors named `rank_pattern.<lora_E parameter>`, `exp_avg_ipt.<parameter>`, `exp_avg_unc.<parameter>`."""
+    import torch
+    from safetensors.torch import save_file
+
+    found = _adalora_model(model)
+    if found is None:
+        return
+    base, name = found
+    alloc = base.rankallocator
+    tensors = {f"{kind}.{n}": t.detach().to("cpu").contiguous() for kind, scores in
+               (("exp_avg_ipt", alloc.exp_avg_ipt), ("exp_avg_unc", alloc.exp_avg_unc)) for n, t in scores.items()}
+    pattern = base.peft_config[name].rank_pattern or {}
+    for n, keep in pattern.items():  # peft drops the adapter's name from the keys once it has saved the adapter
+        full = n if f".{name}" in n else f"{n}.{name}"
+        tensors[f"rank_pattern.{full}"] = torch.as_tensor(keep, dtype=torch.bool).view(-1)
+    save_file(tensors, str(Path(folder) / ADALORA_STATE))
+
+
+def restore_adalora_state(model: Any, folder: str | Path, global_step: int) -> None:
+    """Put back the AdaLoRA state a checkpoint `folder` holds into `model` (already loaded from it, at step
+    `global_step`): the importance scores, and the rank mask peft applies at each step after total_step - tfinal.
+    (peft's `update_and_allocate` is called with the steps done before the current one: 0 at the first.)
+
+    A checkpoint without ADALORA_STATE restarts the scores (they only steer the pruning still to come; refused
+    just before the step that fixes the budget by them, where peft would fail) and, from total_step - tfinal on,
+    reads the mask off the zeroed singular values (peft zeroes them at every step then). A state file that does not
+    fit this model is refused with a `ModelError`: the checkpoint is untrusted input."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    found = _adalora_model(model)
+    if found is None:
+        return
+    base, name = found
+    cfg, alloc = base.peft_config[name], base.rankallocator
+    params = {n: p for n, p in base.model.named_parameters() if "lora_" in n and f".{name}" in n}
+    f = Path(folder) / ADALORA_STATE
+    saved: dict[str, Any] = {}
+    if f.is_file():
+        try:
+            saved = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelError(f"{f} cannot be read ({str(e)[:120]}). Fix: delete that checkpoint folder to resume "
+                             f"from an earlier one, or start a new run.") from None
+    scores: dict[str, dict[str, Any]] = {"exp_avg_ipt": {}, "exp_avg_unc": {}}
+    pattern: dict[str, list[bool]] = {}
+    for key, t in saved.items():
+        kind, _, n = key.partition(".")
+        p = params.get(n)
+        fits = p is not None and (t.shape == p.shape if kind in scores else
+                                  kind == "rank_pattern" and n.rsplit(".", 2)[-2] == "lora_E"
+                                  and t.dtype == torch.bool and t.shape == (p.shape[0],))
+        if not fits:
+            raise ModelError(f"{f}: {key!r} {tuple(t.shape)} does not fit this run's AdaLoRA adapter (init_r="
+                             f"{cfg.init_r}, target_modules={cfg.target_modules}). Fix: resume with the config the "
+                             f"run was started with, delete that checkpoint folder to resume from an earlier one, "
+                             f"or start a new run.")
+        if kind in scores:
+            scores[kind][n] = t.to(device=p.device, dtype=p.dtype)
+        else:
+            pattern[n] = t.tolist()
+    if scores["exp_avg_ipt"].keys() != scores["exp_avg_unc"].keys():
+        raise ModelError(f"{f} holds importance scores for different parameters in exp_avg_ipt and exp_avg_unc. "
+                         f"Fix: delete that checkpoint folder to resume from an earlier one, or start a new run.")
+    if not scores["exp_avg_ipt"] and global_step == cfg.total_step - cfg.tfinal:
+        # peft fixes the final budget at this step from the scores alone, without updating them first
+        raise ModelError(f"checkpoint {Path(folder).name} has no AdaLoRA importance scores ({ADALORA_STATE}), and "
+                         f"the next step fixes the rank budget by them. Fix: delete that checkpoint folder to "
+                         f"resume from an earlier one, or start a new run.")
+    if scores["exp_avg_ipt"]:
+        for n, avg in scores["exp_avg_ipt"].items():
+            # peft sets all three afresh for a parameter not in `ipt` (the instant score, recomputed at each step)
+            alloc.ipt[n] = torch.zeros_like(avg)
+            alloc.exp_avg_ipt[n] = avg
+            alloc.exp_avg_unc[n] = scores["exp_avg_unc"][n]
+    if not pattern and global_step >= cfg.total_step - cfg.tfinal:
+        pattern = {n: (p.detach() != 0).view(-1).tolist() for n, p in params.items() if ".lora_E." in n}
+    cfg.rank_pattern = pattern or None
+
+
+def adalora_mask_from_weights(model: Any) -> None:
+    """Once pruning has begun (some singular value is zero), set an AdaLoRA model's rank mask to its non-zero
+    singular values, so its final save keeps exactly the ranks that act. For weights loaded from a checkpoint (the
+    Trainer's best one) whose mask is not the one in memory; a zero one contributes nothing, so none is lost."""
+    found = _adalora_model(model)
+    if found is None:
+        return
+    base, name = found
+    values = {n: (p.detach() != 0).view(-1).tolist() for n, p in base.model.named_parameters()
+              if ".lora_E." in n and n.endswith(f".{name}")}
+    pruned = any(not all(keep) for keep in values.values())
+    base.peft_config[name].rank_pattern = values if pruned else None
+
+
+def adalora_resume_problem(checkpoint: str | Path) -> str | None:
+    """Why an AdaLoRA run cannot resume from `checkpoint`, or None: one whose adapter was saved already pruned
+    (as workbench versions before `adalora_unpruned` wrote them) does not fit the model rebuilt at init_r."""
+    f = Path(checkpoint) / "adapter_config.json"
+    try:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the Trainer's load says what is wrong with it
+    if isinstance(raw, dict) and raw.get("rank_pattern"):
+        return (f"checkpoint {Path(checkpoint).name} holds an AdaLoRA adapter saved at its pruned ranks "
+                f"(rank_pattern in {f.name}), as workbench versions before this one wrote checkpoints; it cannot "
+                f"be loaded into the adapter rebuilt at init_r to continue training. Fix: start the run again "
+                f"(`workbench train` with its config.yaml, or delete {Path(checkpoint).parent.name}/ and resume "
+                f"to train it from step 0).")
+    return None
 
 
 def adalora_ranks(model: Any) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 - a NaN/inf loss halts the run at the step it happens (the trainer would log and carry on);
 - checkpoints are written atomically: into a staging folder, fsynced, then renamed, and old ones
-  rotated only after the new one is complete (the trainer writes in place);
+  rotated only after the new one is complete (the trainer writes in place); an AdaLoRA adapter is
+  written at init_r with its rank mask and importance scores beside it, so a resumed run fits it
+  (`peft_methods.adalora_unpruned`);
 - an out-of-memory error during evaluation halves the evaluation batch and retries, leaving the
   training batch alone (training OOM is handled one level up, in `training.run_training`);
 - status.json and metrics.jsonl are kept current; a stop request becomes checkpoint-then-stop;
@@ -26,6 +28,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from .adversarial import EmbeddingAdversary
 from .errors import TrainingHalted
+from .peft_methods import adalora_mask_from_weights, adalora_unpruned, save_adalora_state
 from .rundir import RunDir
 
 SIGNALLED = {"stop": False}
@@ -185,12 +188,15 @@ class WorkbenchTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         self.args.output_dir = str(staging)
         try:
-            super()._save_checkpoint(model, trial)  # rotates inside staging only: nothing to delete there
+            # AdaLoRA: saved at init_r with its rank mask and scores beside it (`peft_methods.adalora_unpruned`)
+            with adalora_unpruned(self.model):
+                super()._save_checkpoint(model, trial)  # rotates inside staging only: nothing to delete there
         finally:
             self.args.output_dir = str(root)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             src, dst = staging / name, root / name
+            save_adalora_state(self.model, src)
             if self.state.best_model_checkpoint and str(staging) in self.state.best_model_checkpoint:
                 self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging), str(root))
             state_file = src / "trainer_state.json"
@@ -210,6 +216,14 @@ class WorkbenchTrainer(Trainer):
             rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+    def _load_best_model(self) -> None:
+        """`training.load_best_model_at_end` for AdaLoRA too: the best checkpoint is at init_r (see
+        `_save_checkpoint`), so the mask in memory is set aside while it loads (peft would cut the model down to it
+        first), then set to the loaded weights' own. Private like `_save_checkpoint` (tests/test_untrusted.py)."""
+        with adalora_unpruned(self.model):
+            super()._load_best_model()
+        adalora_mask_from_weights(self.model)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Evaluation OOM halves the evaluation batch only, and retries."""

@@ -37,7 +37,7 @@ from .errors import RunError, TrainingHalted, WorkbenchError
 from .evaluate import score_frame
 from .models import (apply_peft, count_parameters, freeze_input_embeddings, load_model_config, load_tokenizer,
                      resolve_model_path)
-from .peft_methods import adalora_callback, merge, mergeable
+from .peft_methods import adalora_callback, adalora_resume_problem, merge, mergeable
 from .rundir import RunDir, write_json_atomic
 from .speed import apply_cpu_speedups, restore_attention
 from .tasks import get_task, greater_is_better
@@ -148,7 +148,7 @@ def _direction(cfg: RunConfig) -> bool:
 
 def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: Any, val_ds: Any, progress: bool,
                   main: bool, labels: list[str], class_weights: list[float] | None = None,
-                  ) -> tuple[WorkbenchTrainer, RunDirCallback]:
+                  resume_from: Path | None = None) -> tuple[WorkbenchTrainer, RunDirCallback]:
     from . import tracking
 
     args = training_arguments(cfg, run, val_ds is not None, progress,
@@ -161,7 +161,7 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     task = get_task(cfg.task)
     if cfg.peft.method == "adalora":  # peft leaves its rank-budget update to the training loop
-        callbacks.append(adalora_callback())
+        callbacks.append(adalora_callback(resume_from))  # and puts back the budget's state a checkpoint holds
     trainer = WorkbenchTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                                processing_class=tok, data_collator=task.collator(tok),
                                compute_metrics=functools.partial(task.compute_metrics, labels=labels),
@@ -324,7 +324,10 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         if prec["use_cpu"]:  # same maths, less time per CPU step (workbench/speed.py, benchmarks/bench.py)
             apply_cpu_speedups(model, cfg.training.cpu_speedups)
         eff = cfg.override({f"training.{k}": v for k, v in batch.items()}) if batch else cfg
-        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels, weights)
+        if ckpt and cfg.peft.method == "adalora" and (problem := adalora_resume_problem(ckpt)):
+            raise RunError(problem)
+        trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels, weights,
+                                    resume_from=ckpt)
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
                               method=cfg.peft.method,
