@@ -1,7 +1,7 @@
 """The fine-tuning toolbox, measured in one run: the PEFT methods, adversarial training, augmentation and an ensemble.
 
-    python benchmarks/bench_peft.py               # both tables (est. 35-45 min on 2 idle CPU cores)
-    python benchmarks/bench_peft.py --only minilm # the MiniLM table only (est. 10-15 min)
+    python benchmarks/bench_peft.py               # both tables (est. 35-40 min on 2 idle CPU cores)
+    python benchmarks/bench_peft.py --only minilm # the MiniLM table only (est. 15-20 min)
     python benchmarks/bench_peft.py --quick       # a small smoke version (tests/test_bench_peft.py runs it)
     python benchmarks/bench_peft.py --json out.json
 
@@ -11,8 +11,8 @@ changing only what the row names.
 
   MiniLM    built-in `minilm` (all-MiniLM-L6-v2) on `rotten_tomatoes`: 2,000 training reviews (--quick: 64), 1,000
             test reviews (--quick: 32), max_length 64, 2 epochs, batch 16, seed 42, linear decay, warmup 0.1.
-  SmolLM2   built-in `smollm2-135m` (SmolLM2-135M-Instruct, a Llama decoder) classifying `sms_spam`: 480 training
-            messages (--quick: 32), 300 test (--quick: 16), max_length 64, 1 epoch, batch 8, `model.pooling: mean`
+  SmolLM2   built-in `smollm2-135m` (SmolLM2-135M-Instruct, a Llama decoder) classifying `sms_spam`: 320 training
+            messages (--quick: 32), 200 test (--quick: 16), max_length 64, 1 epoch, batch 8, `model.pooling: mean`
             for every row (prompt tuning on a decoder classifier needs it: with the last token, a soft prompt
             makes transformers read padding), so all rows read a text the same way.
   rows      full (input embeddings frozen, the workbench default), LoRA r 8 (q/k/v), DoRA (the same + magnitude),
@@ -24,7 +24,8 @@ changing only what the row names.
             one copy each: 3x the training examples, so 3x the steps — disclosed, not like for like), and an
             ensemble of the full run with two more seeds (43, 44), against its best member.
             Baseline: LoRA written by hand with `peft.get_peft_model` + `transformers.Trainer` (same data,
-            settings and seed), for the seconds per epoch a user of those libraries would see.
+            settings and seed), for the seconds per epoch a user of those libraries would see (it reads a
+            SmolLM2 text at its last token, transformers' way, not with mean pooling).
   measured  trainable parameters (share of all), seconds per epoch (`train_runtime` / epochs), the process's peak
             RSS (CPU; peak allocated on a GPU), test accuracy and macro-F1 after training.
 """
@@ -54,7 +55,7 @@ def settings(model: str, quick: bool) -> dict[str, Any]:
     if model == "minilm":
         return {"model": "minilm", "source": "rotten_tomatoes", "train": 64 if quick else 2000,
                 "test": 32 if quick else 1000, "max_length": 64, "epochs": 1 if quick else 2, "batch": 16}
-    return {"model": "smollm2-135m", "source": "sms_spam", "train": 32 if quick else 480, "test": 16 if quick else 300,
+    return {"model": "smollm2-135m", "source": "sms_spam", "train": 32 if quick else 320, "test": 16 if quick else 200,
             "max_length": 64, "epochs": 1, "batch": 8, "pooling": "mean"}
 
 
