@@ -302,3 +302,18 @@ def test_a_shared_study_cannot_point_the_search_at_another_folder(tmp_path):
     for recorded in ("/", str(tmp_path / "elsewhere" / "st-trial-3"), str(tmp_path / "runs" / "other"), 7):
         assert s.run_path(SimpleNamespace(number=3, user_attrs={"run": recorded})) == own
     assert s.run_path(SimpleNamespace(number=3, user_attrs={"run": str(own) + "-2"})) == Path(str(own) + "-2")
+
+
+def test_opening_a_study_file_another_process_is_creating_is_not_a_traceback(tmp_path):
+    # A search starting up creates study.db's tables while the dashboard (or a second machine's search) opens
+    # the same file: the loser of that race got sqlite's "table alembic_version already exists".
+    folder = tmp_path / "searches" / "x"
+    folder.mkdir(parents=True)
+    (folder / "study.db").touch()
+    code = ("from workbench.search import load_study, SearchError\n"
+            f"try:\n    load_study({str(folder)!r})\nexcept SearchError as e:\n    print('SearchError:', e)\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert all("Traceback" not in o and "holds no study named 'x'" in o for o in outs), outs

@@ -144,9 +144,17 @@ def run_search(cfg: RunConfig, *, n_trials: int | None = None, storage: str | No
     if not isinstance(total, int) or total < 1:
         raise SearchError(f"n_trials={total!r}: give a whole number of trials >= 1.")
     try:
-        st = optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction=direction,
-                                 sampler=_sampler(optuna, cfg.search.sampler, cfg.training.seed),
-                                 pruner=pruner or _pruner(optuna, cfg.search.pruner))
+        for attempt in range(4):
+            try:
+                st = optuna.create_study(study_name=name, storage=url, load_if_exists=True, direction=direction,
+                                         sampler=_sampler(optuna, cfg.search.sampler, cfg.training.seed),
+                                         pruner=pruner or _pruner(optuna, cfg.search.pruner))
+                break
+            except Exception as e:  # noqa: BLE001 - another process creating the same new database's tables
+                if attempt == 3 or "IntegrityError" not in type(e).__name__ and \
+                        "already exists" not in str(e):
+                    raise
+                time.sleep(0.5)
     except (ImportError, ModuleNotFoundError) as e:
         raise SearchError(f"the storage {url!r} needs a database driver that is not installed ({e}); install it "
                           f"(e.g. pip install psycopg2-binary for postgresql://).") from None
@@ -391,13 +399,21 @@ def list_studies(root: str | Path) -> list[Path]:
 def load_study(folder: str | Path) -> Any:
     """The Optuna study kept in `folder/study.db` (its name is the folder's)."""
     optuna = _optuna()
+    import sqlalchemy.exc as sqlalchemy_exc  # optuna's storage layer
+
     folder = Path(folder)
     if not (folder / "study.db").is_file():
         raise SearchError(f"{folder} holds no study.db: not a search folder.")
-    try:
-        return optuna.load_study(study_name=folder.name, storage=default_storage(folder.resolve()))
-    except KeyError:
-        raise SearchError(f"{folder / 'study.db'} holds no study named {folder.name!r}.") from None
+    for attempt in range(4):
+        try:
+            return optuna.load_study(study_name=folder.name, storage=default_storage(folder.resolve()))
+        except KeyError:
+            raise SearchError(f"{folder / 'study.db'} holds no study named {folder.name!r}.") from None
+        except sqlalchemy_exc.SQLAlchemyError as e:  # another process creating the file's tables at this moment
+            if attempt == 3:
+                raise SearchError(f"{folder / 'study.db'} is being written by another process (a search starting "
+                                  f"up): {str(e).splitlines()[0][:160]}. Try again in a moment.") from None
+            time.sleep(0.5)
 
 
 def trials_table(study: Any) -> Any:
