@@ -376,6 +376,11 @@ def test_prompt_tuning_a_decoder_classifier_needs_mean_pooling(tiny_llama, work,
     run, test, _ = _train(cfg.override({"model.pooling": "mean"}), monkeypatch)
     again = _scores(run.model_dir, task, test, json.loads(run.labels_file.read_text()), 64)
     _same_losses(again, run.predictions("after"), 1e-5)
+    # prefix tuning with mean pooling: peft's mask covers the prefix's keys too, the hidden states only the text
+    run, test, _ = _train(config_for(task, tiny_llama, data, work / "runs", "prefix").override(
+        {"model.pooling": "mean"}), monkeypatch)
+    again = _scores(run.model_dir, task, test, json.loads(run.labels_file.read_text()), 64)
+    _same_losses(again, run.predictions("after"), 1e-5)
 
 
 def test_an_old_flat_lora_config_still_trains_with_its_note(work, monkeypatch):

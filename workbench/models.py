@@ -261,7 +261,9 @@ def _mean_pooled_forward(self: Any, input_ids: Any = None, attention_mask: Any =
         output_attentions=output_attentions, output_hidden_states=output_hidden_states, use_cache=False, **kw)
     h = out.last_hidden_state
     mask = (attention_mask if attention_mask is not None else torch.ones(h.shape[:2], device=h.device))
-    mask = mask.float().unsqueeze(-1)  # counted in fp32: a bf16 sum of ones is inexact above 256 tokens
+    # prefix tuning (peft) prepends its keys' entries to the mask; the hidden states are the text's only.
+    # Counted in fp32: a bf16 sum of ones is inexact above 256 tokens.
+    mask = mask[:, -h.shape[1]:].float().unsqueeze(-1)
     pooled = ((h.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)).to(h.dtype)
     logits = self.score(pooled)  # looked up at each call: PEFT swaps `score` for a wrapper with the trained copy
     loss = None
