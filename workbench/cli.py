@@ -977,17 +977,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if a.diff:
         other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text, a.pair,
                                    max_tokens=a.max_tokens, window=window, word=w)
-        base_res, tuned_res = (res, other) if a.base else (other, res)
-        diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
-        # Over the tuned model's tokens: a prompt-tuned one has its soft prompt [P1].. too, which the base has not.
-        out.append(figs.attention_difference_heatmap(diff, tuned_res.tokens))
-        print("readout attention most increased by fine-tuning:")
-        moved = att.readout_difference(base_res, tuned_res, a.layer, a.head)
-        for i, t, v in att.top_tokens(moved, tuned_res.tokens, a.top, tuned_res.special):
-            print(f"  {i:4d}  {t:20s} {v:+.3f}")
-        if tuned_res.virtual == "prompt":
-            print(f"  (the soft prompt [P1]–[P{tuned_res.n_virtual}], which the base model has not got, gained "
-                  f"{float(moved[:tuned_res.n_virtual].sum()):+.3f})")
+        out.append(_print_difference(*((res, other) if a.base else (other, res)), a))
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, a.pair, method=a.saliency,
@@ -1048,17 +1038,7 @@ def _answer_attention(a: argparse.Namespace, model: Any, tok: Any) -> int:
     if a.diff:  # the other model on the same window, read out at the same token
         other = att.attention_maps(*att.load_for_attention(a.run, base=not a.base, **_grants(a)), a.text,
                                    context=a.context, max_tokens=size, window=res.qa_window, position=r, qa=qa)
-        base_res, tuned_res = (res, other) if a.base else (other, res)
-        diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
-        # Over the tuned model's tokens: a prompt-tuned one has its soft prompt [P1].. too, which the base has not.
-        out.append(figs.attention_difference_heatmap(diff, tuned_res.tokens))
-        print("readout attention most increased by fine-tuning:")
-        moved = att.readout_difference(base_res, tuned_res, a.layer, a.head)
-        for i, t, v in att.top_tokens(moved, tuned_res.tokens, a.top, tuned_res.special):
-            print(f"  {i:4d}  {t:20s} {v:+.3f}")
-        if tuned_res.virtual == "prompt":
-            print(f"  (the soft prompt [P1]–[P{tuned_res.n_virtual}], which the base model has not got, gained "
-                  f"{float(moved[:tuned_res.n_virtual].sum()):+.3f})")
+        out.append(_print_difference(*((res, other) if a.base else (other, res)), a))
     if a.saliency:
         from .saliency import token_saliency
         sal = token_saliency(*att.load_for_attention(a.run, **_grants(a)), a.text, context=a.context,
@@ -1071,6 +1051,22 @@ def _answer_attention(a: argparse.Namespace, model: Any, tok: Any) -> int:
     path = figs.write_figures_html(out, a.out, title=f"Attention: {Path(str(a.run)).name}")
     print(f"wrote {path}")
     return 0
+
+
+def _print_difference(base_res: Any, tuned_res: Any, a: argparse.Namespace) -> Any:
+    """`attention --diff`: print the readout tokens fine-tuning made most attended; return the difference map."""
+    from . import attention as att
+    from . import figures as figs
+    diff = att.attention_difference(base_res, tuned_res, a.layer, a.head)
+    print("readout attention most increased by fine-tuning:")
+    moved = att.readout_difference(base_res, tuned_res, a.layer, a.head)
+    for i, t, v in att.top_tokens(moved, tuned_res.tokens, a.top, tuned_res.special):
+        print(f"  {i:4d}  {t:20s} {v:+.3f}")
+    if tuned_res.virtual == "prompt":
+        print(f"  (the soft prompt [P1]–[P{tuned_res.n_virtual}], which the base model has not got, gained "
+              f"{float(moved[:tuned_res.n_virtual].sum()):+.3f})")
+    # Over the tuned model's tokens: a prompt-tuned one has its soft prompt [P1].. too, which the base has not.
+    return figs.attention_difference_heatmap(diff, tuned_res.tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:

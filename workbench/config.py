@@ -776,19 +776,21 @@ def _upgrade(raw: Any, problems: list[str]) -> tuple[Any, list[str]]:
     return {**raw, "peft": peft}, [note]
 
 
+def leaf_fields(cls: type | None = None, prefix: str = "") -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Every leaf field of the run config, sections inside sections too: dotted name -> (type hint, metadata)."""
+    out: dict[str, tuple[Any, dict[str, Any]]] = {}
+    hints = typing.get_type_hints(cls or RunConfig)
+    for f in dataclasses.fields(cls or RunConfig):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(leaf_fields(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = (hints[f.name], dict(f.metadata))
+    return out
+
+
 def field_help(section: str | None = None) -> dict[str, str]:
     """`{"training.learning_rate": "Peak learning rate ...", ...}` for help texts in every front end."""
-    out: dict[str, str] = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.")
-            else:
-                out[f"{prefix}{f.name}"] = f.metadata.get("help", "")
-
-    walk(RunConfig, "")
+    out = {name: meta.get("help", "") for name, (_, meta) in leaf_fields().items()}
     from .tasks import TASKS as registered
     out["task"] = out["task"].split(" Built in:")[0] + " Registered: " + ", ".join(registered) + "."
     if section:

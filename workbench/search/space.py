@@ -7,14 +7,13 @@ whole-number bounds). Imports nothing heavy: `RunConfig.validate` calls `space_p
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import typing
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import RunConfig, _bounds_text, _describe, _type_ok
+from ..config import RunConfig, _bounds_text, _describe, _type_ok, leaf_fields
 
 FORBIDDEN = ("name", "output_dir", "search")  # what a trial may not change: its folder, or the search itself
 RANGE_KEYS = {"low", "high", "log", "step"}
@@ -35,18 +34,7 @@ class Param:
 
 def _fields() -> dict[str, tuple[Any, dict[str, Any]]]:
     """Every leaf config field: dotted name -> (type hint, metadata)."""
-    out: dict[str, tuple[Any, dict[str, Any]]] = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.")
-            else:
-                out[prefix + f.name] = (hints[f.name], dict(f.metadata))
-
-    walk(RunConfig, "")
-    return out
+    return leaf_fields()
 
 
 def _numeric(hint: Any) -> type | None:
