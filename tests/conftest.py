@@ -75,7 +75,15 @@ def build_tiny_model(kind: str, folder: Path) -> Path:
 def _isolated_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("wbhome")
     old = {k: os.environ.get(k) for k in ("WORKBENCH_HOME", "WORKBENCH_RUNS")}
-    # Reuse an existing asset cache (built-in models/data) when the caller points at one.
+    # Reuse an existing asset cache (built-in models/data) when the caller points at one. Otherwise the session's
+    # home shares the machine's asset cache (~/.cache/workbench/assets, as a user's runs do): the built-ins are
+    # downloaded and converted once per machine, not once per session and xdist worker. Their writes are atomic
+    # (a temp file or folder renamed into place), so two workers fetching the same one at once is safe; tests
+    # that need an empty cache set their own WORKBENCH_HOME.
+    if not os.environ.get("WORKBENCH_TEST_HOME"):
+        shared = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "workbench" / "assets"
+        shared.mkdir(parents=True, exist_ok=True)
+        (home / "assets").symlink_to(shared, target_is_directory=True)
     os.environ["WORKBENCH_HOME"] = os.environ.get("WORKBENCH_TEST_HOME") or str(home)
     os.environ["WORKBENCH_RUNS"] = str(home / "runs")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

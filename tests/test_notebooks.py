@@ -20,6 +20,7 @@ import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -40,6 +41,7 @@ EXTRA_IMPORTS = {"02": {"torch", "transformers"}, "04": {"torch", "transformers"
 
 
 NUDGE_EVERY = 10  # seconds; see NudgingClient
+STALL_WARNING = 240  # seconds; a QUICK cell that takes longer is reported as a warning (see the test)
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -225,7 +227,11 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
         else:
             os.environ["WORKBENCH_RUNS"] = env_before
     elapsed = time.time() - start
-    _record_time(path.name, elapsed)
+    slowest = _slowest_cell(nb)
+    _record_time(path.name, elapsed, slowest)
+    if slowest and slowest[1] > STALL_WARNING:
+        warnings.warn(f"{path.name}: cell {slowest[0]} took {slowest[1]:.0f} s (the whole notebook {elapsed:.0f} s); "
+                      f"a kernel that stopped reading its shell socket looks like this", stacklevel=1)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     # Runs end with the notebook: nothing is left running in the background.
@@ -233,12 +239,32 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
         assert json.loads(status.read_text())["state"] in ("completed", "stopped"), status
 
 
-def _record_time(name: str, seconds: float) -> None:
+def _slowest_cell(nb: nbformat.NotebookNode) -> tuple[int, float] | None:
+    """(index, seconds) of the cell that ran longest, from the timestamps nbclient records in each cell."""
+    from datetime import datetime
+
+    spans = []
+    for i, c in enumerate(nb.cells):
+        t = c.get("metadata", {}).get("execution", {})
+        start, end = t.get("iopub.execute_input") or t.get("shell.execute_reply.started"), t.get("shell.execute_reply")
+        if start and end:
+            spans.append((i, (datetime.fromisoformat(end.rstrip("Z")) -
+                              datetime.fromisoformat(start.rstrip("Z"))).total_seconds()))
+    return max(spans, key=lambda s: s[1]) if spans else None
+
+
+def _record_time(name: str, seconds: float, slowest: tuple[int, float] | None) -> None:
+    """Times go to artifacts/notebook_times.json, under a lock: pytest -n 2 runs two notebooks at once."""
+    import fcntl
+
     out = ROOT / "artifacts" / "notebook_times.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        times = json.loads(out.read_text())
-    except (OSError, ValueError):
-        times = {}
-    times[name] = round(seconds, 1)
-    out.write_text(json.dumps(times, indent=2, sort_keys=True))
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            times = json.loads(out.read_text())
+        except (OSError, ValueError):
+            times = {}
+        times[name] = {"seconds": round(seconds, 1),
+                       "slowest_cell": None if slowest is None else [slowest[0], round(slowest[1], 1)]}
+        out.write_text(json.dumps(times, indent=2, sort_keys=True))
