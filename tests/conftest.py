@@ -154,3 +154,36 @@ def browser(request):
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     yield driver
     driver.quit()
+
+
+# --- finished tiny runs (tests/test_export.py, tests/test_compress.py) --------------------------------------------
+def train_tiny_run(model: Path, out: Path, name: str, *, peft: dict | None = None, **training):
+    """A completed tiny sentiment run (the way tests/test_training.py makes one): 200 rows, a few epochs."""
+    from workbench.config import RunConfig
+    from workbench.rundir import new_run_dir
+    from workbench.training import run_training
+
+    data = out / f"{name}.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    make_sentiment_frame(200).to_csv(data, index=False)
+    t = {"num_train_epochs": 6, "learning_rate": 3e-3, "per_device_train_batch_size": 16, "logging_steps": 10,
+         "save_total_limit": 1, "bf16": False, "report_to": [], **training}
+    cfg = RunConfig.from_dict({"name": name, "output_dir": str(out), "model": {"name_or_path": str(model)},
+                               "data": {"source": str(data)}, "training": t,
+                               "peft": {"freeze_embeddings": False, **(peft or {})}})
+    run = new_run_dir(cfg)
+    run_training(cfg, run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def deploy_bert_run(tiny_bert, tmp_path_factory):
+    """A completed full fine-tune of the tiny BERT on the toy sentiment task."""
+    return train_tiny_run(tiny_bert, tmp_path_factory.mktemp("deploy-runs"), "bert-full")
+
+
+@pytest.fixture(scope="session")
+def deploy_lora_run(tiny_bert, tmp_path_factory):
+    """A completed LoRA run of the tiny BERT that saved its adapter only (no merged copy)."""
+    return train_tiny_run(tiny_bert, tmp_path_factory.mktemp("deploy-runs"), "bert-lora", learning_rate=1e-2,
+                          peft={"method": "lora", "merge_adapter": False})

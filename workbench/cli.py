@@ -1069,6 +1069,46 @@ def _print_difference(base_res: Any, tuned_res: Any, a: argparse.Namespace) -> A
     return figs.attention_difference_heatmap(diff, tuned_res.tokens)
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from .deploy import export_run
+    _quiet_libraries()
+    res = export_run(a.run, a.out, onnx=a.onnx, overwrite=a.overwrite)
+    print(f"wrote {res.path} ({res.size_mb:.2f} MB of weights, {len(res.files)} files)")
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"load it with transformers alone: AutoModel...from_pretrained({str(res.path)!r})")
+    return 0
+
+
+def _compressed(a: argparse.Namespace, op: Callable[..., Any], **kw: Any) -> int:
+    """Run a quantize/prune operation, then print what it wrote and its size/latency/score against the original."""
+    from .deploy.compress import comparison_line, measure
+    from .deploy.folder import open_source
+    _quiet_libraries()
+    src = open_source(a.source, "compress")  # refusals (a running run, a missing folder) before the original is timed
+    new = op(a.source, a.out, overwrite=a.overwrite, **kw)
+    base = measure(src.path if src.kind != "run" else src.run, write=False, score=False) if not a.no_compare else None
+    print(f"wrote {new.folder}")
+    for key in ("heads_pruned", "target_sparsity"):
+        if key in new.compression:
+            print(f"{key.replace('_', ' ')}: {new.compression[key]:.4g}" if isinstance(new.compression[key], float)
+                  else f"{key.replace('_', ' ')}: {new.compression[key]} of {new.compression.get('heads_total')}")
+    print(comparison_line(new, base))
+    for note in new.notes + ([new.compression["note"]] if new.compression.get("note") else []):
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from .deploy import quantize
+    return _compressed(a, quantize, method=a.method)
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    from .deploy import prune
+    return _compressed(a, prune, sparsity=a.sparsity, kind=a.kind, scope=a.scope)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench", description="Fine-tune, evaluate and look inside transformer "
                                  "language models.")
@@ -1250,6 +1290,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", type=int, metavar="N", help="token-classification (NER) models: the word to explain, "
                    "0-based (default: the first word predicted as an entity, else the first word)")
     grant_flags(p)
+    p = add("export", cmd_export, "Write a finished run as a model folder plain transformers loads "
+            "(AutoModelFor<Task>.from_pretrained): adapters merged into safetensors weights, tokenizer, id2label, a "
+            "model card (README.md) and workbench_export.json (source, labels, a reference profile for drift checks).")
+    p.add_argument("run", help="a finished run directory")
+    p.add_argument("--out", help="folder to write (default RUN/export)")
+    p.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx (torch.onnx.export, checked "
+                   "against torch with onnxruntime; needs pip install 'workbench[deploy]')")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+
+    def compress_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("source", metavar="RUN_OR_FOLDER", help="a finished run, or a folder written by export, "
+                       "quantize or prune")
+        p.add_argument("--out", help="folder to write (default RUN/compressed/<what>, or FOLDER-<what> beside a "
+                       "folder)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+        p.add_argument("--no-compare", action="store_true", help="do not time the original for the comparison")
+
+    p = add("quantize", cmd_quantize, "Write a quantised copy of a run's model, re-score it on the run's test split "
+            "and print size, p50 latency, throughput and score against the original (compression.json).")
+    compress_flags(p)
+    p.add_argument("--method", required=True, choices=["int8-dynamic", "bf16", "onnx-int8"],
+                   help="int8-dynamic: torch int8 Linear layers (saved without pickle); bf16: a bfloat16 copy; "
+                   "onnx-int8: onnxruntime int8 of the ONNX graph (pip install 'workbench[deploy]')")
+    p = add("prune", cmd_prune, "Write a pruned copy of a run's model (zeros in dense safetensors: the file does not "
+            "shrink and latency does not drop without sparse kernels), re-score it and print the comparison.")
+    compress_flags(p)
+    p.add_argument("--sparsity", type=float, required=True, help="fraction to remove, between 0 and 1: of the "
+                   "weights (magnitude) or of the attention heads (heads)")
+    p.add_argument("--kind", choices=["magnitude", "heads"], default="magnitude", help="magnitude: smallest weights "
+                   "of the layers' Linear matrices (default); heads: whole attention heads of a BERT-family encoder, "
+                   "smallest weight norm first")
+    p.add_argument("--scope", choices=["layer", "global"], default="layer", help="magnitude: the same share of "
+                   "every matrix (default), or the smallest weights over all of them")
     return ap
 
 

@@ -136,8 +136,9 @@ def _refuse_quantised(src: Source, doing: str) -> None:
         origin = src.manifest.get("source_run") or "the run it came from"
         then = ("prune the fp32 model first, then quantise the pruned folder" if doing == "prune" else
                 "quantise the fp32 run or its export instead")
-        raise WorkbenchError(f"{src.path} is already quantised ({src.kind}); {doing.rstrip('e')}ing it again would "
-                             f"work on rounded weights and compound the error. Fix: {then} ({origin}).")
+        again = "quantising it again" if doing == "quantise" else "pruning it"
+        raise WorkbenchError(f"{src.path} is already quantised ({src.kind}); {again} would work on rounded weights and "
+                             f"compound the error. Fix: {then} ({origin}).")
 
 
 # --- quantisation ------------------------------------------------------------------------------------------------
@@ -469,14 +470,14 @@ def measure(target: str | Path | RunDir, texts: Sequence[str] | None = None, *, 
 
 def comparison_line(new: Measurement, base: Measurement | None) -> str:
     """One line: size, p50 latency, throughput, score of `new`, each against `base` (the original) when given."""
-    def vs(a: float | None, b: float | None, fmt: str) -> str:
+    def vs(a: float | None, b: float | None, fmt: str, unit: str) -> str:
         if a is None:
             return "-"
-        s = format(a, fmt)
-        return s + (f" (was {format(b, fmt)}, x{a / b:.2f})" if b else "")
-    parts = [f"size {vs(new.size_mb, base.size_mb if base else None, '.2f')} MB",
-             f"p50 {vs(new.latency_ms_p50, base.latency_ms_p50 if base else None, '.2f')} ms",
-             f"{vs(new.throughput, base.throughput if base else None, '.1f')} texts/s (batch {new.batch_size})"]
+        return f"{a:{fmt}} {unit}" + (f" (was {b:{fmt}}, x{a / b:.2f})" if b else "")
+    parts = [f"size {vs(new.size_mb, base.size_mb if base else None, '.2f', 'MB')}",
+             f"p50 {vs(new.latency_ms_p50, base.latency_ms_p50 if base else None, '.2f', 'ms')}",
+             f"{vs(new.throughput, base.throughput if base else None, '.1f', 'texts/s')} in batches of "
+             f"{new.batch_size}"]
     if new.metric:
         old = base.score if base and base.score is not None else new.source_score
         parts.append(f"{new.metric} {new.score:.4f}" + (f" (was {old:.4f})" if old is not None else "")

@@ -170,8 +170,9 @@ def model_card(run: RunDir, cfg: Any, auto_model: str, labels: list[str]) -> str
     ev = run.evaluation()
     before, after = _scalars(ev.get("before", {})), _scalars(ev.get("after", {}))
     if after:
-        keys = [task.headline] + [k for k in after if k != task.headline]
-        keys = [k for k in keys if k in after][:10]
+        keys = [task.headline] + [k for k in ("accuracy", "f1", "f1_macro", "precision_macro", "recall_macro",
+                                              "exact_match", "chrf", "perplexity", "loss") if k != task.headline]
+        keys = [k for k in keys if k in after][:6] or list(after)[:6]
         lines += ["", f"## Test metrics (n = {ev['after'].get('n', '?')})", "", "| metric | before | after |",
                   "|---|---|---|"]
         lines += [f"| {k} | {before[k]:.4f} | {after[k]:.4f} |" if k in before else f"| {k} | - | {after[k]:.4f} |"

@@ -13,6 +13,7 @@ is one this stage wrote (it holds the manifest) or empty.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -149,12 +150,21 @@ def writing(out: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
+        _shareable(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _shareable(folder: Path) -> None:
+    """Ordinary permissions (the umask's) instead of the temporary files' owner-only ones: the folder is for sharing."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def write_manifest(folder: Path, meta: dict[str, Any]) -> None:
