@@ -26,9 +26,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from starlette.exceptions import HTTPException
-
 from ..errors import WorkbenchError
+
+try:
+    from starlette.exceptions import HTTPException
+except ImportError:  # without the [deploy] extra the settings still load; `serve` says what to install
+    class HTTPException(Exception):  # type: ignore[no-redef]
+        def __init__(self, status_code: int, detail: str = "", headers: dict[str, str] | None = None):
+            super().__init__(detail)
+            self.status_code, self.detail, self.headers = status_code, detail, headers
 
 log = logging.getLogger("workbench.serve")
 DEFAULT_KEY_ENV = "WORKBENCH_API_KEY"
