@@ -185,6 +185,7 @@ def create_app(source: "str | Path | Served", settings: ServeSettings | None = N
                                         [[{"role": "user", "content": "warm-up"}]],
                                         sampling=Sampling(max_new_tokens=1), max_length=served.max_length)
             state["ready"] = True
+            log.info(json.dumps({"event": "ready", "model": served.name, "task": served.task}))
         except Exception as e:  # noqa: BLE001 - /readyz says it; the process stays up for /healthz
             state["error"] = f"the warm-up prediction failed: {type(e).__name__}: {str(e)[:300]}"
             log.error(json.dumps({"event": "warm-up failed", "error": state["error"]}))
@@ -198,6 +199,7 @@ def create_app(source: "str | Path | Served", settings: ServeSettings | None = N
         task.cancel()
         if batcher is not None:
             await batcher.stop()
+        log.info(json.dumps({"event": "shutdown", "model": served.name}))
 
     app = FastAPI(title=f"workbench: {served.name}", version="1", lifespan=lifespan,
                   description=f"A {served.task} model ({served.kind} {served.name}) served by `workbench serve`. "
