@@ -221,6 +221,16 @@ def test_generation_streams_the_answer_it_would_give_at_once(chat_export):
     assert clf_endpoint.status_code == 404 and "causal-lm-sft" in clf_endpoint.json()["detail"]
 
 
+def test_the_openapi_schema_holds_the_limits_and_only_the_served_tasks_endpoint(clf):
+    with serving(clf, max_texts=7, max_text_chars=99) as (c, _):
+        schema = c.get("/openapi.json").json()
+    assert "/v1/classify" in schema["paths"] and not {"/v1/tag", "/v1/generate"} & set(schema["paths"])
+    body = schema["components"]["schemas"]["TextsRequest"]
+    texts = body["properties"]["texts"]
+    assert texts["maxItems"] == 7 and texts["items"]["maxLength"] == 99 and body["additionalProperties"] is False
+    assert {"/healthz", "/readyz", "/metrics", "/v1/monitor"} <= set(schema["paths"])
+
+
 # --- security and limits --------------------------------------------------------------------------------
 def test_the_api_key_is_required_everywhere_but_health_and_compared_in_constant_time(clf, monkeypatch):
     import workbench.deploy.security as security
