@@ -758,7 +758,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
                       max_new_tokens=a.max_new_tokens, monitor_window=a.monitor_window, log_inputs=a.log_inputs,
                       metrics_need_key=not a.open_metrics).check()
     from .deploy.serve import serve  # the [deploy] extra: a clear message when it is missing
-    serve(a.source, s, announce=lambda line: print(line, flush=True))
+    try:
+        serve(a.source, s, announce=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:  # uvicorn stops gracefully on Ctrl+C, then raises it again
+        print("server stopped", flush=True)
     return 0
 
 

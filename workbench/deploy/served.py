@@ -121,8 +121,8 @@ def _load_run(run: Any) -> Served:
     return Served(run.name, "run", cfg.task, list(p.labels), p.max_length, predictor=p, reference=ref)
 
 
-def read_export_record(folder: Path) -> tuple[dict[str, Any], list[str]]:
-    """`workbench_export.json` as a dict (untrusted: only plain values are used), and notes on what was missing."""
+def read_export_record(folder: Path) -> dict[str, Any]:
+    """`workbench_export.json` as a dict (untrusted: only plain values of it are used)."""
     f = folder / EXPORT_FILE
     if not f.exists():
         raise ModelError(f"{folder} has a config.json but no {EXPORT_FILE}: it is a transformers model folder, not "
@@ -135,7 +135,7 @@ def read_export_record(folder: Path) -> tuple[dict[str, Any], list[str]]:
             from None
     if not isinstance(rec, dict):
         raise ModelError(f"{f} holds a JSON {type(rec).__name__}, not an object. Fix: export the run again.")
-    return rec, []
+    return rec
 
 
 def _load_export(folder: Path) -> Served:
@@ -145,7 +145,7 @@ def _load_export(folder: Path) -> Served:
     from ..models import check_model_dir, with_pad_token
     from ..tasks import get_task
 
-    rec, notes = read_export_record(folder)
+    rec, notes = read_export_record(folder), []
     check_model_dir(folder, allow_pickle=False)
     try:
         mcfg = AutoConfig.from_pretrained(folder, trust_remote_code=False)
@@ -179,6 +179,10 @@ def _load_export(folder: Path) -> Served:
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()
+    n = getattr(model.config, "num_labels", len(labels))
+    if labels and len(labels) != n:
+        raise ModelError(f"{folder / EXPORT_FILE} lists {len(labels)} labels but the model has {n} outputs: the "
+                         f"record does not belong to this model. Fix: export the run again.")
     name = folder.name
     if ENDPOINTS[task] == "/v1/generate":
         return Served(name, "export", task, [], max_length, model=model, tokenizer=tok, reference=ref, notes=notes)
