@@ -748,6 +748,23 @@ def cmd_tensorboard(a: argparse.Namespace) -> int:
     return _run_child(tracking.tensorboard_command(logdir, port), cwd=Path.cwd(), env=dict(os.environ))
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .deploy.security import ServeSettings, api_key_from  # no FastAPI needed: settings are checked first
+    _quiet_libraries()
+    key = api_key_from(a.api_key_env, a.api_key_file)
+    s = ServeSettings(host=a.host, port=a.port, api_key=key, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
+                      max_queue=a.max_queue, max_texts=a.max_texts, max_text_chars=a.max_text_chars,
+                      max_body_bytes=a.max_body_bytes, max_concurrent_generations=a.max_concurrent_generations,
+                      max_new_tokens=a.max_new_tokens, monitor_window=a.monitor_window, log_inputs=a.log_inputs,
+                      metrics_need_key=not a.open_metrics).check()
+    from .deploy.serve import serve  # the [deploy] extra: a clear message when it is missing
+    try:
+        serve(a.source, s, announce=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:  # uvicorn stops gracefully on Ctrl+C, then raises it again
+        print("server stopped", flush=True)
+    return 0
+
+
 def _run_child(cmd: list[str], cwd: Path, env: dict[str, str], grace: float = 10.0) -> int:
     """Run `cmd` until it exits; a SIGTERM/SIGINT to this process is passed on to it, and if it has not
     exited `grace` seconds later it is killed, so stopping `workbench app` never leaves a server behind."""
@@ -1239,6 +1256,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", metavar="RUN_OR_RUNS_FOLDER", help="a run directory, or a folder of runs to "
                    "compare (default $WORKBENCH_RUNS, else ./runs)")
     p.add_argument("--port", type=int, help="port to serve on (default 6006, or a free one if that is taken)")
+    p = add("serve", cmd_serve, "Serve a completed run's model (or an exported folder) over HTTP: prediction, "
+            "health, Prometheus metrics, drift monitor. Bound to 127.0.0.1 unless --host; any other address needs "
+            "an API key.")
+    p.add_argument("source", metavar="RUN_OR_EXPORT", help="a completed run directory, or a folder written by "
+                   "`workbench export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                   "0.0.0.0: every network, needs an API key)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (default "
+                   "WORKBENCH_API_KEY; when it is set, every request but /healthz and /readyz needs the key)")
+    p.add_argument("--api-key-file", metavar="PATH", help="file holding the API key (read once at start-up)")
+    p.add_argument("--max-batch", type=int, default=16, help="texts per forward pass (default 16; 1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more requests "
+                   "(default 10)")
+    p.add_argument("--max-queue", type=int, default=256, help="texts waiting at most; more answer 429 (default 256)")
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request at most (default 64)")
+    p.add_argument("--max-text-chars", type=int, default=5000, help="characters per text at most (default 5000)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body at most (default 1000000)")
+    p.add_argument("--max-concurrent-generations", type=int, default=2, help="generations at once; more answer 429 "
+                   "(default 2)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens a generation may ask for "
+                   "(default 256)")
+    p.add_argument("--monitor-window", type=int, default=1000, help="predictions the drift monitor keeps "
+                   "(default 1000)")
+    p.add_argument("--log-inputs", action="store_true", help="write the request texts into the log (off: only "
+                   "their count and lengths)")
+    p.add_argument("--open-metrics", action="store_true", help="let /metrics be read without the API key (for a "
+                   "Prometheus scraper without it)")
     p = add("errors", cmd_errors, "Show a run's most confident test mistakes and its worst slices.")
     p.add_argument("run")
     p.add_argument("--n", type=int, default=10, help="mistakes to show (default 10)")

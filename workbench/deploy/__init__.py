@@ -6,6 +6,8 @@
 - `compress.quantize(source, method)` / `compress.prune(source, sparsity, kind)`: run-to-run operations that write
   a new folder and re-score it on the run's test split; `compress.measure(folder)`: size, latency, throughput,
   score; `compress.load_compressed(folder)`: load any folder this package wrote (int8 included, without pickle).
+- `serve.create_app(source, settings)` / `workbench serve`: an HTTP API (FastAPI + uvicorn) with an API key off
+  loopback, limits, micro-batching, Prometheus metrics and a drift monitor (`monitor`); `loadtest.load_test`.
 
 Every folder written here carries `workbench_export.json` (`folder.read_manifest`): what it is (`kind`), the run it
 came from, the task, labels, max_length and the reference profile. ONNX needs the optional extra
