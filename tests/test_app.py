@@ -422,7 +422,8 @@ def test_attention_page_maps_rollout_difference_and_saliency(runs_root):
     assert at.selectbox(key="att_example").value is not None  # uncertain examples when there are no mistakes
 
 
-def test_attention_page_with_a_missing_model_folder_says_so(tmp_path, runs_root):
+def test_attention_page_with_a_missing_model_folder_says_so(tmp_path, runs_root, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "empty-home"))  # no built-in fetched yet on this machine
     at = page("attention").run()
     at.segmented_control(key="att_kind").set_value("A pretrained model")
     at.run()

@@ -5,6 +5,8 @@ exact magnitude sparsity, whole attention heads zeroed, the refusals, and the me
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,8 +32,6 @@ def int8(deploy_bert_run, tmp_path_factory):
 
 
 def test_int8_reloads_without_pickle_and_predicts_close_to_fp32(deploy_bert_run, int8, monkeypatch):
-    from pathlib import Path
-
     from workbench.deploy.export import load_run_model
 
     folder = Path(int8.folder)
@@ -151,3 +151,29 @@ def test_measure_a_run_and_the_cli_line(deploy_bert_run, tmp_path, capsys):
     assert (tmp_path / "c-bf16" / "model.safetensors").is_file()
     assert main(["prune", str(deploy_bert_run.path), "--sparsity", "2"]) == 2
     assert "strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_workbench_serve_answers_with_the_int8_model(int8):
+    """A quantised folder is servable as it is: the server loads it with the deploy loader (no pickle), answers what
+    the int8 model predicts, and compares traffic with the run's test-split reference carried in the manifest."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from workbench.deploy.serve import ServeSettings, create_app
+
+    model, tok, _ = load_compressed(int8.folder)
+    texts = ["a great and lovely film", "dull boring plot", "the cast was fine"]
+    want = _probs(model, tok, texts)
+    app = create_app(int8.folder, ServeSettings())
+    with TestClient(app) as c:
+        for _ in range(600):  # waiting for the warm-up, not a timing assertion
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.02)
+        got = c.post("/v1/classify", json={"texts": texts}).json()
+        info = c.get("/v1/info").json()
+        monitor = c.get("/v1/monitor").json()
+    labels = json.loads((Path(int8.folder) / "workbench_export.json").read_text())["labels"]
+    assert [r["label"] for r in got["predictions"]] == [labels[i] for i in want.argmax(1)]
+    assert any("int8-dynamic" in n for n in info["notes"])
+    assert monitor["reference"]["label_distribution"]

@@ -73,12 +73,19 @@ def test_model_card_and_manifest(deploy_bert_run, exported):
     meta = read_manifest(exported.path)
     assert meta["source_run_name"] == deploy_bert_run.name and meta["task"] == "text-classification"
     assert meta["labels"] == ["neg", "pos"] and meta["max_length"] == 256 and meta["exported"]
-    prof = meta["profile"]
+    ref = meta["reference"]
     pred = deploy_bert_run.predictions()
-    assert prof["n"] == len(pred) == sum(prof["input_tokens"]["counts"])
-    assert prof["labels"]["pos"] == pytest.approx((pred["predicted"] == "pos").mean())
-    assert prof["confidence"]["mean"] == pytest.approx(pred["confidence"].mean())
-    assert sum(prof["confidence"]["counts"]) == len(pred)
+    assert ref["n"] == len(pred) == sum(ref["confidence"]["histogram"]["counts"]) and ref["split"] == "test"
+    assert ref["label_distribution"]["pos"] == pytest.approx((pred["predicted"] == "pos").mean())
+    assert ref["confidence"]["mean"] == pytest.approx(pred["confidence"].mean())
+    assert ref["input_length"]["p50"] == pytest.approx(pred["text"].str.len().median(), abs=1)
+    assert ref["input_tokens"]["mean"] > 0
+    # what `workbench serve` reads from an export: the same reference as from the run itself
+    from workbench.deploy.monitor import reference_from_predictions
+    from workbench.deploy.served import load_served
+    served = load_served(exported.path)
+    assert served.reference is not None and served.reference.label_shares == pytest.approx(
+        reference_from_predictions(pred, "text-classification")["label_distribution"])
 
 
 def test_lora_adapter_only_run_exports_merged(deploy_lora_run, tmp_path):

@@ -191,10 +191,14 @@ def notebook_client(nb: nbformat.NotebookNode, cwd: Path, timeout: int = CELL_TI
     class NudgingClient(NotebookClient):
         async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
             nudge = asyncio.ensure_future(self._nudge())
+            start = time.monotonic()
             try:
                 return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
             finally:
                 nudge.cancel()
+                # wall time from sending the request to its reply (a stranded request shows here, not in the
+                # kernel's own timestamps, which start when the kernel reads it)
+                cell.setdefault("metadata", {})["wall_seconds"] = round(time.monotonic() - start, 2)
 
         async def _nudge(self) -> None:
             while True:
@@ -240,11 +244,14 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
 
 
 def _slowest_cell(nb: nbformat.NotebookNode) -> tuple[int, float] | None:
-    """(index, seconds) of the cell that ran longest, from the timestamps nbclient records in each cell."""
+    """(index, seconds) of the cell that took longest: the client's wall time per cell, else nbclient's timestamps."""
     from datetime import datetime
 
     spans = []
     for i, c in enumerate(nb.cells):
+        if "wall_seconds" in c.get("metadata", {}):
+            spans.append((i, float(c.metadata["wall_seconds"])))
+            continue
         t = c.get("metadata", {}).get("execution", {})
         start, end = t.get("iopub.execute_input") or t.get("shell.execute_reply.started"), t.get("shell.execute_reply")
         if start and end:

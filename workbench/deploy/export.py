@@ -5,7 +5,7 @@
       model.safetensors        full weights: a LoRA / AdaLoRA / IA3 adapter merged into them (never pickle)
       tokenizer files          the run's tokenizer (tokens a task added included)
       README.md                model card: YAML front matter, data, test metrics, training config, how to load
-      workbench_export.json    source run, task, max_length, labels, date, reference profile (for drift checks)
+      workbench_export.json    source run, task, max_length, labels, date, reference (what `serve` checks drift against)
       onnx/                    with --onnx: model.onnx + tokenizer + config.json (see `onnx_io`)
 
 Which runs export: any task, since the folder is merged weights and `AutoModelFor<Task>` (the task's `auto_model`)
@@ -37,10 +37,6 @@ PIPELINE_TAGS = {"text-classification": "text-classification", "relation-extract
                  "masked-lm": "fill-mask", "causal-lm": "text-generation", "causal-lm-sft": "text-generation",
                  "seq2seq": "text2text-generation"}
 HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-# Reference-profile bins (shared with whoever compares live traffic with them): bin i counts edges[i] <= x <
-# edges[i+1]; the last bin counts x >= edges[-1].
-CONFIDENCE_EDGES = [round(i / 10, 1) for i in range(10)]
-LENGTH_EDGES = [0, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 
 @dataclass
@@ -90,49 +86,22 @@ def load_run_model(run: RunDir) -> tuple[Any, Any]:
     return model.eval(), tok
 
 
-def _histogram(values: Any, edges: list[float]) -> dict[str, Any]:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    idx = np.searchsorted(np.asarray(edges, dtype=float), v, side="right") - 1
-    counts = np.bincount(np.clip(idx, 0, len(edges) - 1), minlength=len(edges))
-    n = int(counts.sum())
-    return {"edges": list(edges), "counts": counts.tolist(),
-            "fractions": [float(c / n) if n else 0.0 for c in counts]}
+def reference_profile(pred: pd.DataFrame, tokenizer: Any, task: str) -> dict[str, Any]:
+    """What the model answered on the run's test split, for `workbench serve` to compare live traffic with (drift).
 
-
-def reference_profile(pred: pd.DataFrame, tokenizer: Any, labels: list[str]) -> dict[str, Any]:
-    """What the model answered on the run's test split, to compare live traffic with (drift).
-
-    - `labels`: fraction of predictions per class (classification), or per entity type over all predicted entities
-      (token classification); None for a task without classes.
-    - `confidence`: mean and histogram (CONFIDENCE_EDGES) of the top-class probability; None when the task has none.
-    - `input_tokens` / `input_chars`: mean, p50, p90, histogram (LENGTH_EDGES) of the input length, untruncated.
-    Bin i of a histogram counts edges[i] <= x < edges[i+1]; the last bin counts x >= edges[-1].
+    The monitor's own form (`monitor.reference_from_predictions`: n, label_distribution — classes, or entity types
+    for a tagger —, confidence mean and histogram, input_length in characters with quantiles and histogram), plus
+    `input_tokens` (quantiles and mean of the tokenised, untruncated test inputs) for a reader of the card.
     """
-    out: dict[str, Any] = {"n": int(len(pred)), "split": "test"}
-    dist = None
-    if "pred_entities" in pred:
-        types = [str(e.get("type")) for ents in pred["pred_entities"] if isinstance(ents, list)
-                 for e in ents if isinstance(e, dict)]
-        kinds = sorted(set(types))
-        dist = {k: types.count(k) / len(types) for k in kinds} if types else {}
-        out["entities_per_text"] = float(len(types) / max(1, len(pred)))
-    elif labels and "predicted" in pred:
-        counts = pred["predicted"].astype(str).value_counts()
-        dist = {lab: float(counts.get(lab, 0) / max(1, len(pred))) for lab in labels}
-    out["labels"] = dist
-    if "confidence" in pred and pd.api.types.is_numeric_dtype(pred["confidence"]):
-        c = pred["confidence"].to_numpy(dtype=float)
-        out["confidence"] = {"mean": float(np.nanmean(c)) if len(c) else None, **_histogram(c, CONFIDENCE_EDGES)}
-    else:
-        out["confidence"] = None
+    from .monitor import quantiles, reference_from_predictions
+
+    if pred is None or len(pred) == 0:
+        return {"n": 0, "split": "test"}
+    out = {**reference_from_predictions(pred, task), "split": "test"}
     col = next((c for c in ("text", "prompt", "question") if c in pred), None)
-    texts = pred[col].astype(str).tolist() if col else []
-    for key, lengths in (("input_tokens", [len(x) for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-                          if texts else []), ("input_chars", [len(t) for t in texts])):
-        a = np.asarray(lengths, dtype=float)
-        out[key] = ({"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-                     **_histogram(a, LENGTH_EDGES)} if len(a) else None)
+    if col is not None:
+        lengths = [len(x) for x in tokenizer(pred[col].astype(str).tolist(), add_special_tokens=True)["input_ids"]]
+        out["input_tokens"] = {**quantiles(lengths), "mean": float(np.mean(lengths))}
     return out
 
 
@@ -207,7 +176,7 @@ def run_manifest(run: RunDir, cfg: Any, tokenizer: Any, pred: pd.DataFrame | Non
             "task": cfg.task, "auto_model": get_task(cfg.task).auto_model, "max_length": int(cfg.data.max_length),
             "labels": labels, "method": cfg.peft.method, "base_model": cfg.model.name_or_path,
             "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "profile": reference_profile(pred, tokenizer, labels)}
+            "reference": reference_profile(pred, tokenizer, cfg.task)}
 
 
 def export_run(run: str | Path | RunDir, out: str | Path | None = None, *, onnx: bool = False,

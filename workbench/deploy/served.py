@@ -169,13 +169,23 @@ def _load_export(folder: Path) -> Served:
     ref = parse_reference(rec["reference"], f"{EXPORT_FILE} reference") if "reference" in rec else None
     if ref is None:
         notes.append(f"{EXPORT_FILE} has no reference: drift cannot be measured.")
-    auto = getattr(transformers, get_task(task).auto_model)
-    try:
-        tok = with_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
-        model = auto.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - reported with the folder, not as a traceback
-        raise ModelError(f"{folder} cannot be loaded as a {task} model ({type(e).__name__}: {str(e)[:200]}). "
-                         f"Fix: export the run again with `workbench export RUN`.") from None
+    from .folder import KINDS
+
+    if rec.get("kind") in KINDS and rec.get("kind") != "export":  # quantised / pruned / ONNX: the deploy loader
+        from .compress import load_compressed
+
+        model, tok, _ = load_compressed(folder)
+        notes.append(f"serving the {rec['kind']} model of {rec.get('source_run_name') or 'its run'}.")
+        if rec["kind"] in ("onnx", "onnx-int8"):
+            notes.append("an ONNX Runtime session: no attention maps, CPU only.")
+    else:
+        auto = getattr(transformers, get_task(task).auto_model)
+        try:
+            tok = with_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
+            model = auto.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - reported with the folder, not as a traceback
+            raise ModelError(f"{folder} cannot be loaded as a {task} model ({type(e).__name__}: {str(e)[:200]}). "
+                             f"Fix: export the run again with `workbench export RUN`.") from None
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()
