@@ -232,10 +232,14 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
             os.environ["WORKBENCH_RUNS"] = env_before
     elapsed = time.time() - start
     slowest = _slowest_cell(nb)
-    _record_time(path.name, elapsed, slowest)
+    in_cells = sum(float(c.get("metadata", {}).get("wall_seconds", 0)) for c in nb.cells)
+    _record_time(path.name, elapsed, slowest, in_cells)
     if slowest and slowest[1] > STALL_WARNING:
         warnings.warn(f"{path.name}: cell {slowest[0]} took {slowest[1]:.0f} s (the whole notebook {elapsed:.0f} s); "
                       f"a kernel that stopped reading its shell socket looks like this", stacklevel=1)
+    if elapsed - in_cells > STALL_WARNING:
+        warnings.warn(f"{path.name}: {elapsed - in_cells:.0f} s of {elapsed:.0f} s went outside the cells (kernel "
+                      f"start-up or shutdown)", stacklevel=1)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     # Runs end with the notebook: nothing is left running in the background.
@@ -260,7 +264,7 @@ def _slowest_cell(nb: nbformat.NotebookNode) -> tuple[int, float] | None:
     return max(spans, key=lambda s: s[1]) if spans else None
 
 
-def _record_time(name: str, seconds: float, slowest: tuple[int, float] | None) -> None:
+def _record_time(name: str, seconds: float, slowest: tuple[int, float] | None, in_cells: float) -> None:
     """Times go to artifacts/notebook_times.json, under a lock: pytest -n 2 runs two notebooks at once."""
     import fcntl
 
@@ -272,6 +276,6 @@ def _record_time(name: str, seconds: float, slowest: tuple[int, float] | None) -
             times = json.loads(out.read_text())
         except (OSError, ValueError):
             times = {}
-        times[name] = {"seconds": round(seconds, 1),
+        times[name] = {"seconds": round(seconds, 1), "in_cells": round(in_cells, 1),
                        "slowest_cell": None if slowest is None else [slowest[0], round(slowest[1], 1)]}
         out.write_text(json.dumps(times, indent=2, sort_keys=True))
