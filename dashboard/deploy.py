@@ -248,11 +248,15 @@ def _monitor(live: list[S.ServerRecord]) -> None:
         st.error(f"Drift: {reason}", icon=":material/warning:")
     else:
         st.success(f"No drift: {reason}", icon=":material/check_circle:")
-    a, b = st.columns([3, 2])
+    a, b = st.columns(2)
     a.plotly_chart(F.monitor_labels_figure(rep), key="dep_monitor_fig")
+    b.caption("Mean confidence and input length in characters (10th, 50th, 90th percentiles): the server's last "
+              "predictions against the run's test split.")
     b.dataframe(F.monitor_summary(rep), key="dep_monitor_summary")
     stats = F.drift_table(rep)
     if len(stats):
+        b.caption("Drift statistics: label shares' total variation distance, and the population stability index of "
+                  "confidence and of length; over its threshold, a statistic flags drift.")
         b.dataframe(stats, hide_index=True, key="dep_drift")
     text = st.text_input("Try it", key="dep_try_text", placeholder="a text to send to the server")
     if st.button("Send", key="dep_try", icon=":material/send:", disabled=not text.strip()):

@@ -187,3 +187,44 @@ def test_start_a_server_find_it_after_a_reload_call_it_and_stop_it(runs):
     finally:
         if S.server_alive(rec):
             S.stop_server(rec, runs)
+
+
+def test_compression_figure_draws_measured_folders_and_says_how_many_are_not():
+    import pandas as pd
+
+    from workbench.figures.deploy import compression_figure
+
+    table = pd.DataFrame([
+        {"folder": "(the run)", "kind": "run (fp32)", "size_mb": 10.0, "metric": "accuracy", "score": 0.9},
+        {"folder": "export", "kind": "export", "size_mb": 10.0, "metric": "accuracy", "score": None},
+        {"folder": "compressed/int8-dynamic", "kind": "int8-dynamic", "size_mb": 3.0, "metric": "accuracy",
+         "score": 0.89}])
+    fig = compression_figure(table)
+    assert [t.name for t in fig.data] == ["int8-dynamic (compressed/int8-dynamic)", "the run"]
+    assert "1 not measured yet" in fig.layout.title.text and fig.layout.yaxis.title.text == "test accuracy"
+    assert fig.layout.shapes[0].y0 == 0.9  # the run's score as a line
+
+
+def test_a_forged_server_record_cannot_stop_another_process(tmp_path):
+    """A runs folder may come from someone else: a record naming a pid that is not a `workbench serve` on its port
+    is not signalled (only forgotten)."""
+    import json
+    import subprocess
+
+    from workbench.deploy import servers as S
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / S.SERVERS).mkdir()
+        (tmp_path / S.SERVERS / "8123.json").write_text(json.dumps(
+            {"pid": proc.pid, "host": "127.0.0.1", "port": 8123, "source": "x", "name": "x", "task":
+             "text-classification", "endpoint": "/v1/classify", "batching": True, "started": "", "log": "x.log"}))
+        (tmp_path / S.SERVERS / "9000.json").write_text('{"pid": "1; rm -rf /"}')  # malformed: ignored
+        [rec] = S.list_servers(tmp_path)
+        assert not S.server_alive(rec)
+        assert S.stop_server(rec, tmp_path) is False
+        assert proc.poll() is None, "the unrelated process was signalled"
+        assert S.list_servers(tmp_path) == []
+    finally:
+        proc.kill()
+        proc.wait()

@@ -18,9 +18,10 @@ WINDOW, REFERENCE = "#ff7f0e", "#9aa5b1"
 
 def compression_figure(table: pd.DataFrame, x: str = "size_mb", y: str = "score",
                        title: str | None = None) -> go.Figure:
-    """One labelled point per model folder (`comparison_table` rows: folder, kind, and the `x` / `y` columns), the
-    original run in another colour, with a dotted line at its score: the folders down and to the left of it are
-    the ones that lose nothing and cost less. Rows without both numbers (not measured yet) are left out and said."""
+    """One point per model folder (`comparison_table` rows: folder, kind, and the `x` / `y` columns), named in the
+    legend, the original run a green star, with a dotted line at its score: points on the line and to the left of
+    it (or right, for throughput) lose nothing and cost less. Rows without both numbers (not measured yet) are left
+    out, and the title says how many."""
     if table is None or not len(table) or x not in table or y not in table:
         return message_figure("nothing to compare yet", title)
     rows = table[table[x].notna() & table[y].notna()]
@@ -30,13 +31,17 @@ def compression_figure(table: pd.DataFrame, x: str = "size_mb", y: str = "score"
     if not len(rows):
         return message_figure("no folder has both numbers yet: measure one", title)
     fig = go.Figure()
-    is_run = rows["kind"].astype(str).str.startswith("run")
-    for part, name, colour in ((rows[~is_run], "deploy folder", "#1f77b4"), (rows[is_run], "the run", "#2ca02c")):
-        if len(part):
-            fig.add_trace(go.Scatter(
-                x=part[x], y=part[y], mode="markers+text", name=name, text=part["kind"], textposition="top center",
-                marker={"size": 12, "color": colour}, customdata=part["folder"],
-                hovertemplate=f"%{{customdata}}<br>{AXES.get(x, x)} %{{x:.3g}}<br>{y_name} %{{y:.4f}}<extra></extra>"))
+    palette = ["#1f77b4", "#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+    rows = pd.concat([rows[~rows["kind"].astype(str).str.startswith("run")],
+                      rows[rows["kind"].astype(str).str.startswith("run")]])  # the run's star drawn on top
+    for i, (_, row) in enumerate(rows.iterrows()):  # one trace per folder: the legend names them, no label overlaps
+        is_run = str(row["kind"]).startswith("run")
+        fig.add_trace(go.Scatter(
+            x=[row[x]], y=[row[y]], mode="markers", name=f"{row['kind']} ({row['folder']})" if not is_run
+            else "the run", marker={"size": 16 if is_run else 12, "symbol": "star" if is_run else "circle",
+                                    "color": "#2ca02c" if is_run else palette[i % len(palette)],
+                                    "line": {"width": 1, "color": "white"}},
+            hovertemplate=f"{row['folder']}<br>{AXES.get(x, x)} %{{x:.3g}}<br>{y_name} %{{y:.4f}}<extra></extra>"))
     base = table[table["kind"].astype(str).str.startswith("run") & table[y].notna()]
     if len(base):
         fig.add_hline(y=float(base[y].iloc[0]), line_dash="dot", annotation_text="the run",
