@@ -71,6 +71,8 @@ def _operations(run: RunDir, disabled: bool) -> None:
                 res = export_run(run.path, onnx=onnx, overwrite=overwrite)
                 st.success(f"Wrote `{res.path}`: {len(res.files)} files, weights {res.size_mb:.2f} MB.",
                            icon=":material/check_circle:")
+                st.caption(", ".join(f"`{f}` ({res.sizes[f] / 1e6:.2f} MB)" if res.sizes[f] > 1e5 else f"`{f}`"
+                                     for f in res.files))
                 for note in res.notes:
                     st.caption(note)
     with b.container(border=True):

@@ -62,7 +62,7 @@ def test_no_runs_says_where_to_make_one(tmp_path):
     assert not at.error
 
 
-def test_export_and_int8_buttons_write_folders_the_table_lists(runs):
+def test_export_int8_and_prune_buttons_write_folders_the_table_lists(runs):
     at = ran(deploy_page(runs))
     assert at.selectbox(key="dep_run").value is not None
     assert any("No export or compressed copy" in t for t in texts(at.info))
@@ -76,11 +76,18 @@ def test_export_and_int8_buttons_write_folders_the_table_lists(runs):
     ran(at)
     assert not at.error, texts(at.error)
     assert any("int8-dynamic" in t and "texts/s" in t for t in texts(at.success)), texts(at.success)
+    at.slider(key="dep_sparsity").set_value(0.5)
+    at.radio(key="dep_prune_kind").set_value("heads")
+    at.button(key="dep_prune").click()
+    ran(at)
+    assert not at.error, texts(at.error)
+    assert any("pruned-heads-50" in t for t in texts(at.success)), texts(at.success)
     run = next(p for p in runs.iterdir() if (p / "config.yaml").is_file())
     assert (run / "export" / "workbench_export.json").is_file()
     assert (run / "compressed" / "int8-dynamic" / "compression.json").is_file()
     table = frame(at, "folder")
-    assert list(table["folder"]) == ["(the run)", "export", "compressed/int8-dynamic"]
+    assert list(table["folder"]) == ["(the run)", "export", "compressed/int8-dynamic", "compressed/pruned-heads-50"]
+    assert table.set_index("folder").loc["compressed/pruned-heads-50", "kind"] == "pruned-heads 50%"
     int8 = table.set_index("folder").loc["compressed/int8-dynamic"]
     assert int8["measured"] and int8["latency_ms_p50"] > 0 and 0 <= int8["score"] <= 1
     assert at.get("plotly_chart"), "the size/score chart"
