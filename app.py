@@ -7,7 +7,7 @@ page reads their state back from the run directory, so closing or reloading the 
 
 import streamlit as st
 
-from dashboard import attention, chat, data, evaluate, runs, train, widgets
+from dashboard import attention, chat, data, deploy, evaluate, runs, train, widgets
 from dashboard import search
 
 st.set_page_config(page_title="Workbench", page_icon=":material/model_training:", layout="wide")
@@ -20,6 +20,7 @@ PAGES = [
     st.Page(evaluate.page, title="Evaluate", icon=":material/fact_check:", url_path="evaluate"),
     st.Page(chat.page, title="Chat", icon=":material/chat:", url_path="chat"),
     st.Page(attention.page, title="Attention", icon=":material/visibility:", url_path="attention"),
+    st.Page(deploy.page, title="Deploy", icon=":material/rocket_launch:", url_path="deploy"),
 ]
 
 nav = st.navigation(PAGES)

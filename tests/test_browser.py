@@ -249,5 +249,8 @@ def test_upload_train_reload_evaluate_attention(server, browser, tmp_path):
         click(d, tab(name_of_tab))
         idle(d)
         shot(d, name)
+    nav(d, "deploy", "Deploy")
+    wait_text(d, "Export and compress")
+    shot(d, "15-deploy")
     log = (server["tmp"] / "streamlit.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
