@@ -37,7 +37,9 @@ ALLOWED_IMPORTS = {"workbench", "plotly", "ipywidgets", "IPython", "pandas", "nu
 # Notebooks that show the library's own pieces next to the formulas may also use torch/transformers.
 EXTRA_IMPORTS = {"02": {"torch", "transformers"}, "04": {"torch", "transformers"}, "07": {"torch", "transformers"},
                  "09": {"torch", "transformers"}, "11": {"torch", "transformers"},
-                 "12": {"torch"}}
+                 "12": {"torch"},
+                 # 13 shows the exported folder loaded by plain transformers and the server called over HTTP
+                 "13": {"transformers", "httpx"}}
 
 
 NUDGE_EVERY = 10  # seconds; see NudgingClient
@@ -85,7 +87,7 @@ def _imports(source: str) -> set[str]:
 # --- fast ------------------------------------------------------------------------------------------
 def test_the_course_is_there():
     numbers = [p.name[:2] for p in LESSONS]
-    assert numbers == [f"{i:02d}" for i in range(1, 13)], f"expected notebooks 01..12, found {numbers}"
+    assert numbers == [f"{i:02d}" for i in range(1, 14)], f"expected notebooks 01..13, found {numbers}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
