@@ -1,4 +1,4 @@
-"""`workbench.deploy.background.start_server`: the server in a thread of this process answers over real loopback
+"""`workbench.deploy.background.serve_in_thread`: the server in a thread of this process answers over real loopback
 HTTP once started, and `stop()` ends the thread and frees the port; a port in use or a bad source is a message."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from workbench.deploy.background import start_server  # noqa: E402
+from workbench.deploy.background import serve_in_thread  # noqa: E402
 from workbench.deploy.security import ServeSettings  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 
@@ -21,7 +21,7 @@ def _serving_threads() -> list[str]:
 
 
 def test_answers_then_stops_and_frees_the_port(deploy_bert_run):
-    server = start_server(deploy_bert_run.path, ServeSettings(port=0, max_batch=4))
+    server = serve_in_thread(deploy_bert_run.path, ServeSettings(port=0, max_batch=4))
     port = int(server.url.rsplit(":", 1)[1])
     try:
         assert server.running and server.endpoint == "/v1/classify"
@@ -42,11 +42,11 @@ def test_answers_then_stops_and_frees_the_port(deploy_bert_run):
 
 
 def test_a_port_in_use_and_a_bad_source_are_messages(deploy_bert_run, tmp_path):
-    with start_server(deploy_bert_run.path) as first:
+    with serve_in_thread(deploy_bert_run.path) as first:
         port = int(first.url.rsplit(":", 1)[1])
         with pytest.raises(WorkbenchError, match=f"port {port} is in use"):
-            start_server(deploy_bert_run.path, ServeSettings(port=port))
+            serve_in_thread(deploy_bert_run.path, ServeSettings(port=port))
     assert not first.running
     with pytest.raises(WorkbenchError):
-        start_server(tmp_path)
+        serve_in_thread(tmp_path)
     assert not _serving_threads()

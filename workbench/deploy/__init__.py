@@ -8,6 +8,8 @@
   score; `compress.load_compressed(folder)`: load any folder this package wrote (int8 included, without pickle).
 - `serve.create_app(source, settings)` / `workbench serve`: an HTTP API (FastAPI + uvicorn) with an API key off
   loopback, limits, micro-batching, Prometheus metrics and a drift monitor (`monitor`); `loadtest.load_test`.
+  `background.serve_in_thread(source, settings)`: the same app in a thread of this process (notebooks, tests);
+  `servers.start_server(...)`: `workbench serve` as its own process, recorded so the Deploy page finds it again.
 
 Every folder written here carries `workbench_export.json` (`folder.read_manifest`): what it is (`kind`), the run it
 came from, the task, labels, max_length and the reference profile. ONNX needs the optional extra

@@ -2,7 +2,7 @@
 
 `serve.serve` blocks until Ctrl+C, which would hold a Jupyter kernel for good, and a child process is one more
 thing a notebook could leave running. Here uvicorn runs the same app (`serve.create_app`) on a socket bound first
-(`serve.bind`; port 0: a free one) in a daemon thread; `start_server` returns once the model has answered its
+(`serve.bind`; port 0: a free one) in a daemon thread; `serve_in_thread` returns once the model has answered its
 warm-up prediction (or raises what went wrong), and `BackgroundServer.stop()` (or leaving a `with` block) asks
 uvicorn to finish its requests and shut down, joins the thread and closes the socket. The thread is a daemon, so
 a kernel that exits without `stop()` does not hang on it. uvicorn installs signal handlers only in the main
@@ -67,7 +67,7 @@ class BackgroundServer:
         return f"BackgroundServer({self.url}, {'running' if self.running else 'stopped'})"
 
 
-def start_server(source: str | Path | Any, settings: ServeSettings | None = None, *,
+def serve_in_thread(source: str | Path | Any, settings: ServeSettings | None = None, *,
                  ready_timeout: float = 120.0) -> BackgroundServer:
     """Serve `source` (a completed run, a folder the deploy stage wrote, or a loaded `served.Served`) in a background
     thread; return when it answers predictions. `settings` default to loopback on a free port (`port=0`).
@@ -101,4 +101,4 @@ def start_server(source: str | Path | Any, settings: ServeSettings | None = None
     return handle
 
 
-__all__ = ["BackgroundServer", "start_server"]
+__all__ = ["BackgroundServer", "serve_in_thread"]
