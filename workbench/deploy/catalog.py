@@ -54,15 +54,20 @@ def deploy_folders(run: str | Path | RunDir) -> list[Path]:
 
 
 def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    return float(x)
+    try:
+        x = float(x)  # OverflowError: an integer beyond a float (10**400)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _read_json(f: Path) -> dict[str, Any]:
     try:
         obj = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        # ValueError: bad JSON, or an integer of thousands of digits; RecursionError: '[' nested 100000 deep
         return {}
     return obj if isinstance(obj, dict) else {}
 
