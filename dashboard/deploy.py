@@ -178,7 +178,7 @@ def _server_list(folder: str) -> None:
             else:
                 head.error(f"**{rec.name}** on port {rec.port} is not running (it exited). Its log:",
                            icon=":material/error:")
-                st.code(S.log_tail(rec) or "(empty)", language=None)
+                st.code(S.log_tail(rec, folder) or "(empty)", language=None)
             if stop.button("Stop" if state != "down" else "Forget", key=f"dep_stop_{rec.port}",
                            icon=":material/stop_circle:", help="SIGTERM: requests in flight finish, then it exits."):
                 S.stop_server(rec, folder)
@@ -187,7 +187,7 @@ def _server_list(folder: str) -> None:
                 continue
             key = S.server_key(rec)
             st.caption(f"Serving `{rec.source}` · micro-batching {'on' if rec.batching else 'off'} · started "
-                       f"{rec.started} · log `{rec.log}`" + (" · reachable from other machines" if
+                       f"{rec.started} · log `{S.log_file(folder, rec.port)}`" + (" · reachable from other machines" if
                                                              S.exposed(rec.host) else ""))
             if key:
                 show = st.toggle("Show the API key", key=f"dep_reveal_{rec.port}")
