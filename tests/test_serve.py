@@ -333,6 +333,66 @@ def test_too_many_concurrent_generations_answer_429(chat_export, monkeypatch):
     assert after.status_code == 200
 
 
+async def _hang_up_stream(app, body: dict, when: threading.Event | None) -> list[dict]:
+    """POST /v1/generate straight into the ASGI app as a client that hangs up once `when` is set; None: gone
+    before the response starts (ASGI 2.4: `send` raises OSError), so its body iterator never starts. What the app
+    sent back."""
+    import anyio
+    from starlette.requests import ClientDisconnect
+
+    raw, sent, asked = json.dumps(body).encode(), [], [False]
+
+    async def receive() -> dict:
+        if not asked[0]:
+            asked[0] = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        while when is not None and not when.is_set():  # a wait for the other thread, not a timing assertion
+            await anyio.sleep(0.01)
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict) -> None:
+        if when is None and msg["type"] == "http.response.start" and msg["status"] == 200:
+            raise OSError("the client is gone")
+        sent.append(msg)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.0" if when else "2.4"},
+             "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/v1/generate",
+             "raw_path": b"/v1/generate", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    with anyio.fail_after(30):
+        try:
+            await app(scope, receive, send)
+        except ClientDisconnect:
+            pass
+    return sent
+
+
+def test_streams_whose_client_hangs_up_give_their_generation_slot_back(chat_export, monkeypatch):
+    import workbench.generate as generate
+
+    writing, stops = threading.Event(), []
+
+    def slow_answer(model, tok, messages, stop=None, **kw):  # still writing when the client hangs up
+        stops.append(stop)
+        yield "one"
+        writing.set()
+        (stop or threading.Event()).wait(10)  # the stop event is how the server ends an abandoned answer
+        yield " two"
+    monkeypatch.setattr(generate, "iter_answer", slow_answer)
+    with serving(chat_export, max_concurrent_generations=2) as (c, app):
+        # gone while `next` runs in a worker thread (the first piece sent, the second being written)
+        mid = c.portal.call(_hang_up_stream, app, {"prompt": "hi"}, writing)
+        before = c.portal.call(_hang_up_stream, app, {"prompt": "hi"}, None)  # gone before the body started
+        _wait_for(lambda: app.state.status["generations"] == 0, "both generation slots released")
+        in_flight = _metric(c.get("/metrics").text, "workbench_generations_in_flight")
+        third = c.post("/v1/generate", json={"prompt": "hello"})
+    assert mid[0]["status"] == 200 and b"one" in mid[1]["body"]
+    assert before == [] and in_flight == 0
+    assert stops and all(s is not None and s.is_set() for s in stops)  # the abandoned generation was stopped
+    assert third.status_code == 200 and '"text": "one two"' in third.text, third.text
+
+
 # --- batching, readiness, metrics, logs ------------------------------------------------------------------
 @pytest.mark.parametrize("max_batch", [16, 1])
 def test_requests_waiting_together_share_one_forward_pass_unless_batching_is_off(clf, max_batch, monkeypatch):
