@@ -146,7 +146,6 @@ def _load_export(folder: Path) -> Served:
     from ..tasks import get_task
 
     rec, notes = read_export_record(folder), []
-    check_model_dir(folder, allow_pickle=False)
     try:
         mcfg = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - a damaged config.json is the user's to fix
@@ -179,6 +178,7 @@ def _load_export(folder: Path) -> Served:
         if rec["kind"] in ("onnx", "onnx-int8"):
             notes.append("an ONNX Runtime session: no attention maps, CPU only.")
     else:
+        check_model_dir(folder, allow_pickle=False)  # here only: the deploy loader checks its own kinds' files
         auto = getattr(transformers, get_task(task).auto_model)
         try:
             tok = with_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
