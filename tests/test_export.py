@@ -139,6 +139,21 @@ def test_refusals(deploy_bert_run, exported, tmp_path):
         export_run(exported.path, tmp_path / "x")
 
 
+GOOD_MANIFEST = {"kind": "export", "task": "text-classification", "labels": ["neg", "pos"], "max_length": 64}
+DAMAGED_MANIFESTS = {
+    "task is a list": json.dumps({**GOOD_MANIFEST, "task": []}),
+    "a 5000-digit number": '{"max_length": ' + "7" * 5000 + "}",
+    "nested 100000 deep": "[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("text", DAMAGED_MANIFESTS.values(), ids=DAMAGED_MANIFESTS.keys())
+def test_a_damaged_manifest_is_a_message_not_a_traceback(tmp_path, text):
+    (tmp_path / "workbench_export.json").write_text(text)
+    with pytest.raises(ModelError, match="workbench_export.json.*Fix: export the run again"):
+        read_manifest(tmp_path)
+
+
 def _fake_run(tmp_path: Path, source: RunDir, name: str, status: dict, model: bool = False,
               peft: dict | None = None) -> Path:
     """A copy of a run's config with another status (and no model unless asked)."""

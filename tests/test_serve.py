@@ -539,6 +539,34 @@ def test_reference_parsing_tolerates_what_another_writer_puts_there():
     assert m.report()["drift"]["flag"] is None  # nothing comparable: no flag rather than a wrong one
 
 
+def test_reference_numbers_too_big_for_a_float_are_left_out_and_drift_stays_finite():
+    from workbench.deploy.monitor import Monitor, parse_reference
+
+    huge = 10 ** 400  # json.loads gives Python ints of any size; math.isfinite(huge) raises OverflowError
+    ref = parse_reference({"n": huge, "label_distribution": {"a": 1e308, "b": 1e308},
+                           "confidence": {"mean": huge, "histogram": [1e308] * 10},  # counts summing to inf
+                           "input_length": {"quantiles": {"p50": huge, "p90": 50},
+                                            "histogram": {"edges": [0, 10, 1000], "counts": [huge, 1]}}}, "x")
+    assert ref.n is None and ref.confidence_mean is None and ref.length_quantiles == {"p90": 50.0}
+    assert ref.label_shares is None and ref.confidence_hist is None and ref.length_hist is None
+    assert len(ref.notes) == 3
+    m = Monitor(ref, window=5, min_count=1)
+    m.record(["a"], 0.9, 10)
+    json.dumps(m.report(), allow_nan=False)  # what /v1/monitor sends: inf or nan would make it a 500
+
+
+@pytest.mark.parametrize("text", ['{"kind": "int8-dynamic", "task": []}', '{"max_length": ' + "7" * 5000 + "}",
+                                  "[" * 100_000], ids=["task-a-list", "5000-digits", "100000-deep"])
+def test_a_damaged_export_record_is_refused_with_a_message(clf_run, tmp_path, text):
+    from workbench.errors import ModelError
+
+    folder = tmp_path / "exp"
+    shutil.copytree(clf_run.model_dir, folder)
+    (folder / EXPORT_FILE).write_text(text)
+    with pytest.raises(ModelError, match=EXPORT_FILE):
+        load_served(folder)
+
+
 # --- settings and the command line -------------------------------------------------------------------------
 def test_settings_need_a_key_off_loopback_and_read_it_from_env_or_file(tmp_path, monkeypatch):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")

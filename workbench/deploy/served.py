@@ -130,7 +130,7 @@ def read_export_record(folder: Path) -> dict[str, Any]:
                          f"run with `workbench export RUN` and serve that folder, or serve the run directory itself.")
     try:
         rec = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
         raise ModelError(f"{f} cannot be read ({type(e).__name__}: {str(e)[:120]}). Fix: export the run again.") \
             from None
     if not isinstance(rec, dict):
