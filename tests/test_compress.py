@@ -198,3 +198,67 @@ def _serve_and_classify(folder, texts):
             time.sleep(0.02)
         return (c.post("/v1/classify", json={"texts": texts}).json(), c.get("/v1/info").json(),
                 c.get("/v1/monitor").json())
+
+
+def _damaged_int8(int8, tmp_path, edit):
+    """A copy of the int8 folder with `edit(folder, tensors)` applied to it (tensors: its int8 safetensors)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(int8.folder, folder)
+    tensors = load_file(str(folder / "model.int8.safetensors"))
+    if edit(folder, tensors) is not False:
+        save_file(tensors, str(folder / "model.int8.safetensors"))
+    return folder
+
+
+def _first_quantised(folder):
+    return json.loads((folder / "quantization.json").read_text())["modules"][0]
+
+
+def _drop_weight(folder, t):
+    del t[f"{_first_quantised(folder)}.weight_int8"]
+
+
+def _drop_scale(folder, t):
+    del t[f"{_first_quantised(folder)}.weight_scale"]
+
+
+def _float_weight(folder, t):
+    name = f"{_first_quantised(folder)}.weight_int8"
+    t[name] = t[name].float()
+
+
+def _narrowed_weight(folder, t):
+    name = f"{_first_quantised(folder)}.weight_int8"
+    t[name] = t[name][:, :-1].contiguous()
+
+
+def _garbage_file(folder, t):
+    (folder / "model.int8.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + bytes(64))
+    return False
+
+
+def _broken_tokenizer(folder, t):
+    for f in folder.glob("tokenizer*"):
+        f.write_text("{")
+    (folder / "vocab.txt").unlink(missing_ok=True)
+    return False
+
+
+def _broken_config(folder, t):
+    (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    return False
+
+
+@pytest.mark.parametrize("edit, found", [
+    (_drop_weight, "model.int8.safetensors"), (_drop_scale, "model.int8.safetensors"),
+    (_float_weight, "model.int8.safetensors"), (_narrowed_weight, "model.int8.safetensors"),
+    (_garbage_file, "model.int8.safetensors"), (_broken_tokenizer, "tokenizer"), (_broken_config, "config.json")])
+def test_a_damaged_int8_folder_is_a_message_naming_the_file(int8, tmp_path, edit, found):
+    folder = _damaged_int8(int8, tmp_path, edit)
+    with pytest.raises(WorkbenchError, match=found) as e:
+        load_compressed(folder)
+    assert "Fix:" in str(e.value)
