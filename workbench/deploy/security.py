@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +48,7 @@ class ServeSettings:
 
     host: str = "127.0.0.1"  # loopback: only this machine can call it; any other address needs api_key
     port: int = 8000
-    api_key: str | None = None  # the key itself (from `api_key_from`); None: no key (loopback only)
+    api_key: str | None = field(default=None, repr=False)  # the key itself (`api_key_from`); None: loopback only
     max_batch: int = 16  # texts per forward pass; 1 turns micro-batching off
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for others
     max_queue: int = 256  # texts waiting for a forward pass; more: 429
