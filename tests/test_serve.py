@@ -289,7 +289,7 @@ def test_limits_answer_413_and_422_with_a_body_that_says_what_to_change(clf):
 
 
 def test_a_full_queue_answers_429(clf, monkeypatch):
-    with serving(clf, max_batch=1, max_queue=2) as (c, app):
+    with serving(clf, max_batch=1, max_queue=2, max_texts=2) as (c, app):
         block = Blocked(clf.predict)
         monkeypatch.setattr(clf, "predict", block)
         with ThreadPoolExecutor(2) as pool:
@@ -580,6 +580,17 @@ def test_settings_need_a_key_off_loopback_and_read_it_from_env_or_file(tmp_path,
     assert api_key_from("MY_KEY") == "from-env-" + KEY
     monkeypatch.delenv("WORKBENCH_API_KEY", raising=False)
     assert api_key_from() is None
+
+
+def test_the_api_key_is_not_in_the_settings_repr():
+    s = ServeSettings(api_key=KEY)
+    assert KEY not in repr(s) and KEY not in str(s) and "max_batch=16" in repr(s)
+
+
+def test_settings_refuse_a_queue_smaller_than_one_request():
+    problems = ServeSettings(max_queue=8, max_texts=64).problems()
+    assert any("max_queue=8" in p and "max_texts=64" in p for p in problems), problems
+    assert not ServeSettings(max_queue=64, max_texts=64).problems()
 
 
 @pytest.fixture

@@ -69,6 +69,9 @@ class ServeSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 p.append(f"{name}={v!r}: give a whole number of at least 1.")
+        if isinstance(self.max_queue, int) and isinstance(self.max_texts, int) and self.max_queue < self.max_texts:
+            p.append(f"max_queue={self.max_queue} is smaller than max_texts={self.max_texts}: a request the server "
+                     f"accepts could never enter the queue (429 forever). Give max_queue at least max_texts.")
         if not 0 <= self.max_wait_ms <= 10_000:
             p.append(f"max_wait_ms={self.max_wait_ms}: give 0 to 10000 milliseconds.")
         if not 0 <= self.port <= 65535:
