@@ -88,6 +88,15 @@ def test_model_card_and_manifest(deploy_bert_run, exported):
         reference_from_predictions(pred, "text-classification")["label_distribution"])
 
 
+def test_the_model_card_hides_passwords_in_urls(deploy_bert_run):
+    from workbench.deploy.export import model_card
+
+    cfg = deploy_bert_run.config().override({"search.storage": "postgresql://alice:s3cr%40t/x@db.example.org/optuna"})
+    card = model_card(deploy_bert_run, cfg, "AutoModelForSequenceClassification", ["neg", "pos"])
+    assert "s3cr" not in card
+    assert "postgresql://alice:***@db.example.org/optuna" in card and "learning_rate:" in card
+
+
 def test_lora_adapter_only_run_exports_merged(deploy_lora_run, tmp_path):
     from workbench.predict import Predictor
 
