@@ -420,6 +420,34 @@ def test_requests_waiting_together_share_one_forward_pass_unless_batching_is_off
         assert _metric(metrics, 'workbench_batch_size_bucket{le="1.0"}') == 1 + len(texts)
 
 
+def test_a_failing_batch_is_retried_request_by_request_so_only_the_bad_one_fails():
+    import asyncio
+
+    from workbench.deploy.batching import MicroBatcher
+
+    forwards = []
+
+    def predict(texts):
+        forwards.append(list(texts))
+        if "poison" in texts:
+            raise ValueError("this text breaks the model")
+        return [t.upper() for t in texts]
+
+    async def main():
+        b = MicroBatcher(predict, max_batch=4, max_wait_ms=10_000)  # fills at 4 texts: no timing involved
+        b.start()
+        try:
+            return await asyncio.gather(b.submit(["good", "fine"]), b.submit(["poison"]), b.submit(["ok"]),
+                                        return_exceptions=True)
+        finally:
+            await b.stop()
+
+    good, bad, ok = asyncio.run(main())
+    assert forwards[0] == ["good", "fine", "poison", "ok"]  # they did share a forward pass
+    assert good == (["GOOD", "FINE"], 2) and ok == (["OK"], 1)
+    assert isinstance(bad, ValueError) and "breaks the model" in str(bad)
+
+
 def test_readyz_is_503_until_the_warm_up_prediction_is_done(clf, monkeypatch):
     block = Blocked(clf.predict)
     monkeypatch.setattr(clf, "predict", block)
