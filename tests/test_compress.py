@@ -76,11 +76,16 @@ def test_bf16_copy_loads_with_plain_transformers(deploy_bert_run, tmp_path):
     assert m.score is not None and m.agreement >= 0.9
 
 
-def test_onnx_int8(deploy_bert_run, tmp_path):
+@pytest.fixture(scope="module")
+def onnx_int8(deploy_bert_run, tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    m = quantize(deploy_bert_run, tmp_path / "oq", "onnx-int8", runs=3)
-    assert (tmp_path / "oq" / "model.onnx").is_file() and not (tmp_path / "oq" / "fp32").exists()
-    model, tok, meta = load_compressed(tmp_path / "oq")
+    return quantize(deploy_bert_run, tmp_path_factory.mktemp("oq") / "oq", "onnx-int8", runs=3)
+
+
+def test_onnx_int8(onnx_int8):
+    m, folder = onnx_int8, Path(onnx_int8.folder)
+    assert (folder / "model.onnx").is_file() and not (folder / "fp32").exists()
+    model, tok, meta = load_compressed(folder)
     assert meta["kind"] == "onnx-int8"
     assert m.score is not None and m.agreement >= 0.9
 
@@ -157,23 +162,103 @@ def test_workbench_serve_answers_with_the_int8_model(int8):
     """A quantised folder is servable as it is: the server loads it with the deploy loader (no pickle), answers what
     the int8 model predicts, and compares traffic with the run's test-split reference carried in the manifest."""
     pytest.importorskip("fastapi")
+    model, tok, _ = load_compressed(int8.folder)
+    texts = ["a great and lovely film", "dull boring plot", "the cast was fine"]
+    want = _probs(model, tok, texts)
+    got, info, monitor = _serve_and_classify(int8.folder, texts)
+    labels = json.loads((Path(int8.folder) / "workbench_export.json").read_text())["labels"]
+    assert [r["label"] for r in got["predictions"]] == [labels[i] for i in want.argmax(1)]
+    assert any("int8-dynamic" in n for n in info["notes"])
+    assert monitor["reference"]["label_distribution"]
+
+
+def test_workbench_serve_answers_with_the_onnx_int8_model(onnx_int8):
+    """An ONNX folder has no .safetensors: the server loads it with the deploy loader, not the plain-export check."""
+    pytest.importorskip("fastapi")
+    model, tok, _ = load_compressed(onnx_int8.folder)
+    texts = ["a great and lovely film", "dull boring plot", "the cast was fine"]
+    want = _probs(model, tok, texts)
+    got, info, _ = _serve_and_classify(onnx_int8.folder, texts)
+    labels = json.loads((Path(onnx_int8.folder) / "workbench_export.json").read_text())["labels"]
+    assert [r["label"] for r in got["predictions"]] == [labels[i] for i in want.argmax(1)]
+    assert any("onnx-int8" in n for n in info["notes"])
+
+
+def _serve_and_classify(folder, texts):
+    """/v1/classify's answer for `texts`, /v1/info and /v1/monitor of a server of `folder`."""
     from fastapi.testclient import TestClient
 
     from workbench.deploy.serve import ServeSettings, create_app
 
-    model, tok, _ = load_compressed(int8.folder)
-    texts = ["a great and lovely film", "dull boring plot", "the cast was fine"]
-    want = _probs(model, tok, texts)
-    app = create_app(int8.folder, ServeSettings())
+    app = create_app(folder, ServeSettings())
     with TestClient(app) as c:
         for _ in range(600):  # waiting for the warm-up, not a timing assertion
             if c.get("/readyz").status_code == 200:
                 break
             time.sleep(0.02)
-        got = c.post("/v1/classify", json={"texts": texts}).json()
-        info = c.get("/v1/info").json()
-        monitor = c.get("/v1/monitor").json()
-    labels = json.loads((Path(int8.folder) / "workbench_export.json").read_text())["labels"]
-    assert [r["label"] for r in got["predictions"]] == [labels[i] for i in want.argmax(1)]
-    assert any("int8-dynamic" in n for n in info["notes"])
-    assert monitor["reference"]["label_distribution"]
+        return (c.post("/v1/classify", json={"texts": texts}).json(), c.get("/v1/info").json(),
+                c.get("/v1/monitor").json())
+
+
+def _damaged_int8(int8, tmp_path, edit):
+    """A copy of the int8 folder with `edit(folder, tensors)` applied to it (tensors: its int8 safetensors)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(int8.folder, folder)
+    tensors = load_file(str(folder / "model.int8.safetensors"))
+    if edit(folder, tensors) is not False:
+        save_file(tensors, str(folder / "model.int8.safetensors"))
+    return folder
+
+
+def _first_quantised(folder):
+    return json.loads((folder / "quantization.json").read_text())["modules"][0]
+
+
+def _drop_weight(folder, t):
+    del t[f"{_first_quantised(folder)}.weight_int8"]
+
+
+def _drop_scale(folder, t):
+    del t[f"{_first_quantised(folder)}.weight_scale"]
+
+
+def _float_weight(folder, t):
+    name = f"{_first_quantised(folder)}.weight_int8"
+    t[name] = t[name].float()
+
+
+def _narrowed_weight(folder, t):
+    name = f"{_first_quantised(folder)}.weight_int8"
+    t[name] = t[name][:, :-1].contiguous()
+
+
+def _garbage_file(folder, t):
+    (folder / "model.int8.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + bytes(64))
+    return False
+
+
+def _broken_tokenizer(folder, t):
+    for f in folder.glob("tokenizer*"):
+        f.write_text("{")
+    (folder / "vocab.txt").unlink(missing_ok=True)
+    return False
+
+
+def _broken_config(folder, t):
+    (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    return False
+
+
+@pytest.mark.parametrize("edit, found", [
+    (_drop_weight, "model.int8.safetensors"), (_drop_scale, "model.int8.safetensors"),
+    (_float_weight, "model.int8.safetensors"), (_narrowed_weight, "model.int8.safetensors"),
+    (_garbage_file, "model.int8.safetensors"), (_broken_tokenizer, "tokenizer"), (_broken_config, "config.json")])
+def test_a_damaged_int8_folder_is_a_message_naming_the_file(int8, tmp_path, edit, found):
+    folder = _damaged_int8(int8, tmp_path, edit)
+    with pytest.raises(WorkbenchError, match=found) as e:
+        load_compressed(folder)
+    assert "Fix:" in str(e.value)

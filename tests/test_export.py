@@ -88,6 +88,15 @@ def test_model_card_and_manifest(deploy_bert_run, exported):
         reference_from_predictions(pred, "text-classification")["label_distribution"])
 
 
+def test_the_model_card_hides_passwords_in_urls(deploy_bert_run):
+    from workbench.deploy.export import model_card
+
+    cfg = deploy_bert_run.config().override({"search.storage": "postgresql://alice:s3cr%40t/x@db.example.org/optuna"})
+    card = model_card(deploy_bert_run, cfg, "AutoModelForSequenceClassification", ["neg", "pos"])
+    assert "s3cr" not in card
+    assert "postgresql://alice:***@db.example.org/optuna" in card and "learning_rate:" in card
+
+
 def test_lora_adapter_only_run_exports_merged(deploy_lora_run, tmp_path):
     from workbench.predict import Predictor
 
@@ -137,6 +146,21 @@ def test_refusals(deploy_bert_run, exported, tmp_path):
         export_run(tmp_path)
     with pytest.raises(RunError, match="already a model folder"):
         export_run(exported.path, tmp_path / "x")
+
+
+GOOD_MANIFEST = {"kind": "export", "task": "text-classification", "labels": ["neg", "pos"], "max_length": 64}
+DAMAGED_MANIFESTS = {
+    "task is a list": json.dumps({**GOOD_MANIFEST, "task": []}),
+    "a 5000-digit number": '{"max_length": ' + "7" * 5000 + "}",
+    "nested 100000 deep": "[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("text", DAMAGED_MANIFESTS.values(), ids=DAMAGED_MANIFESTS.keys())
+def test_a_damaged_manifest_is_a_message_not_a_traceback(tmp_path, text):
+    (tmp_path / "workbench_export.json").write_text(text)
+    with pytest.raises(ModelError, match="workbench_export.json.*Fix: export the run again"):
+        read_manifest(tmp_path)
 
 
 def _fake_run(tmp_path: Path, source: RunDir, name: str, status: dict, model: bool = False,

@@ -289,7 +289,7 @@ def test_limits_answer_413_and_422_with_a_body_that_says_what_to_change(clf):
 
 
 def test_a_full_queue_answers_429(clf, monkeypatch):
-    with serving(clf, max_batch=1, max_queue=2) as (c, app):
+    with serving(clf, max_batch=1, max_queue=2, max_texts=2) as (c, app):
         block = Blocked(clf.predict)
         monkeypatch.setattr(clf, "predict", block)
         with ThreadPoolExecutor(2) as pool:
@@ -333,6 +333,66 @@ def test_too_many_concurrent_generations_answer_429(chat_export, monkeypatch):
     assert after.status_code == 200
 
 
+async def _hang_up_stream(app, body: dict, when: threading.Event | None) -> list[dict]:
+    """POST /v1/generate straight into the ASGI app as a client that hangs up once `when` is set; None: gone
+    before the response starts (ASGI 2.4: `send` raises OSError), so its body iterator never starts. What the app
+    sent back."""
+    import anyio
+    from starlette.requests import ClientDisconnect
+
+    raw, sent, asked = json.dumps(body).encode(), [], [False]
+
+    async def receive() -> dict:
+        if not asked[0]:
+            asked[0] = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        while when is not None and not when.is_set():  # a wait for the other thread, not a timing assertion
+            await anyio.sleep(0.01)
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict) -> None:
+        if when is None and msg["type"] == "http.response.start" and msg["status"] == 200:
+            raise OSError("the client is gone")
+        sent.append(msg)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.0" if when else "2.4"},
+             "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/v1/generate",
+             "raw_path": b"/v1/generate", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    with anyio.fail_after(30):
+        try:
+            await app(scope, receive, send)
+        except ClientDisconnect:
+            pass
+    return sent
+
+
+def test_streams_whose_client_hangs_up_give_their_generation_slot_back(chat_export, monkeypatch):
+    import workbench.generate as generate
+
+    writing, stops = threading.Event(), []
+
+    def slow_answer(model, tok, messages, stop=None, **kw):  # still writing when the client hangs up
+        stops.append(stop)
+        yield "one"
+        writing.set()
+        (stop or threading.Event()).wait(10)  # the stop event is how the server ends an abandoned answer
+        yield " two"
+    monkeypatch.setattr(generate, "iter_answer", slow_answer)
+    with serving(chat_export, max_concurrent_generations=2) as (c, app):
+        # gone while `next` runs in a worker thread (the first piece sent, the second being written)
+        mid = c.portal.call(_hang_up_stream, app, {"prompt": "hi"}, writing)
+        before = c.portal.call(_hang_up_stream, app, {"prompt": "hi"}, None)  # gone before the body started
+        _wait_for(lambda: app.state.status["generations"] == 0, "both generation slots released")
+        in_flight = _metric(c.get("/metrics").text, "workbench_generations_in_flight")
+        third = c.post("/v1/generate", json={"prompt": "hello"})
+    assert mid[0]["status"] == 200 and b"one" in mid[1]["body"]
+    assert before == [] and in_flight == 0
+    assert stops and all(s is not None and s.is_set() for s in stops)  # the abandoned generation was stopped
+    assert third.status_code == 200 and '"text": "one two"' in third.text, third.text
+
+
 # --- batching, readiness, metrics, logs ------------------------------------------------------------------
 @pytest.mark.parametrize("max_batch", [16, 1])
 def test_requests_waiting_together_share_one_forward_pass_unless_batching_is_off(clf, max_batch, monkeypatch):
@@ -358,6 +418,34 @@ def test_requests_waiting_together_share_one_forward_pass_unless_batching_is_off
     else:
         assert block.calls == [1] * (1 + len(texts))
         assert _metric(metrics, 'workbench_batch_size_bucket{le="1.0"}') == 1 + len(texts)
+
+
+def test_a_failing_batch_is_retried_request_by_request_so_only_the_bad_one_fails():
+    import asyncio
+
+    from workbench.deploy.batching import MicroBatcher
+
+    forwards = []
+
+    def predict(texts):
+        forwards.append(list(texts))
+        if "poison" in texts:
+            raise ValueError("this text breaks the model")
+        return [t.upper() for t in texts]
+
+    async def main():
+        b = MicroBatcher(predict, max_batch=4, max_wait_ms=10_000)  # fills at 4 texts: no timing involved
+        b.start()
+        try:
+            return await asyncio.gather(b.submit(["good", "fine"]), b.submit(["poison"]), b.submit(["ok"]),
+                                        return_exceptions=True)
+        finally:
+            await b.stop()
+
+    good, bad, ok = asyncio.run(main())
+    assert forwards[0] == ["good", "fine", "poison", "ok"]  # they did share a forward pass
+    assert good == (["GOOD", "FINE"], 2) and ok == (["OK"], 1)
+    assert isinstance(bad, ValueError) and "breaks the model" in str(bad)
 
 
 def test_readyz_is_503_until_the_warm_up_prediction_is_done(clf, monkeypatch):
@@ -479,6 +567,34 @@ def test_reference_parsing_tolerates_what_another_writer_puts_there():
     assert m.report()["drift"]["flag"] is None  # nothing comparable: no flag rather than a wrong one
 
 
+def test_reference_numbers_too_big_for_a_float_are_left_out_and_drift_stays_finite():
+    from workbench.deploy.monitor import Monitor, parse_reference
+
+    huge = 10 ** 400  # json.loads gives Python ints of any size; math.isfinite(huge) raises OverflowError
+    ref = parse_reference({"n": huge, "label_distribution": {"a": 1e308, "b": 1e308},
+                           "confidence": {"mean": huge, "histogram": [1e308] * 10},  # counts summing to inf
+                           "input_length": {"quantiles": {"p50": huge, "p90": 50},
+                                            "histogram": {"edges": [0, 10, 1000], "counts": [huge, 1]}}}, "x")
+    assert ref.n is None and ref.confidence_mean is None and ref.length_quantiles == {"p90": 50.0}
+    assert ref.label_shares is None and ref.confidence_hist is None and ref.length_hist is None
+    assert len(ref.notes) == 3
+    m = Monitor(ref, window=5, min_count=1)
+    m.record(["a"], 0.9, 10)
+    json.dumps(m.report(), allow_nan=False)  # what /v1/monitor sends: inf or nan would make it a 500
+
+
+@pytest.mark.parametrize("text", ['{"kind": "int8-dynamic", "task": []}', '{"max_length": ' + "7" * 5000 + "}",
+                                  "[" * 100_000], ids=["task-a-list", "5000-digits", "100000-deep"])
+def test_a_damaged_export_record_is_refused_with_a_message(clf_run, tmp_path, text):
+    from workbench.errors import ModelError
+
+    folder = tmp_path / "exp"
+    shutil.copytree(clf_run.model_dir, folder)
+    (folder / EXPORT_FILE).write_text(text)
+    with pytest.raises(ModelError, match=EXPORT_FILE):
+        load_served(folder)
+
+
 # --- settings and the command line -------------------------------------------------------------------------
 def test_settings_need_a_key_off_loopback_and_read_it_from_env_or_file(tmp_path, monkeypatch):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
@@ -492,6 +608,17 @@ def test_settings_need_a_key_off_loopback_and_read_it_from_env_or_file(tmp_path,
     assert api_key_from("MY_KEY") == "from-env-" + KEY
     monkeypatch.delenv("WORKBENCH_API_KEY", raising=False)
     assert api_key_from() is None
+
+
+def test_the_api_key_is_not_in_the_settings_repr():
+    s = ServeSettings(api_key=KEY)
+    assert KEY not in repr(s) and KEY not in str(s) and "max_batch=16" in repr(s)
+
+
+def test_settings_refuse_a_queue_smaller_than_one_request():
+    problems = ServeSettings(max_queue=8, max_texts=64).problems()
+    assert any("max_queue=8" in p and "max_texts=64" in p for p in problems), problems
+    assert not ServeSettings(max_queue=64, max_texts=64).problems()
 
 
 @pytest.fixture

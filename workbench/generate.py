@@ -13,6 +13,7 @@ decoder writes from its start token until EOS (`seq2seq_answers`).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -189,18 +190,18 @@ def stream_answer(model: Any, tokenizer: Any, messages: Messages, on_text: Calla
 
 
 def iter_answer(model: Any, tokenizer: Any, messages: Messages, *, sampling: Sampling = Sampling(),
-                max_length: int = 1024, bf16: bool = False) -> Iterator[str]:
+                max_length: int = 1024, bf16: bool = False, stop: threading.Event | None = None) -> Iterator[str]:
     """`stream_answer` as an iterator of pieces (for `st.write_stream`): generation runs in a thread and each
     piece is yielded as soon as it is written; an error in generation is raised here, after the pieces before it.
-    Closing the iterator early (Streamlit stops a script when the user acts mid-answer) stops the generation at
-    its next piece, so an abandoned answer does not keep the CPU busy."""
+    Closing the iterator early (Streamlit stops a script when the user acts mid-answer), or setting `stop` (from
+    any thread: a server whose client hung up while the iterator is busy in another thread, where it cannot be
+    closed), stops the generation at its next piece, so an abandoned answer does not keep the CPU busy."""
     import queue
-    import threading
 
     pieces: queue.Queue = queue.Queue()
     done = object()
     failed: list[BaseException] = []
-    stop = threading.Event()
+    stop = threading.Event() if stop is None else stop
 
     class _Abandoned(Exception):
         pass

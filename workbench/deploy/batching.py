@@ -5,6 +5,8 @@ taking requests until the batch holds `max_batch` texts or `max_wait_ms` have pa
 collecting, runs the forward in one worker thread (the event loop keeps accepting requests meanwhile; one
 thread, so forwards never compete for the CPU), and resolves each request's future with its own results.
 A request bigger than `max_batch` runs alone, whole. `max_batch=1` turns batching off: one request per forward.
+When a batch's forward fails, each of its requests is retried in a forward of its own, so only a request that
+fails alone gets the error (500), not every request that happened to share its batch.
 """
 
 from __future__ import annotations
@@ -100,10 +102,12 @@ class MicroBatcher:
                 self.on_batch(len(texts))
             try:
                 results = await loop.run_in_executor(self._pool, self.predict, texts)
-            except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(e)
+            except Exception as e:  # noqa: BLE001 - handed to the requests, never raised here
+                if len(batch) == 1:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(e)
+                    continue
+                await self._one_by_one(batch)  # one bad text must not fail the requests it shared a batch with
                 continue
             at = 0
             for it in batch:
@@ -111,3 +115,21 @@ class MicroBatcher:
                 if not it.future.done():  # a client that went away cancelled its future
                     it.future.set_result(results[at:at + len(it.texts)])
                 at += len(it.texts)
+
+    async def _one_by_one(self, batch: list[_Item]) -> None:
+        """Each request of a failed batch in a forward of its own: only those that fail alone get an error."""
+        loop = asyncio.get_running_loop()
+        for it in batch:
+            if it.future.done():  # its client went away
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(it.texts))
+            try:
+                results = await loop.run_in_executor(self._pool, self.predict, it.texts)
+            except Exception as e:  # noqa: BLE001 - this request's own error
+                if not it.future.done():
+                    it.future.set_exception(e)
+                continue
+            it.batch["texts"] = len(it.texts)
+            if not it.future.done():
+                it.future.set_result(results)

@@ -77,15 +77,23 @@ def load_compressed(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     folder = Path(folder).expanduser()
     meta = read_manifest(folder)
     kind, task = meta["kind"], get_task(meta["task"])
-    tok = with_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
+    try:
+        tok = with_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
+    except Exception as e:  # noqa: BLE001 - a damaged or missing tokenizer file is the folder's, not a bug
+        raise ModelError(f"{folder}: its tokenizer files (tokenizer.json, tokenizer_config.json) cannot be loaded "
+                         f"({type(e).__name__}: {str(e)[:160]}). Fix: export or quantise the run again.") from None
     if kind in ("onnx", "onnx-int8"):
         from .onnx_io import OnnxModel, require_onnx
 
         require_onnx()
         if not (folder / "model.onnx").is_file():
             raise ModelError(f"{folder} is an {kind} folder without model.onnx. Fix: export or quantise again.")
-        model = OnnxModel(folder / "model.onnx", AutoConfig.from_pretrained(folder, trust_remote_code=False),
-                          meta["task"])
+        try:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign config.json
+            raise ModelError(f"{folder / 'config.json'} cannot be read ({type(e).__name__}: {str(e)[:160]}). "
+                             f"Fix: export or quantise the run again.") from None
+        model = OnnxModel(folder / "model.onnx", config, meta["task"])
     elif kind == "int8-dynamic":
         from .int8 import load_int8
 

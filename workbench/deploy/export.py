@@ -20,6 +20,7 @@ so the exported folder would answer differently from the run).
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ PIPELINE_TAGS = {"text-classification": "text-classification", "relation-extract
                  "token-classification": "token-classification", "question-answering": "question-answering",
                  "masked-lm": "fill-mask", "causal-lm": "text-generation", "causal-lm-sft": "text-generation",
                  "seq2seq": "text2text-generation"}
+# scheme://user:password@host: the password part (a study's storage may be a database URL with its password)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
 HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
@@ -110,6 +113,21 @@ def _scalars(m: dict[str, Any]) -> dict[str, float]:
             and k != "n"}
 
 
+def _redacted(x: Any) -> Any:
+    """`x` with the password of every URL in its strings shown as *** (a card is made to be shared)."""
+    if isinstance(x, str):
+        return _URL_PASSWORD.sub(r"\g<head>:***@", x)
+    if isinstance(x, dict):
+        return {k: _redacted(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_redacted(v) for v in x]
+    return x
+
+
+def _redacted_yaml(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(_redacted(config), sort_keys=False, allow_unicode=True).strip()
+
+
 def model_card(run: RunDir, cfg: Any, auto_model: str, labels: list[str]) -> str:
     """README.md of an export: YAML front matter (library_name, pipeline_tag, base_model, datasets), then the run's
     data, test metrics before/after, training config and how to load the folder."""
@@ -147,7 +165,7 @@ def model_card(run: RunDir, cfg: Any, auto_model: str, labels: list[str]) -> str
         lines += [f"| {k} | {before[k]:.4f} | {after[k]:.4f} |" if k in before else f"| {k} | - | {after[k]:.4f} |"
                   for k in keys]
     pipe = PIPELINE_TAGS.get(cfg.task)
-    lines += ["", "## Training config", "", "```yaml", cfg.to_yaml().strip(), "```", "",
+    lines += ["", "## Training config", "", "```yaml", _redacted_yaml(cfg.to_dict()), "```", "",
               "## How to load it", "", "```python",
               f"from transformers import {auto_model}, AutoTokenizer" + (", pipeline" if pipe else ""),
               f'model = {auto_model}.from_pretrained("path/to/this/folder")',

@@ -55,7 +55,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ModelError(f"{folder} has no {MANIFEST}: it was not written by `workbench export`, `quantize` or "
                          f"`prune`. Fix: give a run directory, or a folder those commands wrote.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
         raise ModelError(f"{f} cannot be read ({type(e).__name__}); the folder is damaged. Fix: export the run "
                          f"again.") from None
     from ..tasks import TASKS
@@ -63,9 +63,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     problems = []
     if not isinstance(meta, dict):
         meta, problems = {}, ["it is not a JSON object"]
-    if meta.get("kind") not in KINDS:
+    if not isinstance(meta.get("kind"), str) or meta["kind"] not in KINDS:
         problems.append(f"kind is {meta.get('kind')!r}, not one of {', '.join(KINDS)}")
-    if meta.get("task") not in TASKS:
+    if not isinstance(meta.get("task"), str) or meta["task"] not in TASKS:  # a list is unhashable: no dict lookup
         problems.append(f"task is {meta.get('task')!r}, not a registered task")
     labels = meta.get("labels")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):

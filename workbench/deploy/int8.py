@@ -102,14 +102,26 @@ def load_int8(folder: Path, auto_model: str) -> torch.nn.Module:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{folder / RECORD} cannot be read ({type(e).__name__}: {e}); the int8 folder is damaged. "
                          f"Fix: quantise the run again.") from None
-    tensors = load_file(str(folder / WEIGHTS))
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    model = getattr(transformers, auto_model).from_config(config, dtype=torch.float32).eval()
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type, OSError: a damaged or missing file
+        raise ModelError(f"{folder / WEIGHTS} cannot be read ({type(e).__name__}: {str(e)[:160]}); the int8 folder "
+                         f"is damaged. Fix: quantise the run again.") from None
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        model = getattr(transformers, auto_model).from_config(config, dtype=torch.float32).eval()
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign config.json
+        raise ModelError(f"{folder / 'config.json'} does not describe a model this workbench can build "
+                         f"({type(e).__name__}: {str(e)[:160]}). Fix: quantise the run again.") from None
     modules = dict(model.named_modules())
     unknown = [n for n in names if not isinstance(modules.get(n), torch.nn.Linear)]
     if unknown:
         raise ModelError(f"{folder / RECORD} names modules that are not Linear layers of this architecture: "
                          f"{unknown[:5]}. Fix: quantise the run again.")
+    bad = [p for n in names for p in _int8_problems(n, modules[n], tensors)]
+    if bad:
+        raise ModelError(f"{folder / WEIGHTS} does not hold the int8 layers {RECORD} names: {'; '.join(bad[:3])}"
+                         f"{f' (and {len(bad) - 3} more)' if len(bad) > 3 else ''}. Fix: quantise the run again.")
     plain = {k: v for k, v in tensors.items() if k.rpartition(".")[0] not in set(names)}
     missing, unexpected = model.load_state_dict(plain, strict=False)
     missing = [k for k in missing if k.rpartition(".")[0] not in set(names)
@@ -123,14 +135,44 @@ def load_int8(folder: Path, auto_model: str) -> torch.nn.Module:
             continue
         q = tensors[f"{name}.weight_int8"]
         scale, zp = tensors[f"{name}.weight_scale"], tensors[f"{name}.weight_zero_point"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if f"{name}.weight_axis" in tensors:
-                w = torch._make_per_channel_quantized_tensor(q, scale, zp, int(tensors[f"{name}.weight_axis"][0]))
-            else:
-                w = torch._make_per_tensor_quantized_tensor(q, float(scale[0]), int(zp[0]))
-        m.set_weight_bias(w, tensors.get(f"{name}.bias"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if f"{name}.weight_axis" in tensors:
+                    w = torch._make_per_channel_quantized_tensor(q, scale, zp,
+                                                                  int(tensors[f"{name}.weight_axis"][0]))
+                else:
+                    w = torch._make_per_tensor_quantized_tensor(q, float(scale[0]), int(zp[0]))
+            m.set_weight_bias(w, tensors.get(f"{name}.bias"))
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ModelError(f"{folder / WEIGHTS}: the int8 layer {name} cannot be rebuilt ({type(e).__name__}: "
+                             f"{str(e)[:160]}). Fix: quantise the run again.") from None
     return model
+
+
+def _int8_problems(name: str, linear: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """What is wrong with the tensors of one quantised Linear layer (empty: they fit it)."""
+    out, n_in = linear.out_features, linear.in_features
+    want = {"weight_int8": (torch.int8, (out, n_in)), "weight_scale": (None, None),
+            "weight_zero_point": (None, None)}
+    problems = []
+    for part, (dtype, shape) in want.items():
+        t = tensors.get(f"{name}.{part}")
+        if t is None:
+            problems.append(f"{name}.{part} is missing")
+        elif dtype is not None and t.dtype != dtype:
+            problems.append(f"{name}.{part} is {t.dtype}, not {dtype}")
+        elif shape is not None and tuple(t.shape) != shape:
+            problems.append(f"{name}.{part} has shape {tuple(t.shape)}, not (out_features, in_features) = {shape}")
+    scale, zp = tensors.get(f"{name}.weight_scale"), tensors.get(f"{name}.weight_zero_point")
+    if scale is not None and zp is not None:
+        n = out if f"{name}.weight_axis" in tensors else 1
+        if not scale.is_floating_point() or zp.is_floating_point() or scale.numel() != n or zp.numel() != n:
+            problems.append(f"{name}: want {n} float scale(s) and {n} whole-number zero point(s)")
+    bias = tensors.get(f"{name}.bias")
+    if bias is not None and tuple(bias.shape) != (out,):
+        problems.append(f"{name}.bias has shape {tuple(bias.shape)}, not ({out},)")
+    return problems
 
 
 def _tied(model: torch.nn.Module, key: str) -> bool:

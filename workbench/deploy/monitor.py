@@ -129,9 +129,13 @@ class Reference:
 
 
 def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    return float(x)
+    try:
+        v = float(x)  # a JSON int may have any size: 10**400 does not fit a float
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _hist(raw: Any, default_edges: list[float] | None) -> tuple[list[float], list[int]] | None:
@@ -146,6 +150,8 @@ def _hist(raw: Any, default_edges: list[float] | None) -> tuple[list[float], lis
     e = [_number(x) for x in edges]
     c = [_number(x) for x in counts]
     if any(x is None for x in e + c) or any(b < a for a, b in zip(e, e[1:])) or any(x < 0 for x in c):
+        return None
+    if not math.isfinite(sum(c)):  # counts summing to inf make every share 0 and the PSI inf
         return None
     return [float(x) for x in e], [int(x) for x in c]
 
@@ -162,7 +168,10 @@ def parse_reference(raw: Any, source: str) -> Reference:
     dist = raw.get("label_distribution")
     if isinstance(dist, dict) and dist and all(_number(v) is not None and v >= 0 for v in dist.values()):
         total = sum(float(v) for v in dist.values())
-        ref.label_shares = {str(k): float(v) / total for k, v in dist.items()} if total > 0 else None
+        ref.label_shares = ({str(k): float(v) / total for k, v in dist.items()}
+                            if 0 < total < math.inf else None)
+        if total == math.inf:
+            ref.notes.append("label_distribution's counts sum to more than a float holds: left out.")
     elif dist is not None:
         ref.notes.append("label_distribution is not a mapping of label to share or count: left out.")
     conf = raw.get("confidence")

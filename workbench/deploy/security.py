@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +48,7 @@ class ServeSettings:
 
     host: str = "127.0.0.1"  # loopback: only this machine can call it; any other address needs api_key
     port: int = 8000
-    api_key: str | None = None  # the key itself (from `api_key_from`); None: no key (loopback only)
+    api_key: str | None = field(default=None, repr=False)  # the key itself (`api_key_from`); None: loopback only
     max_batch: int = 16  # texts per forward pass; 1 turns micro-batching off
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for others
     max_queue: int = 256  # texts waiting for a forward pass; more: 429
@@ -69,6 +69,9 @@ class ServeSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 p.append(f"{name}={v!r}: give a whole number of at least 1.")
+        if isinstance(self.max_queue, int) and isinstance(self.max_texts, int) and self.max_queue < self.max_texts:
+            p.append(f"max_queue={self.max_queue} is smaller than max_texts={self.max_texts}: a request the server "
+                     f"accepts could never enter the queue (429 forever). Give max_queue at least max_texts.")
         if not 0 <= self.max_wait_ms <= 10_000:
             p.append(f"max_wait_ms={self.max_wait_ms}: give 0 to 10000 milliseconds.")
         if not 0 <= self.port <= 65535:

@@ -18,6 +18,7 @@ or reads a file: the only file this module opens is the model's, at start-up.
 import asyncio
 import json
 import socket
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -351,8 +352,10 @@ def _mount_generate(app: FastAPI, served: Served, s: ServeSettings, sc: dict[str
                 release()
             return {"model": served.name, "task": served.task, "text": text}
 
+        stop = threading.Event()  # set: the generation ends at its next piece (the client is gone)
+
         async def events():
-            pieces = iter_answer(served.model, served.tokenizer, messages, **kw)
+            pieces = iter_answer(served.model, served.tokenizer, messages, stop=stop, **kw)
             end = object()
             written = []
             try:
@@ -364,11 +367,34 @@ def _mount_generate(app: FastAPI, served: Served, s: ServeSettings, sc: dict[str
                 log.error(json.dumps({"event": "generation failed", "error": f"{type(e).__name__}: {e}"[:300]}))
                 yield f"event: error\ndata: {json.dumps({'error': type(e).__name__})}\n\n"
             finally:
-                pieces.close()  # an abandoned answer stops at its next piece
+                stop.set()
                 release()
+                try:
+                    pieces.close()
+                except ValueError:  # cancelled while `next` runs in a worker thread: the stop event ends it
+                    pass
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        def finish() -> None:
+            stop.set()
+            release()
+
+        return _Releasing(events(), finish, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _Releasing(StreamingResponse):
+    """A stream that runs `finish` however it ends: written out, the client gone mid-stream, or cancelled before
+    its body iterator started (then the iterator's own `finally` never runs, and a generation slot would leak)."""
+
+    def __init__(self, content: Any, finish: Any, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._finish = finish
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._finish()
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -130,7 +130,7 @@ def read_export_record(folder: Path) -> dict[str, Any]:
                          f"run with `workbench export RUN` and serve that folder, or serve the run directory itself.")
     try:
         rec = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
         raise ModelError(f"{f} cannot be read ({type(e).__name__}: {str(e)[:120]}). Fix: export the run again.") \
             from None
     if not isinstance(rec, dict):
@@ -146,7 +146,6 @@ def _load_export(folder: Path) -> Served:
     from ..tasks import get_task
 
     rec, notes = read_export_record(folder), []
-    check_model_dir(folder, allow_pickle=False)
     try:
         mcfg = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - a damaged config.json is the user's to fix
@@ -179,6 +178,7 @@ def _load_export(folder: Path) -> Served:
         if rec["kind"] in ("onnx", "onnx-int8"):
             notes.append("an ONNX Runtime session: no attention maps, CPU only.")
     else:
+        check_model_dir(folder, allow_pickle=False)  # here only: the deploy loader checks its own kinds' files
         auto = getattr(transformers, get_task(task).auto_model)
         try:
             tok = with_pad_token(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
