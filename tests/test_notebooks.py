@@ -180,7 +180,8 @@ def test_injection_overrides_quick():
 def notebook_client(nb: nbformat.NotebookNode, cwd: Path, timeout: int = CELL_TIMEOUT):
     """An nbclient NotebookClient that survives ipykernel 7's stranded shell requests.
 
-    With ipykernel 7.x (pyproject now pins < 7 for this) an `execute_request` that reaches the kernel while it is sending a reply on the
+    With ipykernel 7.x (pyproject now pins < 7 for this) an `execute_request` that reaches the kernel while it
+    is sending a reply on the
     same shell socket can stay unread: the kernel sits idle, nbclient waits for a reply until the cell
     timeout (ipython/ipykernel#1554, microsoft/vscode-jupyter#17228; seen here about once in ten
     notebooks). Any later message on the shell socket wakes the kernel's reader, and a browser front end
