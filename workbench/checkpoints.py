@@ -13,6 +13,7 @@ import json
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors")
 # file -> what resuming without it would silently do
@@ -21,6 +22,12 @@ REQUIRED = {"optimizer.pt": "start a fresh optimizer", "scheduler.pt": "restart 
 
 def checkpoint_problems(ckpt: Path) -> list[str]:
     """What is missing or damaged in the checkpoint folder `ckpt` ([] when it can be resumed from)."""
+    if (ckpt / f"{FSDP_MODEL}_0").is_dir():
+        return fsdp_checkpoint_problems(ckpt)
+    if (ckpt / "latest").is_file():
+        return ["a DeepSpeed checkpoint: its files are pickles DeepSpeed loads whole (weights_only=False), so the "
+                "workbench does not resume from one it cannot vet. Fix: resume it on a GPU machine with "
+                "--allow-pickle if the run is your own"]
     problems = []
     try:
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
@@ -42,6 +49,102 @@ def checkpoint_problems(ckpt: Path) -> list[str]:
     for f in rng:
         problems += _torch_file_problems(f)
     return problems
+
+
+FSDP_MODEL, FSDP_OPTIMIZER = "pytorch_model_fsdp", "optimizer"
+# What the `.metadata` pickle of a torch.distributed.checkpoint folder may name: its own record classes, paths,
+# sizes and dtypes. Anything else (a function to call, a class with side effects) and the folder is refused.
+_DCP_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+                ("pathlib", "PureWindowsPath"), ("torch", "Size"), ("torch.serialization", "_get_layout"),
+                ("collections", "OrderedDict"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner")
+
+
+def fsdp_checkpoint_problems(ckpt: Path) -> list[str]:
+    """An FSDP checkpoint written sharded (torch.distributed.checkpoint): model and optimizer folders each with a
+    `.metadata` record and its `__R_0.distcp` shard files, vetted without unpickling anything (`dcp_problems`)."""
+    problems = []
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+            problems.append("trainer_state.json has no global_step")
+    except (OSError, ValueError):
+        problems.append("trainer_state.json is missing or damaged")
+    for name in (f"{FSDP_MODEL}_0", f"{FSDP_OPTIMIZER}_0"):
+        folder = ckpt / name
+        if not folder.is_dir():
+            problems.append(f"{name}/ is missing")
+        else:
+            problems += [f"{name}/{p}" for p in dcp_problems(folder)]
+    if not (ckpt / "scheduler.pt").is_file():
+        problems.append("scheduler.pt is missing (resuming from it would restart the learning-rate schedule)")
+    else:
+        problems += _torch_file_problems(ckpt / "scheduler.pt")
+    for f in sorted(ckpt.glob("rng_state*.pth")):
+        problems += _torch_file_problems(f)
+    return problems
+
+
+class _Vetted(Exception):
+    pass
+
+
+def _restricted_load(data: bytes, allowed: set[tuple[str, str]], modules: tuple[str, ...]) -> Any:
+    """Unpickle `data` allowing only the named classes: anything else raises before it is looked up."""
+    import io
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in allowed or module in modules or (module == "torch" and name.endswith(
+                    ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"))):
+                return super().find_class(module, name)
+            raise _Vetted(f"{module}.{name}")
+
+    return Restricted(io.BytesIO(data)).load()
+
+
+def dcp_problems(folder: Path) -> list[str]:
+    """A torch.distributed.checkpoint folder, checked before torch reads it: its `.metadata` is a pickle, unpickled
+    here only through an allowlist of the record classes; every non-tensor item (optimizer settings) is a
+    torch.save archive inside a shard file, each read with `torch.load(weights_only=True)`; every shard file the
+    record names must exist and be long enough."""
+    import io
+
+    import torch
+
+    meta = folder / ".metadata"
+    if not meta.is_file():
+        return [".metadata is missing"]
+    try:
+        md = _restricted_load(meta.read_bytes(), _DCP_GLOBALS, _DCP_MODULES)
+    except _Vetted as e:
+        return [f".metadata names {e}, which a checkpoint record never holds: refused (unpickling it could run code)"]
+    except Exception as e:  # a cut-short or garbled pickle
+        return [f".metadata is damaged ({type(e).__name__})"]
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
+    if not isinstance(md, Metadata) or not isinstance(md.storage_data, dict):
+        return [".metadata is not a checkpoint record"]
+    problems, sizes = [], {}
+    for index, info in md.storage_data.items():
+        rel = str(getattr(info, "relative_path", ""))
+        if Path(rel).name != rel or not rel:
+            return [f".metadata points outside its folder ({rel[:60]!r}): refused"]
+        if rel not in sizes:
+            sizes[rel] = (folder / rel).stat().st_size if (folder / rel).is_file() else None
+        if sizes[rel] is None:
+            problems.append(f"{rel} is missing")
+        elif info.offset + info.length > sizes[rel]:
+            problems.append(f"{rel} is cut short ({sizes[rel]} bytes, the record needs {info.offset + info.length})")
+        elif isinstance(md.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            with open(folder / rel, "rb") as f:
+                f.seek(info.offset)
+                blob = f.read(info.length)
+            try:
+                torch.load(io.BytesIO(blob), weights_only=True)
+            except Exception:
+                problems.append(f"{rel}: item {index.fqn} is not plain data (refused: unpickling it could run code)")
+    return sorted(set(problems))
 
 
 def _weights_problems(ckpt: Path) -> list[str]:

@@ -218,6 +218,57 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _distributed_sets(a: argparse.Namespace, sets: dict[str, Any], strategy: str) -> list[str]:
+    """`--nproc`, `--nnodes`, `--master` as `distributed.*` settings; `--nproc` with `strategy: none` means DDP."""
+    notes = []
+    if a.nproc is not None:
+        sets["distributed.nproc_per_node"] = a.nproc
+    if a.nnodes is not None:
+        sets["distributed.nnodes"] = a.nnodes
+    if a.master:
+        host, _, port = a.master.rpartition(":")
+        if not host or not port.isdigit():
+            from .errors import ConfigError
+            raise ConfigError(f"--master {a.master!r}: expected HOST:PORT of machine 0, e.g. 10.0.0.1:29500")
+        sets["distributed.master_addr"], sets["distributed.master_port"] = host, int(port)
+    if (a.nproc or 1) * (a.nnodes or 1) > 1 and strategy == "none" and "distributed.strategy" not in sets:
+        sets["distributed.strategy"] = "ddp"
+        notes.append("several processes and distributed.strategy: none: training with ddp (each process holds the "
+                     "whole model); set distributed.strategy to fsdp to shard it.")
+    return notes
+
+
+def _train_distributed(cfg: Any, run: Any, *, resume: bool = False, node_rank: int = 0,
+                       grants: dict[str, bool] | None = None) -> int:
+    """A multi-process run in the foreground: torchrun started and watched (`distributed.supervise`), progress
+    from the run directory on machine 0, Ctrl+C a graceful stop of every rank."""
+    from .distributed import supervise
+
+    d = cfg.distributed
+    print(f"run directory: {run.path}\n{d.world_size} processes ({d.nproc_per_node} per machine x {d.nnodes} "
+          f"machine(s)), strategy {d.strategy}; the launch is in {run.path / 'launch'}")
+    print("(Ctrl+C stops every process after saving a checkpoint; `workbench resume RUN` continues it)")
+    watcher = _ProgressPrinter(run) if node_rank == 0 else None
+    log = open(run.log_file, "a", encoding="utf-8") if node_rank == 0 else None
+    if watcher:
+        watcher.start()
+    try:
+        rc = supervise(cfg, run, node_rank=node_rank, resume=resume, log=log, **(grants or {}))
+    finally:
+        if watcher:
+            watcher.stop()
+        if log:
+            log.close()
+    if node_rank != 0:
+        print(f"machine {node_rank}: the launcher ended with code {rc}; machine 0 holds the run's status.")
+        return 0 if rc == 0 else 2
+    st = run.status()
+    if st.get("state") == "failed":
+        raise WorkbenchError(f"run {run.name} failed: {st.get('error')}")
+    _print_result(run, st)
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .config import load_config
     sets = _parse_sets(a.set)
@@ -225,11 +276,36 @@ def cmd_train(a: argparse.Namespace) -> int:
         sets["name"] = a.name
     if a.output_dir:
         sets["output_dir"] = a.output_dir
+    cfg = load_config(a.config)
+    notes = _distributed_sets(a, sets, cfg.distributed.strategy)
     cfg = load_config(a.config, sets)
-    for note in cfg.load_notes:
+    for note in cfg.load_notes + notes:
         print(f"note: {note}", file=sys.stderr)
     from .models import check_model_source
     check_model_source(cfg.model)  # before a run directory exists: no failed run for a wrong path
+    if cfg.distributed.world_size > 1 and "WORLD_SIZE" not in os.environ:
+        from .distributed import DistributedError, cpu_problem
+        if (why := cpu_problem(cfg)) is not None:
+            raise DistributedError(why)
+        from .rundir import RunDir, new_run_dir
+        _quiet_libraries()
+        if cfg.distributed.nnodes > 1:
+            if not cfg.name:
+                from .errors import ConfigError
+                raise ConfigError("several machines write one run directory: give it a name every machine uses "
+                                  "(--name NAME, the same on each), on a filesystem they all see.")
+            if a.node_rank:  # machine 0 creates the run directory; the others wait for the rendezvous
+                root = Path(cfg.output_dir).expanduser() if cfg.output_dir else None
+                from .paths import runs_root
+                run = RunDir((root or runs_root()) / cfg.name)
+                return _train_distributed(cfg, run, node_rank=a.node_rank)
+        if a.detach:
+            from .launch import launch
+            h = launch(cfg)
+            print(f"started run {h.run.name} ({cfg.distributed.world_size} processes) under process {h.pid}\n"
+                  f"run directory: {h.path}")
+            return 0
+        return _train_distributed(cfg, new_run_dir(cfg))
     if a.detach:
         from .launch import launch
         h = launch(cfg)
@@ -238,6 +314,27 @@ def cmd_train(a: argparse.Namespace) -> int:
               f"watch: workbench status {path}   stop: workbench stop {path}")
         return 0
     _train_foreground(cfg)
+    return 0
+
+
+def cmd_launch_cmd(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .distributed import accelerate_config, cluster_command, deepspeed_config
+    sets = _parse_sets(a.set)
+    if a.name:
+        sets["name"] = a.name
+    cfg = load_config(a.config)
+    notes = _distributed_sets(a, sets, cfg.distributed.strategy)
+    cfg = load_config(a.config, sets)
+    for note in cfg.load_notes + notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(cluster_command(cfg, a.config))
+    print("# accelerate's config file for the same launch (`accelerate launch --config_file F -m workbench.worker "
+          "RUN --rank-process`; the run writes it as launch/accelerate_config.yaml):")
+    print(yaml.safe_dump(accelerate_config(cfg), sort_keys=False).rstrip())
+    if cfg.distributed.strategy == "deepspeed":
+        print("# launch/deepspeed.json:")
+        print(json.dumps(deepspeed_config(cfg), indent=2))
     return 0
 
 
@@ -262,6 +359,16 @@ def cmd_resume(a: argparse.Namespace) -> int:
     from .rundir import RunDir
     run = RunDir(a.run).require()
     cfg = run.config(**_grants(a))  # refuses a config.yaml that asks for code or pickle loading
+    if a.nproc is not None and a.nproc != cfg.distributed.nproc_per_node:
+        from .distributed import change_process_count
+        cfg = change_process_count(run, cfg, a.nproc)
+    if cfg.distributed.world_size > 1 and "WORLD_SIZE" not in os.environ and not a.detach:
+        st = run.require_idle("stop it before resuming.")
+        if st.get("state") == "completed":
+            raise WorkbenchError(f"run {run.name} has already completed; start a new run to train further.")
+        if a.node_rank == 0:
+            run.update_status(state="queued", error=None)
+        return _train_distributed(cfg, run, resume=True, node_rank=a.node_rank, grants=_grants(a))
     if a.detach:
         h = resume(run, **_grants(a))
         print(f"resumed {run.name} in process {h.pid}")
@@ -1143,6 +1250,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based weights of the run's base "
                        "model (pickle can run code); only for a run and model you trust")
 
+    def distributed_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--nproc", type=int, help="processes on this machine (one per GPU); more than 1 starts torchrun "
+                       "(sets distributed.nproc_per_node; with strategy none, ddp)")
+        p.add_argument("--nnodes", type=int, help="machines taking part (distributed.nnodes)")
+        p.add_argument("--node-rank", type=int, default=0, help="this machine's rank, 0 to nnodes-1 (0 creates the "
+                       "run directory and hosts the rendezvous)")
+        p.add_argument("--master", metavar="HOST:PORT", help="machine 0's address for the rendezvous "
+                       "(distributed.master_addr/master_port)")
+
     def generation_flags(p: argparse.ArgumentParser, what: str) -> None:
         """How `generate` and `chat` pick tokens (`workbench.generate.Sampling`), and the model grants."""
         p.add_argument("--system", help=f"a system message before {what}")
@@ -1169,6 +1285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name")
     p.add_argument("--output-dir", help="folder for run directories")
     p.add_argument("--detach", action="store_true", help="start in the background and return")
+    distributed_flags(p)
+    p = add("launch-cmd", cmd_launch_cmd, "Print the command each machine of a cluster runs for this config (torchrun; "
+            "a Slurm srun line when distributed.nnodes > 1), and the accelerate/DeepSpeed files it implies.")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field first")
+    p.add_argument("--name", help="run name (every machine must use the same)")
+    distributed_flags(p)
     p = add("search", cmd_search, "Hyper-parameter search with Optuna over the config's `search.space`: each trial "
             "is a normal run (<study>-trial-<n>) in its own process, unpromising trials are stopped from their "
             "validation scores, and the best config is written as <runs>/searches/<study>/best.yaml. The study "
@@ -1186,6 +1309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("resume", cmd_resume, "Continue a stopped or failed run from its last checkpoint.")
     p.add_argument("run")
     p.add_argument("--detach", action="store_true")
+    p.add_argument("--nproc", type=int, help="resume with this many processes per machine (DDP and FSDP can change "
+                   "it; DeepSpeed cannot)")
+    p.add_argument("--node-rank", type=int, default=0, help="this machine's rank, for a run on several machines")
     grant_flags(p)
     p = add("stop", cmd_stop, "Ask a running run to checkpoint and stop.")
     p.add_argument("run")

@@ -362,6 +362,62 @@ class SearchConfig:
 
 
 @dataclass
+class FsdpSettings:
+    """FSDP (PyTorch's Fully Sharded Data Parallel, version 2, through accelerate): weights, gradients and optimizer
+    state split across the processes."""
+
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP"] = _f(
+        "FULL_SHARD", "`FULL_SHARD`: each process keeps 1/N of the weights between uses and gathers a layer's whole "
+        "weights only while it runs (least memory; ZeRO-3-like). `SHARD_GRAD_OP`: the gathered weights stay until "
+        "the backward pass is done (more memory, fewer all-gathers; ZeRO-2-like).")
+    auto_wrap: list[str] | None = _f(None, "The model classes each FSDP unit wraps: the decoder (or encoder) layer "
+                                     "class, e.g. [LlamaDecoderLayer]. Empty: the model's own `_no_split_modules` "
+                                     "(transformers' layer classes).")
+    cpu_offload: bool = _f(False, "Keep the sharded weights and optimizer state in CPU memory between uses (less GPU "
+                           "memory, slower steps).")
+    state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = _f(
+        "SHARDED_STATE_DICT", "How checkpoints are written: `SHARDED_STATE_DICT` (each process writes its shard, "
+        "torch.distributed.checkpoint; a resume may use another process count), `FULL_STATE_DICT` (rank 0 gathers "
+        "and writes the whole model: simpler files, more memory on rank 0). The final model is always consolidated "
+        "into one safetensors folder.")
+
+
+@dataclass
+class DeepSpeedSettings:
+    """DeepSpeed ZeRO (through accelerate/transformers; needs `pip install deepspeed` and a GPU)."""
+
+    zero_stage: int = _f(2, "ZeRO stage: 2 shards gradients and optimizer state; 3 shards the weights too.",
+                         lo=2, hi=3, hint="2 or 3")
+    offload_optimizer: bool = _f(False, "Keep the optimizer state (and its step) in CPU memory (ZeRO-Offload).")
+    offload_params: bool = _f(False, "ZeRO-3: keep the weights in CPU memory between uses (ZeRO-Infinity-like).")
+
+
+@dataclass
+class DistributedConfig:
+    """Training on several processes, GPUs or machines: the workbench hands the run to torchrun and accelerate."""
+
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed"] = _f(
+        "none", "`none`: one process. `ddp`: every process holds the whole model and they average gradients "
+        "(DistributedDataParallel). `fsdp`: weights, gradients and optimizer state sharded across processes "
+        "(`distributed.fsdp`). `deepspeed`: ZeRO stage 2 or 3 (`distributed.deepspeed`; GPUs only).")
+    nproc_per_node: int = _f(1, "Processes per machine (one per GPU); `workbench train --nproc N` sets it.",
+                             lo=1, hi=1024)
+    nnodes: int = _f(1, "Machines taking part; each runs the same command (`workbench launch-cmd CONFIG`).",
+                     lo=1, hi=4096)
+    master_addr: str = _f("127.0.0.1", "Address of machine 0 (node rank 0), where the others meet (the rendezvous); "
+                          "only used when nnodes > 1.")
+    master_port: int = _f(29500, "Port on machine 0 for the rendezvous (nnodes > 1).", lo=1, hi=65535)
+    rendezvous_timeout: int = _f(300, "Seconds a machine waits for the others (or for machine 0 to answer) before "
+                                 "giving up with a message.", lo=1, hi=86400)
+    fsdp: FsdpSettings = field(default_factory=FsdpSettings)
+    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+@dataclass
 class RunConfig:
     """One fine-tuning run: task, model, data, training and PEFT settings."""
 
@@ -375,6 +431,7 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # What was read differently from how it was written (old layouts), for front ends to show; not a field.
     load_notes: typing.ClassVar[list[str]] = []
 
@@ -429,7 +486,7 @@ class RunConfig:
             for part in parents:
                 if not isinstance(node.get(part), dict):
                     raise ConfigError(f"`{key}`: `{part}` is not a section. Sections: model, data, training, peft, "
-                                      f"search.")
+                                      f"search, distributed.")
                 node = node[part]
             node[leaf] = value
         cfg = RunConfig.from_dict(raw)
@@ -595,6 +652,8 @@ class RunConfig:
             p += _name_problems(self.name)
         from .search import space_problems  # imports nothing heavy: Optuna only when a search runs
         p += space_problems(self)
+        from .distributed import config_problems  # no torch import: validation stays light
+        p += config_problems(self)
         return p
 
     def check(self) -> "RunConfig":

@@ -67,6 +67,23 @@ def is_head_parameter(name: str) -> bool:
     return any(part in HEAD_MODULES for part in name.split("."))
 
 
+MEAN_LOSS_HEADS = ("ForSequenceClassification", "ForQuestionAnswering", "ForMultipleChoice")
+
+
+def _loss_is_batch_mean(model: Any) -> bool:
+    """Whether `model` (through a PEFT wrapper) is a head whose loss is a plain batch mean."""
+    inner = model
+    for _ in range(4):
+        if type(inner).__name__.endswith(MEAN_LOSS_HEADS):
+            return True
+        nxt = getattr(inner, "base_model", None)
+        nxt = getattr(nxt, "model", nxt) if nxt is not None and nxt is not inner else None
+        if nxt is None or nxt is inner:
+            return False
+        inner = nxt
+    return False
+
+
 class WorkbenchTrainer(Trainer):
     """`Trainer` plus a per-step finite-loss check and a count of real (non-padding) tokens."""
 
@@ -87,6 +104,19 @@ class WorkbenchTrainer(Trainer):
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         if self.class_weights is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the trainer divides it for accumulation
+        if _loss_is_batch_mean(self.model):
+            # These heads return the mean over their batch and ignore `num_items_in_batch`; the trainer would
+            # otherwise multiply that mean by the process count (scaling DDP's gradients and logged loss by N) and
+            # skip dividing it over gradient-accumulation steps.
+            self.model_accepts_loss_kwargs = False
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """The stock accelerator; on CPUs with `fsdp`, the FSDP plugin accelerate leaves out there put back
+        (`distributed.cpu_fsdp`), so a CPU run shards instead of silently training as DDP."""
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp and (self.args.use_cpu or not torch.cuda.is_available()):
+            from .distributed import cpu_fsdp
+            cpu_fsdp(self)
 
     def create_optimizer(self, model: Any = None) -> Any:
         """The stock optimizer, but with `training.head_learning_rate` the task head's parameters (`score`,

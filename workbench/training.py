@@ -102,8 +102,9 @@ def process_state(cfg: RunConfig) -> Any:
 
 
 def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progress: bool,
-                       report_to: list[str] | None = None) -> TrainingArguments:
-    """`report_to`: the trackers this process reports to (`tracking.prepare`); none when not given."""
+                       report_to: list[str] | None = None, engine: dict[str, Any] | None = None) -> TrainingArguments:
+    """`report_to`: the trackers this process reports to (`tracking.prepare`); none when not given. `engine`: the
+    distributed strategy's fields (`distributed.engine_arguments`)."""
     t = cfg.training
     prec = precision(cfg)
     eval_strategy = t.eval_strategy if has_validation else "no"
@@ -125,7 +126,7 @@ def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progre
         remove_unused_columns=False,  # keep `length` for the sampler; the collator drops it
         dataloader_pin_memory=not prec["use_cpu"], torch_compile=t.torch_compile,
         report_to=report_to or "none", run_name=run.name,  # the trackers' name for the run
-        disable_tqdm=not progress, save_only_model=False,
+        disable_tqdm=not progress, save_only_model=False, **(engine or {}),
     )
 
 
@@ -151,8 +152,12 @@ def _make_trainer(cfg: RunConfig, run: RunDir, model: Any, tok: Any, train_ds: A
                   resume_from: Path | None = None) -> tuple[WorkbenchTrainer, RunDirCallback]:
     from . import tracking
 
+    from .distributed import engine_arguments
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(cfg, run, val_ds is not None, progress,
-                              report_to=tracking.prepare(cfg.training.report_to, run.path, main))
+                              report_to=tracking.prepare(cfg.training.report_to, run.path, main),
+                              engine=engine_arguments(cfg, model, run, world, precision(cfg)["bf16"]))
     ref: dict[str, Any] = {}
     cb = RunDirCallback(run, ref, main)
     callbacks: list[Any] = [cb]
@@ -256,7 +261,13 @@ def run_training(cfg: RunConfig, run: RunDir, *, resume: bool = False, progress:
 
 
 def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, main: bool) -> RunDir:
+    from . import distributed
+
     cfg.check()
+    rss_start = peak_memory().get("rss_mb")  # torch and the libraries, before the model: the runtime's own share
+    if (why := distributed.cpu_problem(cfg)) is not None:
+        raise distributed.DistributedError(why)
+    strategy = distributed.effective_strategy(cfg, state.num_processes)
     if main:
         if resume and run.stop_file.exists():
             run.stop_file.unlink()
@@ -265,7 +276,7 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
             print(f"note: {device_note}", file=sys.stderr, flush=True)
         run.update_status(state="running", phase="loading the model and data", pid=os.getpid(), error=None,
                           started=time.time(), world_size=state.num_processes, device=str(state.device),
-                          **({"note": device_note} if device_note else {}))
+                          strategy=strategy, **({"note": device_note} if device_note else {}))
     set_seed(cfg.training.seed)
     with state.main_process_first():  # the first process fetches/converts a built-in model
         path = resolve_model_path(cfg.model.name_or_path)
@@ -328,6 +339,9 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
             raise RunError(problem)
         trainer, cb = _make_trainer(eff, run, model, tok, train_ds, val_ds, progress, main, prep.labels, weights,
                                     resume_from=ckpt)
+        if main and state.num_processes > 1:  # the launch as files its engine reads, to repeat it by hand
+            distributed.write_launch_files(cfg, run, (trainer.args.fsdp_config or {}).get(
+                "transformer_layer_cls_to_wrap") if strategy == "fsdp" else None)
         if main:
             run.update_status(phase="training", parameters=count_parameters(model), train_rows=len(prep.train),
                               method=cfg.peft.method,
@@ -373,19 +387,39 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
                               finished=time.time())
         return run
 
+    peaks = _peaks_per_rank(state, rss_start)
     if main:
-        run.update_status(phase="saving the model", peak_memory=peak_memory())
+        run.update_status(phase="saving the model", peak_memory=peak_memory(),
+                          **({"peak_memory_per_rank": peaks} if state.num_processes > 1 else {}),
+                          rss_start_mb=rss_start)
     restore_attention(trainer.model)
-    trainer.save_model(str(run.model_dir))
+    sharded = strategy in ("fsdp", "deepspeed") and state.num_processes > 1
+    model_folder = run.model_dir.with_name(f".{run.model_dir.name}.staging") if sharded else run.model_dir
+    if sharded:  # every rank gathers its shard into one model; rank 0 writes it beside model/, renamed when whole
+        if main:
+            run.update_status(phase="consolidating the sharded model into model/ (a stop waits for it)")
+        if strategy == "fsdp":
+            distributed.consolidate(trainer, model_folder, main)
+        else:
+            trainer.save_model(str(model_folder))
+    else:
+        trainer.save_model(str(run.model_dir))
     if main:
         # The trainer drops a pickled TrainingArguments here; config.yaml already records the run,
         # and a model folder we hand to others should hold no pickle files.
-        (run.model_dir / "training_args.bin").unlink(missing_ok=True)
-        tok.save_pretrained(run.model_dir)
-        write_json_atomic(run.model_dir / "workbench_model.json",
+        (model_folder / "training_args.bin").unlink(missing_ok=True)
+        tok.save_pretrained(model_folder)
+        write_json_atomic(model_folder / "workbench_model.json",
                           {"labels": prep.labels, "task": cfg.task, "method": cfg.peft.method,
                            "model": cfg.model.__dict__})
         final = trainer.model
+        if sharded:
+            distributed.publish(model_folder, run.model_dir)
+            if run.stop_requested or _SIGNALLED["stop"]:
+                run.update_status(note="a stop was asked for while the sharded model was being consolidated: the "
+                                       "consolidation finished first, so model/ is whole; the run then completed.")
+            from .models import load_trained
+            final = load_trained(run.model_dir)[0]  # the whole model, on this rank alone
         # A pre-training run is a starting point for later fine-tunes: its weights are always written whole.
         if mergeable(cfg.peft.method) and (cfg.peft.merge_adapter or getattr(task, "reusable_weights", False)):
             merged = merge(final)
@@ -426,6 +460,16 @@ def _augment(task: Any, prep: Any, cfg: RunConfig, run: RunDir, main: bool) -> A
                                                                  "train_rows_after")})
         print(f"note: {augmentation_line(summary)}", file=sys.stderr, flush=True)
     return prep
+
+
+def _peaks_per_rank(state: Any, rss_start: float | None) -> list[dict[str, float]] | None:
+    """Every rank's peak memory (and its resident memory before the model), gathered to all ranks."""
+    if state.num_processes <= 1:
+        return None
+    mine = {**peak_memory(), "rss_start_mb": rss_start}
+    out: list[Any] = [None] * state.num_processes
+    torch.distributed.all_gather_object(out, mine)
+    return out
 
 
 def peak_memory() -> dict[str, float]:
