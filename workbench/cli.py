@@ -260,7 +260,8 @@ def _train_distributed(cfg: Any, run: Any, *, resume: bool = False, node_rank: i
         if log:
             log.close()
     if node_rank != 0:
-        print(f"machine {node_rank}: the launcher ended with code {rc}; machine 0 holds the run's status.")
+        print(f"machine {node_rank}: " + ("done; machine 0 holds the run's status and results." if rc == 0 else
+                                          f"the launcher ended with code {rc} (the reason is above)."))
         return 0 if rc == 0 else 2
     st = run.status()
     if st.get("state") == "failed":

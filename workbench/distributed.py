@@ -304,7 +304,8 @@ _LAUNCH_ERRORS = (
     (re.compile(r"(EADDRINUSE|address already in use)", re.I),
      "the rendezvous port {port} on this machine is taken by another program (another run's rendezvous?). Fix: "
      "choose another distributed.master_port."),
-    (re.compile(r"RendezvousTimeoutError|Timed out waiting for|wait timeout", re.I),
+    (re.compile(r"RendezvousTimeoutError|Timed out after \d+ seconds waiting for clients|Timed out waiting for|"
+                r"wait timeout", re.I),
      "not every machine joined within distributed.rendezvous_timeout ({timeout} s): {nnodes} were expected. Fix: "
      "start the same command on every machine (node ranks 0..{last}), or raise the timeout."),
 )
@@ -351,8 +352,9 @@ def supervise(cfg: Any, run: Any, *, node_rank: int = 0, resume: bool = False, t
     def pump() -> None:
         for raw in iter(proc.stdout.readline, b""):
             line = raw.decode("utf-8", "replace")
-            (log or sys.stdout).write(line)
-            (log or sys.stdout).flush()
+            if log is not None:
+                log.write(line)
+                log.flush()
             tail.append(line)
             del tail[:-200]
 
@@ -374,7 +376,7 @@ def supervise(cfg: Any, run: Any, *, node_rank: int = 0, resume: bool = False, t
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         reader.join(timeout=5)
         _kill_group(proc.pid)
-    if node_rank == 0 and rc != 0:
+    if rc != 0 and node_rank == 0:
         try:
             st = run.status()
         except WorkbenchError:
@@ -382,6 +384,11 @@ def supervise(cfg: Any, run: Any, *, node_rank: int = 0, resume: bool = False, t
         if st.get("state") in ("queued", "running"):
             run.update_status(state="failed", phase=None, error=launch_failure("".join(tail), cfg, rc),
                               finished=time.time())
+    elif rc != 0:  # another machine: the reason on its own console (machine 0 keeps the run's status)
+        why = launch_failure("".join(tail), cfg, rc)
+        if why.startswith("the launcher"):  # not a failure we know: show what the launcher said
+            sys.stderr.write("".join(tail[-30:]))
+        print(f"error: machine {node_rank}: {why}", file=sys.stderr)
     return rc
 
 

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.distributed.world_size > 1 and not a.rank_process:
             from .distributed import supervise
             return supervise(cfg, run, node_rank=a.node_rank, resume=a.resume,
-                             trust_remote_code=a.trust_remote_code, allow_pickle=a.allow_pickle)
+                             trust_remote_code=a.trust_remote_code, allow_pickle=a.allow_pickle, log=sys.stdout)
         with stop_signals():
             run_training(cfg, run, resume=a.resume, progress=False)
     except WorkbenchError as e:
