@@ -56,11 +56,15 @@ def page() -> None:
         _method_section()
         _hyper_section()
         augment = _augment_section(task)
+        scale = _distributed_section()
     overrides = {"task": task, "model.name_or_path": model, **data, **_form_values(), **augment,
-                 **_task_defaults(task)}
+                 **_task_defaults(task), **scale}
     try:
         cfg = RunConfig().override(overrides)
         problems = cfg.validate()
+        from workbench.distributed import cpu_problem
+        if (why := cpu_problem(cfg)) is not None:  # this machine, not the config: DeepSpeed without a GPU
+            problems.append(why)
     except ConfigError as e:
         cfg, problems = None, e.problems
     with right:
@@ -97,7 +101,7 @@ def _init_state() -> None:
                 st.session_state.setdefault(f"{prefix}{k}", v)
 
     d = RunConfig().to_dict()
-    for section in ("training", "data", "peft"):
+    for section in ("training", "data", "peft", "distributed"):
         flat(d[section], f"t.{section}.")
     for method in PEFT_METHODS[1:]:  # text boxes hold "" for empty, number boxes 0
         for name, kind in _section_fields(method):
@@ -394,6 +398,42 @@ def _augment_section(task: str) -> dict[str, Any]:
     out["data.augment.operations"] = [op for op in out["data.augment.operations"] or [] if op in APPLIES[kind]]
     out["data.augment.max_paraphrased"] = out["data.augment.max_paraphrased"] or None
     return out
+
+
+def _distributed_section() -> dict[str, Any]:
+    """Several processes (one per GPU, or CPU processes) and how they share the model: `distributed.*`. The run's
+    own process starts torchrun; several machines are started from a terminal (`workbench launch-cmd`)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    with st.expander("Processes and sharding"):
+        c = st.columns([2, 1])
+        strategy = c[0].selectbox("strategy", ["none", "ddp", "fsdp", "deepspeed"], key="t.distributed.strategy",
+                                  help=HELP["distributed.strategy"], **PERSIST)
+        c[1].number_input("processes", min_value=1, max_value=max(8, gpus), key="t.distributed.nproc_per_node",
+                          help=HELP["distributed.nproc_per_node"] + (f" This machine has {gpus} GPU(s)." if gpus else
+                                                                     " This machine has no GPU: CPU processes."),
+                          **PERSIST)
+        if strategy == "fsdp":
+            c = st.columns(2)
+            c[0].selectbox("sharding", ["FULL_SHARD", "SHARD_GRAD_OP"], key="t.distributed.fsdp.sharding_strategy",
+                           help=HELP["distributed.fsdp.sharding_strategy"], **PERSIST)
+            c[1].checkbox("CPU offload", key="t.distributed.fsdp.cpu_offload",
+                          help=HELP["distributed.fsdp.cpu_offload"], **PERSIST)
+        if strategy == "deepspeed":
+            c = st.columns(3)
+            c[0].selectbox("ZeRO stage", [2, 3], key="t.distributed.deepspeed.zero_stage",
+                           help=HELP["distributed.deepspeed.zero_stage"], **PERSIST)
+            c[1].checkbox("offload optimizer", key="t.distributed.deepspeed.offload_optimizer",
+                          help=HELP["distributed.deepspeed.offload_optimizer"], **PERSIST)
+            c[2].checkbox("offload weights", key="t.distributed.deepspeed.offload_params",
+                          help=HELP["distributed.deepspeed.offload_params"], **PERSIST)
+        st.caption("Several machines: `workbench launch-cmd CONFIG` prints the command each one runs (and a Slurm "
+                   "line); the run's launch/ folder keeps the exact launch. The memory per process of each strategy "
+                   "is under Before you launch.")
+    keys = ("strategy", "nproc_per_node", "fsdp.sharding_strategy", "fsdp.cpu_offload", "deepspeed.zero_stage",
+            "deepspeed.offload_optimizer", "deepspeed.offload_params")
+    return {f"distributed.{k}": st.session_state.get(f"t.distributed.{k}") for k in keys}
 
 
 def _knob(where: Any, key: str, fmt: str | None) -> None:

@@ -281,6 +281,36 @@ def test_every_peft_method_has_its_fields_and_an_ia3_run_launches(tiny_bert, run
     assert json.loads((run.model_dir / "adapter_config.json").read_text())["peft_type"] == "IA3"
 
 
+def test_train_page_launches_two_processes_and_refuses_deepspeed_without_a_gpu(tiny_bert, runs_root, monkeypatch):
+    from workbench.rundir import RunDir
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    at = _train_with(tiny_bert, runs_root)
+    at.segmented_control(key="train_preset").set_value("quick look")
+    at.run()
+    at.number_input(key="t.training.learning_rate").set_value(3e-3)
+    at.selectbox(key="t.distributed.strategy").set_value("deepspeed")
+    at.number_input(key="t.distributed.nproc_per_node").set_value(2)
+    no_crash(at.run())
+    assert any("needs a GPU" in e for e in texts(at.error)), texts(at.error)
+    assert [b for b in at.button if b.label == "Launch"][0].disabled
+    at.selectbox(key="t.distributed.strategy").set_value("ddp")
+    at.text_input(key="train_name").input("ui-ddp")
+    no_crash(at.run())
+    assert not at.error, texts(at.error)
+    [b for b in at.button if b.label == "Launch"][0].click()
+    no_crash(at.run())
+    run = RunDir(runs_root / "ui-ddp")
+    assert run.exists(), texts(at.error)
+    assert run.config().distributed.nproc_per_node == 2 and run.config().distributed.strategy == "ddp"
+    deadline = time.time() + 300
+    while run.status().get("state") in ("queued", "running", "stopping") and time.time() < deadline:
+        time.sleep(1)
+    st = run.status()
+    assert st["state"] == "completed" and st["world_size"] == 2 and st["strategy"] == "ddp", st
+    assert (run.path / "launch" / "torchrun.sh").is_file()
+
+
 # --- live run view: failed, stopped, running ---------------------------------------------------------
 def _monitor(name: str) -> AppTest:
     at = page("train").run()
