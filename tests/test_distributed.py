@@ -97,30 +97,57 @@ def test_accelerate_config_is_read_by_accelerate(tmp_path):
             {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[strategy])
 
 
-@pytest.mark.parametrize("zero", [{"zero_stage": 2}, {"zero_stage": 2, "offload_optimizer": True},
-                                  {"zero_stage": 3}, {"zero_stage": 3, "offload_params": True,
-                                                      "offload_optimizer": True}])
-def test_deepspeed_config_is_accepted_by_deepspeeds_parser(zero, monkeypatch):
-    pytest.importorskip("deepspeed")
-    import deepspeed.comm as dist
-    from deepspeed.runtime.config import DeepSpeedConfig
+DEEPSPEED_DIR = Path(__file__).resolve().parent.parent / "build" / "deepspeed"  # .ci/run installs it there
+PARSE = """
+import json, sys
+import deepspeed.comm as dist
+from deepspeed.runtime.config import DeepSpeedConfig
+class DataParallel:  # DeepSpeed's parser asks its "mpu" for the data-parallel size: the run's processes
+    def get_data_parallel_world_size(self):
+        return WORLD
+dist.get_rank = lambda *a, **k: 0  # as rank 0 of a process group that is not started
+out = []
+for case in json.load(sys.stdin):
+    WORLD = case["world"]
+    try:
+        c = DeepSpeedConfig(case["config"], mpu=DataParallel())
+        out.append({"stage": c.zero_optimization_stage, "train_batch_size": c.train_batch_size,
+                    "micro": c.train_micro_batch_size_per_gpu, "accumulation": c.gradient_accumulation_steps,
+                    "offload_optimizer": bool(c.zero_config.offload_optimizer),
+                    "offload_param": bool(c.zero_config.offload_param), "bf16": c.bfloat16_config.enabled})
+    except Exception as e:
+        out.append({"refused": f"{type(e).__name__}: {e}"})
+print(json.dumps(out))
+"""
 
-    cfg = RunConfig.from_dict({"training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
-                               "distributed": {"strategy": "deepspeed", "nproc_per_node": 2, "deepspeed": zero}})
-    ds = deepspeed_config(cfg)
 
-    class DataParallel:  # DeepSpeed's parser asks its "mpu" for the data-parallel size: the run's 2 processes
-        def get_data_parallel_world_size(self):
-            return 2
-
-    monkeypatch.setattr(dist, "get_rank", lambda *a, **k: 0)
-    parsed = DeepSpeedConfig(ds, mpu=DataParallel())
-    assert parsed.zero_optimization_stage == zero["zero_stage"] and parsed.train_batch_size == 16
-    assert parsed.train_micro_batch_size_per_gpu == 4 and parsed.gradient_accumulation_steps == 2
-    assert bool(parsed.zero_config.offload_optimizer) == zero.get("offload_optimizer", False)
-    assert bool(parsed.zero_config.offload_param) == zero.get("offload_params", False)
-    with pytest.raises(AssertionError, match="batch"):  # the parser really checks: a wrong global batch is refused
-        DeepSpeedConfig({**ds, "train_batch_size": 15}, mpu=DataParallel())
+def test_deepspeed_config_is_accepted_by_deepspeeds_parser():
+    """DeepSpeed's own `DeepSpeedConfig` reads every configuration the workbench writes (stage 2 and 3, each offload),
+    and refuses a wrong one. DeepSpeed lives in build/deepspeed, outside the environment (see .ci/run), so it runs
+    in a subprocess."""
+    path = os.pathsep.join(filter(None, [str(DEEPSPEED_DIR) if DEEPSPEED_DIR.is_dir() else None,
+                                         os.environ.get("PYTHONPATH")]))
+    env = {**ENV, "PYTHONPATH": path}
+    if subprocess.run([sys.executable, "-c", "import deepspeed"], env=env, capture_output=True).returncode:
+        pytest.skip("deepspeed is not installed (.ci/run puts it in build/deepspeed)")
+    zeros = [{"zero_stage": 2}, {"zero_stage": 2, "offload_optimizer": True}, {"zero_stage": 3},
+             {"zero_stage": 3, "offload_params": True, "offload_optimizer": True}]
+    cases = []
+    for zero in zeros:
+        cfg = RunConfig.from_dict({"training": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+                                                "bf16": True},
+                                   "distributed": {"strategy": "deepspeed", "nproc_per_node": 2, "deepspeed": zero}})
+        cases.append({"world": 2, "config": deepspeed_config(cfg)})
+    cases.append({"world": 2, "config": {**cases[0]["config"], "train_batch_size": 15}})  # the parser really checks
+    p = subprocess.run([sys.executable, "-c", PARSE], input=json.dumps(cases), env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    parsed = json.loads(p.stdout.strip().splitlines()[-1])
+    for zero, got in zip(zeros, parsed):
+        assert got == {"stage": zero["zero_stage"], "train_batch_size": 16, "micro": 4, "accumulation": 2,
+                       "offload_optimizer": zero.get("offload_optimizer", False),
+                       "offload_param": zero.get("offload_params", False), "bf16": True}, got
+    assert "refused" in parsed[-1] and "batch" in parsed[-1]["refused"]
 
 
 # --- runs on 2 processes -----------------------------------------------------------------------------
