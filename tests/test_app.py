@@ -309,6 +309,8 @@ def test_train_page_launches_two_processes_and_refuses_deepspeed_without_a_gpu(t
     st = run.status()
     assert st["state"] == "completed" and st["world_size"] == 2 and st["strategy"] == "ddp", st
     assert (run.path / "launch" / "torchrun.sh").is_file()
+    no_crash(at.run())
+    assert any("2 processes · ddp" in c for c in texts(at.caption)), texts(at.caption)
 
 
 # --- live run view: failed, stopped, running ---------------------------------------------------------
