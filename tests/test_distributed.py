@@ -327,3 +327,32 @@ def test_launch_cmd_prints_the_cluster_command(tmp_path):
     assert "distributed_type: DEEPSPEED" in p.stdout
     ds = json.loads(p.stdout.split("# launch/deepspeed.json:\n", 1)[1])
     assert ds["zero_optimization"]["stage"] == 3 and ds["train_batch_size"] == 16 * 16
+
+
+def test_a_sharded_checkpoint_is_vetted_before_torch_reads_it(tmp_path, monkeypatch):
+    """torch.distributed.checkpoint unpickles `.metadata` and every non-tensor item: the workbench reads them first
+    through an allowlist / `weights_only`, so a shared run directory cannot run code through a checkpoint."""
+    import pickle
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from workbench.checkpoints import dcp_problems
+
+    folder = tmp_path / "pytorch_model_fsdp_0"
+    dcp.save({"w": torch.ones(3), "lr": 0.1, "betas": (0.9, 0.999)}, checkpoint_id=folder, no_dist=True)
+    assert dcp_problems(folder) == []
+    shard = next(folder.glob("*.distcp"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    assert any("cut short" in p for p in dcp_problems(folder))
+    shard.write_bytes(data)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    (folder / ".metadata").write_bytes(pickle.dumps(Evil()))
+    problems = dcp_problems(folder)
+    assert problems and "refused" in problems[0] and "system" in problems[0], problems
+    assert not (tmp_path / "PWNED").exists()

@@ -239,18 +239,23 @@ def launch(config: RunConfig) -> RunHandle:
                            allow_pickle=config.model.allow_pickle))
 
 
-def resume(run: str | Path | RunDir, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> RunHandle:
+def resume(run: str | Path | RunDir, *, trust_remote_code: bool = False, allow_pickle: bool = False,
+           nproc: int | None = None) -> RunHandle:
     """Continue a stopped or failed run from its last complete checkpoint, in a separate process.
 
     The run's config.yaml cannot turn on remote code or pickle loading; `trust_remote_code` /
     `allow_pickle` can. A config that asks for more is refused here, before any process starts.
+    `nproc`: resume on this many processes per machine (DDP and FSDP; `distributed.change_process_count`).
     """
     r = run if isinstance(run, RunDir) else RunDir(run)
     r.require()
-    r.config(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    cfg = r.config(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     st = r.require_idle("stop it before resuming.")
     if st.get("state") == "completed":
         raise RunError(f"run {r.name} has already completed; start a new run to train further.")
+    if nproc is not None and nproc != cfg.distributed.nproc_per_node:
+        from .distributed import change_process_count
+        change_process_count(r, cfg, nproc)
     if r.stop_file.exists():
         r.stop_file.unlink()
     r.update_status(state="queued", error=None)
