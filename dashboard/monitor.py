@@ -59,9 +59,11 @@ def _monitor(path: str, was_active: bool) -> None:
         st.info(s["note"], icon=":material/info:")
     if isinstance(s.get("adversarial"), dict):  # the method, its size and its cost so far
         st.caption(status_line(s["adversarial"]))
-    if (s.get("world_size") or 1) > 1:  # a multi-process run: how it is spread, and where its launch is kept
-        per_rank = s.get("peak_memory_per_rank") or []
-        peaks = ", ".join(f"{p.get('cuda_mb') or p.get('rss_mb') or 0:,.0f}" for p in per_rank if p)
+    world = s.get("world_size")
+    if isinstance(world, int) and world > 1:  # a multi-process run: how it is spread, and where its launch is kept
+        per_rank = s.get("peak_memory_per_rank") if isinstance(s.get("peak_memory_per_rank"), list) else []
+        peaks = ", ".join(f"{float(p.get('cuda_mb') or p.get('rss_mb') or 0):,.0f}" for p in per_rank
+                          if isinstance(p, dict) and isinstance(p.get("cuda_mb") or p.get("rss_mb") or 0, (int, float)))
         st.caption(f"{s['world_size']} processes · {s.get('strategy') or 'ddp'}"
                    + (f" · peak memory per process (MB): {peaks}" if peaks else "")
                    + f" · the exact launch: {run.path / 'launch' / 'torchrun.sh'}")

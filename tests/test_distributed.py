@@ -356,3 +356,12 @@ def test_a_sharded_checkpoint_is_vetted_before_torch_reads_it(tmp_path, monkeypa
     problems = dcp_problems(folder)
     assert problems and "refused" in problems[0] and "system" in problems[0], problems
     assert not (tmp_path / "PWNED").exists()
+    # protocol 4 resolves a dotted name through a module's attributes: an allowed module's `os.system`
+    module, name, cmd = (x.encode() for x in ("torch.distributed.checkpoint.metadata", "os.system",
+                                              f"touch {tmp_path / 'PWNED'}"))
+    dotted = (b"\x80\x04\x8c" + bytes([len(module)]) + module + b"\x8c" + bytes([len(name)]) + name + b"\x93\x8c"
+              + bytes([len(cmd)]) + cmd + b"\x85R.")
+    (folder / ".metadata").write_bytes(dotted)
+    problems = dcp_problems(folder)
+    assert problems and "refused" in problems[0], problems
+    assert not (tmp_path / "PWNED").exists()

@@ -25,9 +25,9 @@ def checkpoint_problems(ckpt: Path) -> list[str]:
     if (ckpt / f"{FSDP_MODEL}_0").is_dir():
         return fsdp_checkpoint_problems(ckpt)
     if (ckpt / "latest").is_file():
-        return ["a DeepSpeed checkpoint: its files are pickles DeepSpeed loads whole (weights_only=False), so the "
-                "workbench does not resume from one it cannot vet. Fix: resume it on a GPU machine with "
-                "--allow-pickle if the run is your own"]
+        return ["a DeepSpeed checkpoint: the workbench does not resume DeepSpeed runs (its checkpoint files are "
+                "pickles DeepSpeed loads whole, which the workbench cannot vet). Fix: start a new run, or fine-tune "
+                "further from the run's model/ when it completed"]
     problems = []
     try:
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
@@ -53,11 +53,16 @@ def checkpoint_problems(ckpt: Path) -> list[str]:
 
 FSDP_MODEL, FSDP_OPTIMIZER = "pytorch_model_fsdp", "optimizer"
 # What the `.metadata` pickle of a torch.distributed.checkpoint folder may name: its own record classes, paths,
-# sizes and dtypes. Anything else (a function to call, a class with side effects) and the folder is refused.
+# sizes and dtypes, each by exact (module, name). Anything else (a function to call, a class with side effects, a
+# dotted name reaching through a module) and the folder is refused.
 _DCP_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
                 ("pathlib", "PureWindowsPath"), ("torch", "Size"), ("torch.serialization", "_get_layout"),
-                ("collections", "OrderedDict"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
-_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner")
+                ("collections", "OrderedDict"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+                *(("torch.distributed.checkpoint.metadata", n) for n in (
+                    "Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
+                    "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")),
+                *(("torch", n) for n in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16",
+                                         "int8", "uint8", "bool", "complex64", "float8_e4m3fn", "float8_e5m2"))}
 
 
 def fsdp_checkpoint_problems(ckpt: Path) -> list[str]:
@@ -89,17 +94,20 @@ class _Vetted(Exception):
     pass
 
 
-def _restricted_load(data: bytes, allowed: set[tuple[str, str]], modules: tuple[str, ...]) -> Any:
-    """Unpickle `data` allowing only the named classes: anything else raises before it is looked up."""
+def _restricted_load(data: bytes, allowed: set[tuple[str, str]]) -> Any:
+    """Unpickle `data` allowing only the exact (module, name) pairs of `allowed`: anything else, and any dotted name
+    (pickle protocol 4 resolves `a.b` through attributes), raises before it is looked up."""
     import io
     import pickle
 
     class Restricted(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            if (module, name) in allowed or module in modules or (module == "torch" and name.endswith(
-                    ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"))):
-                return super().find_class(module, name)
-            raise _Vetted(f"{module}.{name}")
+            if "." in name or (module, name) not in allowed:
+                raise _Vetted(f"{module}.{name}")
+            found = super().find_class(module, name)
+            if module != "torch" and getattr(found, "__module__", None) != module and module != "pathlib":
+                raise _Vetted(f"{module}.{name}")
+            return found
 
     return Restricted(io.BytesIO(data)).load()
 
@@ -109,23 +117,32 @@ def dcp_problems(folder: Path) -> list[str]:
     here only through an allowlist of the record classes; every non-tensor item (optimizer settings) is a
     torch.save archive inside a shard file, each read with `torch.load(weights_only=True)`; every shard file the
     record names must exist and be long enough."""
-    import io
-
-    import torch
-
     meta = folder / ".metadata"
     if not meta.is_file():
         return [".metadata is missing"]
     try:
-        md = _restricted_load(meta.read_bytes(), _DCP_GLOBALS, _DCP_MODULES)
+        md = _restricted_load(meta.read_bytes(), _DCP_GLOBALS)
     except _Vetted as e:
         return [f".metadata names {e}, which a checkpoint record never holds: refused (unpickling it could run code)"]
     except Exception as e:  # a cut-short or garbled pickle
         return [f".metadata is damaged ({type(e).__name__})"]
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
-    if not isinstance(md, Metadata) or not isinstance(md.storage_data, dict):
+    if not isinstance(md, Metadata) or not isinstance(md.storage_data, dict) or \
+            not isinstance(md.state_dict_metadata, dict):
         return [".metadata is not a checkpoint record"]
-    problems, sizes = [], {}
+    try:
+        return _dcp_items_problems(folder, md, BytesStorageMetadata)
+    except (TypeError, ValueError, AttributeError, OSError) as e:
+        return [f".metadata is damaged ({type(e).__name__})"]
+
+
+def _dcp_items_problems(folder: Path, md: Any, BytesStorageMetadata: type) -> list[str]:
+    import io
+
+    import torch
+
+    problems: list[str] = []
+    sizes: dict[str, int | None] = {}
     for index, info in md.storage_data.items():
         rel = str(getattr(info, "relative_path", ""))
         if Path(rel).name != rel or not rel:
@@ -134,7 +151,7 @@ def dcp_problems(folder: Path) -> list[str]:
             sizes[rel] = (folder / rel).stat().st_size if (folder / rel).is_file() else None
         if sizes[rel] is None:
             problems.append(f"{rel} is missing")
-        elif info.offset + info.length > sizes[rel]:
+        elif int(info.offset) + int(info.length) > sizes[rel]:
             problems.append(f"{rel} is cut short ({sizes[rel]} bytes, the record needs {info.offset + info.length})")
         elif isinstance(md.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
             with open(folder / rel, "rb") as f:

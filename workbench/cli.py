@@ -270,6 +270,23 @@ def _train_distributed(cfg: Any, run: Any, *, resume: bool = False, node_rank: i
     return 0
 
 
+def _file_strategy(path: str, sets: dict[str, Any]) -> str:
+    """`distributed.strategy` as the file and `--set` give it, read before the config is checked (a config may be
+    valid only with its `--set` overrides)."""
+    if "distributed.strategy" in sets:
+        return str(sets["distributed.strategy"])
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {}
+        return str((raw.get("distributed") or {}).get("strategy", "none"))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "none"  # load_config says what is wrong with the file
+
+
+def _config_grants(cfg: Any) -> dict[str, bool]:
+    """The grants of a config the user gave on this command line (their own choice, as `launch()` takes them)."""
+    return {"trust_remote_code": cfg.model.trust_remote_code, "allow_pickle": cfg.model.allow_pickle}
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .config import load_config
     sets = _parse_sets(a.set)
@@ -277,11 +294,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         sets["name"] = a.name
     if a.output_dir:
         sets["output_dir"] = a.output_dir
-    cfg = load_config(a.config)
-    notes = _distributed_sets(a, sets, cfg.distributed.strategy)
+    notes = _distributed_sets(a, sets, _file_strategy(a.config, sets))
     cfg = load_config(a.config, sets)
     for note in cfg.load_notes + notes:
         print(f"note: {note}", file=sys.stderr)
+    if not 0 <= a.node_rank < cfg.distributed.nnodes:
+        from .errors import ConfigError
+        raise ConfigError(f"--node-rank {a.node_rank}: machines are numbered 0 to distributed.nnodes - 1 "
+                          f"({cfg.distributed.nnodes - 1} here); set --nnodes to the number of machines.")
     from .models import check_model_source
     check_model_source(cfg.model)  # before a run directory exists: no failed run for a wrong path
     if cfg.distributed.world_size > 1 and "WORLD_SIZE" not in os.environ:
@@ -299,14 +319,14 @@ def cmd_train(a: argparse.Namespace) -> int:
                 root = Path(cfg.output_dir).expanduser() if cfg.output_dir else None
                 from .paths import runs_root
                 run = RunDir((root or runs_root()) / cfg.name)
-                return _train_distributed(cfg, run, node_rank=a.node_rank)
+                return _train_distributed(cfg, run, node_rank=a.node_rank, grants=_config_grants(cfg))
         if a.detach:
             from .launch import launch
             h = launch(cfg)
             print(f"started run {h.run.name} ({cfg.distributed.world_size} processes) under process {h.pid}\n"
                   f"run directory: {h.path}")
             return 0
-        return _train_distributed(cfg, new_run_dir(cfg))
+        return _train_distributed(cfg, new_run_dir(cfg), grants=_config_grants(cfg))
     if a.detach:
         from .launch import launch
         h = launch(cfg)
@@ -324,8 +344,7 @@ def cmd_launch_cmd(a: argparse.Namespace) -> int:
     sets = _parse_sets(a.set)
     if a.name:
         sets["name"] = a.name
-    cfg = load_config(a.config)
-    notes = _distributed_sets(a, sets, cfg.distributed.strategy)
+    notes = _distributed_sets(a, sets, _file_strategy(a.config, sets))
     cfg = load_config(a.config, sets)
     for note in cfg.load_notes + notes:
         print(f"note: {note}", file=sys.stderr)
@@ -360,13 +379,17 @@ def cmd_resume(a: argparse.Namespace) -> int:
     from .rundir import RunDir
     run = RunDir(a.run).require()
     cfg = run.config(**_grants(a))  # refuses a config.yaml that asks for code or pickle loading
-    if a.nproc is not None and a.nproc != cfg.distributed.nproc_per_node:
-        from .distributed import change_process_count
-        cfg = change_process_count(run, cfg, a.nproc)
-    if cfg.distributed.world_size > 1 and "WORLD_SIZE" not in os.environ and not a.detach:
+    if a.node_rank == 0:  # machine 0 owns the run: the others only join it
         st = run.require_idle("stop it before resuming.")
         if st.get("state") == "completed":
             raise WorkbenchError(f"run {run.name} has already completed; start a new run to train further.")
+        if a.nproc is not None and a.nproc != cfg.distributed.nproc_per_node:
+            from .distributed import change_process_count
+            cfg = change_process_count(run, cfg, a.nproc)
+    elif not 0 < a.node_rank < cfg.distributed.nnodes:
+        raise WorkbenchError(f"--node-rank {a.node_rank}: run {run.name} has distributed.nnodes = "
+                             f"{cfg.distributed.nnodes} (ranks 0 to {cfg.distributed.nnodes - 1}).")
+    if cfg.distributed.world_size > 1 and "WORLD_SIZE" not in os.environ and not a.detach:
         if a.node_rank == 0:
             run.update_status(state="queued", error=None)
         return _train_distributed(cfg, run, resume=True, node_rank=a.node_rank, grants=_grants(a))

@@ -375,11 +375,11 @@ class FsdpSettings:
                                      "(transformers' layer classes).")
     cpu_offload: bool = _f(False, "Keep the sharded weights and optimizer state in CPU memory between uses (less GPU "
                            "memory, slower steps).")
-    state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = _f(
-        "SHARDED_STATE_DICT", "How checkpoints are written: `SHARDED_STATE_DICT` (each process writes its shard, "
-        "torch.distributed.checkpoint; a resume may use another process count), `FULL_STATE_DICT` (rank 0 gathers "
-        "and writes the whole model: simpler files, more memory on rank 0). The final model is always consolidated "
-        "into one safetensors folder.")
+    state_dict_type: Literal["SHARDED_STATE_DICT"] = _f(
+        "SHARDED_STATE_DICT", "How checkpoints are written: `SHARDED_STATE_DICT`, each process its own shard "
+        "(torch.distributed.checkpoint; a resume may use another process count). The final model is always "
+        "consolidated into one safetensors folder. (accelerate's FULL_STATE_DICT checkpoints are pickles the "
+        "workbench does not resume from.)")
 
 
 @dataclass

@@ -248,6 +248,11 @@ def change_process_count(run: Any, cfg: Any, nproc: int) -> Any:
     from .config import RunConfig
 
     old = cfg.distributed.nproc_per_node
+    if cfg.distributed.strategy == "fsdp" and nproc * cfg.distributed.nnodes < 2:
+        raise DistributedError(f"an FSDP run resumes on 2 processes or more: its checkpoint is sharded, and FSDP "
+                               f"does not run in one process. Fix: --nproc 2 or more (it ran with {old}).")
+    if nproc < 1:
+        raise DistributedError(f"--nproc {nproc}: give 1 or more processes.")
     if cfg.distributed.strategy == "deepspeed":
         raise DistributedError(f"a DeepSpeed run resumes with the process count it was written with ({old}): its "
                                f"ZeRO checkpoint is partitioned per process. Fix: resume with --nproc {old}.")
@@ -344,8 +349,8 @@ def supervise(cfg: Any, run: Any, *, node_rank: int = 0, resume: bool = False, t
         env.pop(k, None)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=env)
-    if node_rank == 0:
-        run.update_status(launcher_pid=proc.pid, world_size=cfg.distributed.world_size,
+    if node_rank == 0:  # this process until rank 0 says its own pid: a stop before then still reaches the run
+        run.update_status(launcher_pid=proc.pid, pid=os.getpid(), world_size=cfg.distributed.world_size,
                           strategy=cfg.distributed.strategy)
     tail: list[str] = []
 
@@ -361,8 +366,17 @@ def supervise(cfg: Any, run: Any, *, node_rank: int = 0, resume: bool = False, t
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
 
+    asked = {"n": 0}
+
     def stop(signum: int, frame: Any) -> None:
-        request_stop(run, node_rank)
+        asked["n"] += 1
+        if asked["n"] == 1:
+            request_stop(run, node_rank)
+        else:  # asked again (a second Ctrl+C): the launcher ends its processes now, without a checkpoint
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     before = {}
     if threading.current_thread() is threading.main_thread():
@@ -381,7 +395,7 @@ def supervise(cfg: Any, run: Any, *, node_rank: int = 0, resume: bool = False, t
             st = run.status()
         except WorkbenchError:
             st = {}
-        if st.get("state") in ("queued", "running"):
+        if st.get("state") in ("queued", "running", "stopping"):
             run.update_status(state="failed", phase=None, error=launch_failure("".join(tail), cfg, rc),
                               finished=time.time())
     elif rc != 0:  # another machine: the reason on its own console (machine 0 keeps the run's status)
@@ -393,7 +407,8 @@ def supervise(cfg: Any, run: Any, *, node_rank: int = 0, resume: bool = False, t
 
 
 def request_stop(run: Any, node_rank: int = 0) -> None:
-    """A graceful stop of a multi-process run: the STOP file, and SIGTERM to rank 0 (status.json's `pid`)."""
+    """A graceful stop of a multi-process run: the STOP file, and SIGTERM to rank 0 (status.json's `pid` once rank 0
+    has written it; until then the STOP file alone, which every rank reads at its first step)."""
     if node_rank != 0:
         return  # machine 0 decides; its ranks tell the others at the next step
     run.request_stop()

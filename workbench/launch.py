@@ -233,6 +233,10 @@ def launch(config: RunConfig) -> RunHandle:
     """
     from .models import check_model_source
     config.check()
+    if config.distributed.nnodes > 1 and not config.name:
+        raise RunError("several machines write one run directory: give the run a name every machine uses "
+                       "(RunConfig.name), then start the other machines with `workbench train CONFIG --name NAME "
+                       "--node-rank R`.")
     check_model_source(config.model)  # a wrong model path is an error here, not a failed run
     # The caller's own config: its model settings are the user's choice, so they are the grants.
     return _started(_spawn(new_run_dir(config), resume=False, trust_remote_code=config.model.trust_remote_code,

@@ -67,14 +67,16 @@ def is_head_parameter(name: str) -> bool:
     return any(part in HEAD_MODULES for part in name.split("."))
 
 
-MEAN_LOSS_HEADS = ("ForSequenceClassification", "ForQuestionAnswering", "ForMultipleChoice")
+ITEM_COUNT_HEADS = ("ForCausalLM",)  # heads whose loss is a sum over tokens divided by `num_items_in_batch`
 
 
-def _loss_is_batch_mean(model: Any) -> bool:
-    """Whether `model` (through a PEFT wrapper) is a head whose loss is a plain batch mean."""
+def _loss_uses_item_count(model: Any) -> bool:
+    """Whether `model` (through a PEFT wrapper) is a head whose loss divides by `num_items_in_batch` (a causal LM's
+    token-averaged loss); the others (classification, QA, token classification, masked LM, T5/BART) return a plain
+    batch mean whatever the trainer passes."""
     inner = model
     for _ in range(4):
-        if type(inner).__name__.endswith(MEAN_LOSS_HEADS):
+        if type(inner).__name__.endswith(ITEM_COUNT_HEADS):
             return True
         nxt = getattr(inner, "base_model", None)
         nxt = getattr(nxt, "model", nxt) if nxt is not None and nxt is not inner else None
@@ -104,8 +106,8 @@ class WorkbenchTrainer(Trainer):
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         if self.class_weights is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the trainer divides it for accumulation
-        if _loss_is_batch_mean(self.model):
-            # These heads return the mean over their batch and ignore `num_items_in_batch`; the trainer would
+        if not _loss_uses_item_count(self.model):
+            # A head that returns the mean over its batch and ignores `num_items_in_batch`: the trainer would
             # otherwise multiply that mean by the process count (scaling DDP's gradients and logged loss by N) and
             # skip dividing it over gradient-accumulation steps.
             self.model_accepts_loss_kwargs = False

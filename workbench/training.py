@@ -96,9 +96,14 @@ def process_state(cfg: RunConfig) -> Any:
     It is a singleton: created here first with the right `cpu` flag, or a CPU-only torchrun job
     would silently run as independent single processes.
     """
+    import datetime
+
     from accelerate import PartialState
 
-    return PartialState(cpu=precision(cfg)["use_cpu"])
+    # Rank 0 alone scores the test split before training while the others wait at a barrier: the collectives'
+    # timeout (NCCL's default is 10 minutes) must outlast that on a big test split.
+    timeout = {"timeout": datetime.timedelta(hours=2)} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
+    return PartialState(cpu=precision(cfg)["use_cpu"], **timeout)
 
 
 def training_arguments(cfg: RunConfig, run: RunDir, has_validation: bool, progress: bool,
@@ -361,6 +366,11 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         except Exception as e:
             if not is_oom(e):
                 raise
+            if state.num_processes > 1:  # one rank retrying alone would leave the others waiting in a collective
+                raise TrainingHalted(f"out of memory on one of the {state.num_processes} processes. Fix: resume with "
+                                     f"a smaller training.per_device_train_batch_size (and more "
+                                     f"gradient_accumulation_steps), distributed.strategy: fsdp, or "
+                                     f"`workbench estimate CONFIG` to see what fits.") from None
             bs, acc = eff.training.per_device_train_batch_size, eff.training.gradient_accumulation_steps
             if bs <= 1:
                 raise TrainingHalted("out of memory in training even at batch size 1. Fix: lower data.max_length, "
@@ -404,6 +414,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
             trainer.save_model(str(model_folder))
     else:
         trainer.save_model(str(run.model_dir))
+    if not main:  # the model is saved: rank 0 alone finishes the run (torchrun waits for it), nobody waits on it
+        return run
     if main:
         # The trainer drops a pickled TrainingArguments here; config.yaml already records the run,
         # and a model folder we hand to others should hold no pickle files.
@@ -419,7 +431,8 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
                 run.update_status(note="a stop was asked for while the sharded model was being consolidated: the "
                                        "consolidation finished first, so model/ is whole; the run then completed.")
             from .models import load_trained
-            final = load_trained(run.model_dir)[0]  # the whole model, on this rank alone
+            final = load_trained(run.model_dir, trust_remote_code=cfg.model.trust_remote_code,
+                                 allow_pickle=cfg.model.allow_pickle)[0].to(state.device)  # the whole model, here
         # A pre-training run is a starting point for later fine-tunes: its weights are always written whole.
         if mergeable(cfg.peft.method) and (cfg.peft.merge_adapter or getattr(task, "reusable_weights", False)):
             merged = merge(final)
@@ -438,7 +451,6 @@ def _run(cfg: RunConfig, run: RunDir, resume: bool, progress: bool, state: Any, 
         if len(prep.test):
             _score_test_split(run, "after", final, tok, prep, cfg, prec["bf16"], evaluation)
         run.update_status(state="completed", phase=None, finished=time.time(), step=trainer.state.global_step)
-    state.wait_for_everyone()
     return run
 
 

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rank-process", action="store_true", help="one of the processes torchrun started: train")
     ap.add_argument("--node-rank", type=int, default=0, help="this machine's rank when distributed.nnodes > 1")
     a = ap.parse_args(argv)
+    if a.rank_process:
+        _die_with_launcher()
     try:
         run = RunDir(a.run_dir).require()
         cfg = run.config(trust_remote_code=a.trust_remote_code, allow_pickle=a.allow_pickle)
@@ -37,6 +39,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _die_with_launcher() -> None:
+    """A rank ends when its launcher does (torchrun starts each rank in a session of its own, so a launcher killed
+    outright would leave it running): Linux's parent-death signal; elsewhere nothing."""
+    if sys.platform != "linux":
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":
