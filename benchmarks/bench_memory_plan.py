@@ -25,9 +25,8 @@ another): one process, DDP on 2 processes, FSDP (FSDP2, FULL_SHARD) on 2 process
 What to expect: one process and DDP land within about 10% and repeat closely. FSDP is the noisy one on CPUs: its
 persistent state is what the plan says (live tensors counted after a backward pass: 106 MB per rank = sharded
 weights 43 + gradients 21 + AdamW 42), but every unit's all-gather and reduce-scatter allocates and frees buffers
-of several sizes each step, and the heap's high-water mark creeps up over the steps (3 steps: 1.10x; 6 steps:
-1.17-1.29x over five runs). A longer run may measure above +25% for FSDP on CPUs; on a GPU the caching allocator
-reuses those buffers instead.
+of several sizes each step, and the heap's high-water mark creeps up over the steps (one 3-step run: 1.10x; 6 steps:
+1.17-1.29x over five runs). A longer run may measure above +25% for FSDP on CPUs. Not checked on a GPU here.
 """
 
 from __future__ import annotations
