@@ -46,6 +46,8 @@ def test_full_shard_on_two_processes_halves_weights_gradients_and_optimizer():
         assert fs[part] == pytest.approx(one[part] / 2), part
     assert fs["activations"] == one["activations"]  # per-device batch: not divided
     assert fs["gathered layer"] == pytest.approx(2 * 2 * UNITS.largest + 4 * UNITS.largest)  # bf16 gather, fp32 grad
+    lora = memory_plan(_cfg(), P, P // 1000, A, 2, mixed=True, units=UNITS)["fsdp FULL_SHARD"]
+    assert lora["gathered layer"] == pytest.approx(2 * 2 * UNITS.largest + 4 * UNITS.largest / 1000)  # frozen: no grad
 
 
 def test_zero_stages_follow_the_zero_paper():

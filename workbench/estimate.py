@@ -248,11 +248,11 @@ def memory_plan(cfg: RunConfig, total_params: int, trainable_params: int, activa
       transformers/accelerate leave off (torch/nn/parallel/distributed.py, Reducer).
     - fsdp FULL_SHARD (FSDP2 `fully_shard`, reshard after forward): weights 4P/N, gradients 4T/N, optimizer 8T/N,
       plus the gathered unit: while a unit runs its whole weights exist twice (FSDP2 all-gathers into one buffer
-      and copies out into the unsharded parameters: 2*w*U), and in the backward pass its whole gradient (4U) until
-      the reduce-scatter: 2*w*U + 4U.
+      and copies out into the unsharded parameters: 2*w*U), and in the backward pass its whole gradient until the
+      reduce-scatter (4U, scaled by the trainable share T/P: frozen weights have none): 2*w*U + 4U*T/P.
     - fsdp SHARD_GRAD_OP (no reshard after forward, ZeRO-2-like): as FULL_SHARD, but every unit stays gathered
       from its forward to its backward, so at the end of the forward pass the whole model is there: w*P gathered,
-      plus the all-gather buffer of the unit in flight and its whole gradient: w*P + w*U + 4U.
+      plus the all-gather buffer of the unit in flight and its whole gradient: w*P + w*U + 4U*T/P.
     - fsdp + cpu_offload (`CPUOffloadPolicy`): the sharded weights, gradients and optimizer (16 B/param / N) live
       in host memory and the optimizer steps there; the device holds the gathered units and the activations.
     - zero2 (DeepSpeed ZeRO stage 2): weights w*P whole, gradients w*T/N (partitioned) + a reduce bucket
@@ -275,14 +275,15 @@ def memory_plan(cfg: RunConfig, total_params: int, trainable_params: int, activa
     P, T, A = float(total_params), float(trainable_params), float(activations)
     U = float((units or Units()).largest)
     w = 2.0 if mixed else 4.0
+    Ug = U * (T / P if P else 1.0)  # the unit's gradient: only its trainable share has one (LoRA: almost none)
     base = {"data and kernels": PROCESS_DATA_BYTES, "runtime overhead": RUNTIME_OVERHEAD_BYTES}
     one = {"weights": 4 * P, "gradients": 4 * T, "optimizer": 8 * T, "activations": A}
     plan: dict[str, dict[str, float]] = {"one process": {**one, **base}}
     plan["ddp"] = {**one, "gradient buckets": 4 * T, **base}
     sharded = {"weights": 4 * P / n, "gradients": 4 * T / n, "optimizer": 8 * T / n, "activations": A}
-    plan["fsdp SHARD_GRAD_OP"] = {**sharded, "gathered layer": w * P + w * U + 4 * U, **base}
-    plan["fsdp FULL_SHARD"] = {**sharded, "gathered layer": 2 * w * U + 4 * U, **base}
-    plan["fsdp FULL_SHARD + cpu_offload"] = {"activations": A, "gathered layer": 2 * w * U + 4 * U, **base,
+    plan["fsdp SHARD_GRAD_OP"] = {**sharded, "gathered layer": w * P + w * U + 4 * Ug, **base}
+    plan["fsdp FULL_SHARD"] = {**sharded, "gathered layer": 2 * w * U + 4 * Ug, **base}
+    plan["fsdp FULL_SHARD + cpu_offload"] = {"activations": A, "gathered layer": 2 * w * U + 4 * Ug, **base,
                                              HOST + "weights": 4 * P / n, HOST + "gradients": 4 * T / n,
                                              HOST + "optimizer": 8 * T / n}
     bucket = min(ZERO_BUCKET_VALUES, T) * w
@@ -386,7 +387,8 @@ def suggest_plan(cfg: RunConfig, plan: dict[str, dict[str, float]], budget: floa
             "gradient_accumulation_steps": accum, "set": sets,
             "message": f"{choice} needs {format_bytes(cur)} per device, more than {have}: {change}, about "
                        f"{format_bytes(need)} per device. "
-                       + " ".join(f"--set {k}={v}" for k, v in sets.items())}
+                       + " ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}"
+                                  for k, v in sets.items())}
 
 
 def _strategy_sets(s: str) -> dict[str, Any]:
