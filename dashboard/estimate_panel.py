@@ -10,7 +10,8 @@ import streamlit as st
 from workbench.assets import BUILTIN_DATASETS
 from workbench.config import RunConfig
 from workbench.errors import WorkbenchError
-from workbench.estimate import estimate_run, format_bytes, format_estimate, gpu_memory_note, local_model_dir
+from workbench.estimate import (device_memory_budget, estimate_run, format_bytes, format_estimate, gpu_memory_note,
+                                local_model_dir, plan_table)
 from workbench.paths import assets_dir
 
 from . import widgets
@@ -93,7 +94,10 @@ def _estimate(cfg: RunConfig, report: dict, train_rows: int) -> None:
     eval_rows = sum(v for k, v in report.get("split_sizes", {}).items() if k != "train")
     if cfg.data.max_eval_samples:
         eval_rows = min(eval_rows, 2 * cfg.data.max_eval_samples)
-    est = _cached_estimate(cfg.to_yaml(), train_rows, len(report["labels"]), tl.get("mean"), tl.get("p99"), eval_rows)
+    budget = device_memory_budget()  # a GPU's free memory; None on a CPU machine (no suggestion then)
+    budget = round(budget / 2**27) * 2**27 if budget else None  # steps of 128 MB: the cache survives small changes
+    est = _cached_estimate(cfg.to_yaml(), train_rows, len(report["labels"]), tl.get("mean"), tl.get("p99"), eval_rows,
+                           budget)
     st.markdown("**Estimate** (not a measurement)")
     c = st.columns(2)
     if est.total_params is not None:
@@ -109,6 +113,8 @@ def _estimate(cfg: RunConfig, report: dict, train_rows: int) -> None:
         table = pd.DataFrame({"part": list(est.memory), "size": [format_bytes(v) for v in est.memory.values()]})
         with st.expander("Memory breakdown"):
             st.dataframe(table, hide_index=True)
+    if est.plan:
+        _plan(cfg, est)
     st.caption(f"Estimated, not measured: parameters are counted from the model's config; memory is weights + "
                f"gradients + AdamW state + a rough activation term for the longest batch; time is "
                f"{est.time_source}." + (" Expect ±50%." if est.low_seconds is None else "")
@@ -116,6 +122,23 @@ def _estimate(cfg: RunConfig, report: dict, train_rows: int) -> None:
     note = gpu_memory_note(est.total_memory) if est.memory else None
     if note:
         st.warning(note, icon=":material/memory:")
+
+
+def _plan(cfg: RunConfig, est) -> None:
+    """Memory per device under every strategy (`workbench.estimate.memory_plan`), the configured one marked, and
+    what to change when it does not fit the GPU's free memory."""
+    d = cfg.distributed
+    with st.expander(f"Memory per device by strategy ({d.world_size} process(es); yours: {est.plan_choice})"):
+        table = plan_table(est)
+        st.dataframe(table, hide_index=True,
+                     column_config={c: st.column_config.NumberColumn(c, format="%.0f MB") for c in table.columns
+                                    if c != "strategy"})
+        st.caption("Per process: weights, gradients and AdamW state divided among the processes as each strategy "
+                   "shards them, activations for the per-device batch, the layer FSDP/ZeRO-3 gathers whole while it "
+                   "runs, DDP's gradient buckets; offloaded parts count in host memory. `workbench estimate CONFIG "
+                   "--memory-gb GB` prints the same table for any memory size.")
+    if est.suggestion:
+        st.warning(f"Memory plan: {est.suggestion['message']}", icon=":material/memory:")
 
 
 def _count(n: int | None) -> str:
@@ -126,6 +149,6 @@ def _count(n: int | None) -> str:
 
 @st.cache_data(ttl=30, max_entries=32, show_spinner="Estimating...")
 def _cached_estimate(cfg_yaml: str, train_rows: int, num_labels: int, mean_tokens: float | None,
-                     max_tokens: int | None, eval_rows: int):
+                     max_tokens: int | None, eval_rows: int, memory_budget: float | None = None):
     return estimate_run(RunConfig.from_yaml(cfg_yaml), train_rows, num_labels=num_labels, mean_tokens=mean_tokens,
-                        max_tokens=max_tokens, eval_rows=eval_rows)
+                        max_tokens=max_tokens, eval_rows=eval_rows, memory_budget=memory_budget)

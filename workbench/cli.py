@@ -358,6 +358,68 @@ def cmd_launch_cmd(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(a: argparse.Namespace) -> int:
+    """Parameters and per-device training memory of a config under every strategy, without loading weights."""
+    from .config import load_config
+    from .errors import ConfigError, ModelError
+    from .estimate import (KNOWN_PARAMS, device_memory_budget, estimate_run, format_bytes, load_model_config,
+                           plan_table)
+
+    sets = _parse_sets(a.set)
+    cfg = load_config(a.config)
+    notes = _distributed_sets(a, sets, cfg.distributed.strategy)
+    cfg = load_config(a.config, sets)
+    for note in cfg.load_notes + notes:
+        print(f"note: {note}", file=sys.stderr)
+    if a.memory_gb is not None and a.memory_gb <= 0:
+        raise ConfigError(f"--memory-gb {a.memory_gb}: give the memory of one device in GB, e.g. --memory-gb 24")
+    name = cfg.model.name_or_path
+    conf = load_model_config(name)
+    if conf is None and name not in KNOWN_PARAMS:
+        raise ModelError(f"no config.json for {name!r} on this machine (a hub id needs the network, a folder must "
+                         f"hold config.json), so its size is unknown. Fix: `workbench download {name}` for a built-in "
+                         f"model, or set model.name_or_path to a local model folder.")
+    budget = a.memory_gb * 1024 ** 3 if a.memory_gb is not None else device_memory_budget()
+    source = "stated (--memory-gb)" if a.memory_gb is not None else "free GPU memory" if budget else None
+    t = cfg.training
+    est = estimate_run(cfg, cfg.data.max_train_samples or 1000, model_config=conf, max_tokens=a.max_tokens,
+                       memory_budget=budget)
+    d = cfg.distributed
+    print(f"model: {name}   task: {cfg.task}   method: {cfg.peft.method}")
+    trainable = f"{est.trainable_params:,}" if est.trainable_params is not None else "unknown"
+    print(f"parameters: {est.total_params:,} ({trainable} trainable)")
+    print(f"per-device batch {t.per_device_train_batch_size} x {a.max_tokens or cfg.data.max_length} tokens "
+          f"(the longest batch), {d.world_size} process(es) (nproc_per_node {d.nproc_per_node} x nnodes {d.nnodes}); "
+          f"strategy {d.strategy} -> row {est.plan_choice!r}")
+    table = plan_table(est)
+    cols = [c for c in table.columns if c != "strategy"]
+    width = max(len(s) for s in table["strategy"])
+    print(f"\nmemory per device, MB (the runtime's fixed {format_bytes(est.memory.get('runtime overhead', 0))} per "
+          f"process included in the device total):")
+    print(f"  {'strategy':<{width}}  " + "  ".join(f"{c:>14}" for c in cols))
+    for _, row in table.iterrows():
+        print(f"  {row['strategy']:<{width}}  " + "  ".join(f"{row[c]:>14,.0f}" for c in cols))
+    for note in est.notes:
+        print(f"note: {note}")
+    if "activations" not in est.memory:
+        print("note: activations are unknown until the model's config.json is on disk: the rows leave them out.")
+    if budget is None:
+        print("\nno memory budget: give --memory-gb GB (per device) to check the plan against it (no GPU here to "
+              "ask).")
+    elif est.suggestion is None:
+        print(f"\nfits: {est.plan_choice} needs {_plan_need(est)} per device, within {format_bytes(budget)} "
+              f"({source}).")
+    else:
+        print(f"\ndoes not fit {format_bytes(budget)} per device ({source}).")
+        print(f"suggestion: {est.suggestion['message']}")
+    return 0
+
+
+def _plan_need(est: Any) -> str:
+    from .estimate import device_total, format_bytes
+    return format_bytes(device_total(est.plan[est.plan_choice])) if est.plan_choice in est.plan else "?"
+
+
 def cmd_search(a: argparse.Namespace) -> int:
     from .config import load_config
     from .search import run_search
@@ -1316,6 +1378,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field first")
     p.add_argument("--name", help="run name (every machine must use the same)")
     distributed_flags(p)
+    p = add("estimate", cmd_estimate, "Parameters and training memory per device of a config, for every strategy "
+            "(one process, DDP, FSDP, DeepSpeed ZeRO-2/3, with offload; the configured one marked), counted from the "
+            "model's config.json without loading weights; with --memory-gb (or a GPU's free memory), what to change "
+            "when the configured strategy does not fit.")
+    p.add_argument("config")
+    p.add_argument("--memory-gb", type=float, metavar="GB", help="memory of one device (GPU) in GB to plan for "
+                   "(default: the free memory of this machine's GPU, none without one)")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="tokens in the longest batch (default "
+                   "data.max_length: the worst case)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field first, e.g. "
+                   "distributed.strategy=fsdp")
+    p.add_argument("--nproc", type=int, help="processes per machine to plan for (distributed.nproc_per_node)")
+    p.add_argument("--nnodes", type=int, help="machines (distributed.nnodes)")
+    p.set_defaults(master=None)
     p = add("search", cmd_search, "Hyper-parameter search with Optuna over the config's `search.space`: each trial "
             "is a normal run (<study>-trial-<n>) in its own process, unpromising trials are stopped from their "
             "validation scores, and the best config is written as <runs>/searches/<study>/best.yaml. The study "

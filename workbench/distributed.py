@@ -109,7 +109,9 @@ def auto_wrap_classes(cfg: Any, model: Any) -> list[str]:
     present = {type(m).__name__ for m in model.modules()}
     wanted = cfg.distributed.fsdp.auto_wrap or list(getattr(inner, "_no_split_modules", None) or
                                                      getattr(model, "_no_split_modules", None) or [])
-    wanted = [w for w in wanted if cfg.distributed.fsdp.auto_wrap or w in present]
+    # Not the embeddings class a BERT declares (BertEmbeddings): accelerate wraps the input embeddings on their own,
+    # and sharding them twice fails inside torch (a DTensor's mesh without names).
+    wanted = [w for w in wanted if cfg.distributed.fsdp.auto_wrap or (w in present and not w.endswith("Embeddings"))]
     layers = sorted(n for n in present if re.search(r"(Layer|Block)$", n))
     if not wanted:
         raise DistributedError(f"FSDP does not know which layers of this {type(inner).__name__} to wrap (it declares "

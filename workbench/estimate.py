@@ -52,6 +52,11 @@ class Estimate:
     high_seconds: float | None = None
     time_source: str = ""
     notes: list[str] = field(default_factory=list)
+    # Per-device memory of every strategy (`memory_plan`), the run's own under `plan_choice`, and what to change
+    # when it does not fit the stated or reported memory (`suggest_plan`; None: it fits, or no budget was known).
+    plan: dict[str, dict[str, float]] = field(default_factory=dict)
+    plan_choice: str | None = None
+    suggestion: dict[str, Any] | None = None
 
     @property
     def total_memory(self) -> float:
@@ -153,6 +158,252 @@ def activation_bytes(config: Any, batch: int, seq: int, bytes_per_value: float) 
     # The 34 assumes a 4h MLP: 10 for attention and norms, 24 for the MLP; scale the MLP part.
     per_layer = seq * batch * h * (10 + 24 * inter / (4 * h) + 5 * heads * seq / h)
     return float(layers * per_layer * bytes_per_value / 2)
+
+
+# --- memory per device, for every way of spreading the run over processes -----------------------------------
+PLAN_ORDER = ("one process", "ddp", "fsdp SHARD_GRAD_OP", "fsdp FULL_SHARD", "fsdp FULL_SHARD + cpu_offload",
+              "zero2", "zero2 + offload_optimizer", "zero3", "zero3 + offload")
+# What `suggest_plan` tries, cheapest first (least communication and host traffic for the memory it saves).
+SUGGEST_ORDER = ("ddp", "fsdp SHARD_GRAD_OP", "fsdp FULL_SHARD", "zero3", "fsdp FULL_SHARD + cpu_offload",
+                 "zero3 + offload")
+HOST = "host: "  # parts kept in CPU memory (offload); not counted against the device
+# Activations a transformers model keeps in eager PyTorch, relative to `activation_bytes` (Korthikanti et al.'s
+# count assumes Megatron's fused kernels; op by op every LayerNorm, GELU, softmax and dropout saves its own input
+# and output, and the backward pass adds its temporary gradient buffers). Measured: MiniLM, fp32, CPU, batch 16 x 32
+# tokens, the Trainer's peak resident memory less weights, gradients, AdamW state and `PROCESS_DATA_BYTES`: 1.5x
+# (benchmarks/bench_memory_plan.py).
+EAGER_ACTIVATION_FACTOR = 1.5
+# What a training process holds besides the model and its training state, after the imports the runtime overhead
+# covers: the tokenizer, the tokenised data, kernels and libraries loaded on first use. Measured by
+# bench_memory_plan.py --quick (a model of 24K parameters): 48 MB in one process, 62-66 MB per rank with DDP/FSDP.
+PROCESS_DATA_BYTES = 64 * 2 ** 20
+ZERO_BUCKET_VALUES = 5e7  # deepspeed_config: reduce_bucket_size / stage3_prefetch_bucket_size (values)
+
+
+@dataclass
+class Units:
+    """How the model splits into the units FSDP and ZeRO-3 gather whole while they run (parameter counts)."""
+
+    largest_layer: int = 0  # the biggest wrapped layer (a decoder/encoder block)
+    embeddings: int = 0  # the input embedding matrix: its own unit (accelerate carves it out)
+    rest: int = 0  # everything outside the layers and the input embeddings (norms, heads, an untied LM head)
+
+    @property
+    def largest(self) -> int:
+        return max(self.largest_layer, self.embeddings, self.rest)
+
+
+def model_units(config: Any, num_labels: int = 2, task: Any = None, auto_wrap: list[str] | None = None) -> Units:
+    """The unit sizes of `task`'s model built from `config` on the meta device (exact, no memory): the layers are
+    the `auto_wrap` classes, else the model's `_no_split_modules` without its embeddings class (accelerate wraps the
+    input embeddings on their own)."""
+    import copy
+
+    import torch
+    import transformers
+
+    from .tasks import get_task
+
+    task = task if task is not None else get_task("text-classification")
+    config = copy.deepcopy(config)
+    config.num_labels = max(2, num_labels)
+    with torch.device("meta"):
+        model = getattr(transformers, task.auto_model).from_config(config)
+    inner = getattr(model, "base_model", model)
+    wanted = set(auto_wrap or getattr(inner, "_no_split_modules", None) or getattr(model, "_no_split_modules", None)
+                 or [])
+    wanted = {w for w in wanted if not w.endswith("Embeddings")} if not auto_wrap else wanted
+    emb = model.get_input_embeddings()
+    emb_ids = {id(p) for p in emb.parameters()} if emb is not None else set()
+    layers = [m for m in model.modules() if type(m).__name__ in wanted]
+    in_layers: set[int] = set()
+    largest = 0
+    for m in layers:
+        ps = [p for p in m.parameters() if id(p) not in emb_ids]
+        largest = max(largest, sum(p.numel() for p in ps))
+        in_layers.update(id(p) for p in ps)
+    total = {id(p): p.numel() for p in model.parameters()}
+    embeddings = sum(n for i, n in total.items() if i in emb_ids)
+    rest = sum(n for i, n in total.items() if i not in emb_ids and i not in in_layers)
+    return Units(largest, embeddings, rest)
+
+
+def memory_plan(cfg: RunConfig, total_params: int, trainable_params: int, activations: float,
+                world_size: int | None = None, *, mixed: bool = False, units: Units | None = None,
+                ) -> dict[str, dict[str, float]]:
+    """Per-device memory (bytes) of training `cfg` with each strategy, by part.
+
+    P = all parameters, T = trainable ones, N = processes (`world_size`, default `cfg.distributed.world_size`),
+    A = `activations` (per device: they scale with the per-device batch, not with N), U = the largest unit gathered
+    whole while it runs (`units`; the largest of a layer, the input embeddings and the rest, see `model_units`),
+    w = bytes per weight the forward pass reads (2 with `mixed` bf16/fp16 under DeepSpeed/FSDP mixed precision,
+    else 4). AdamW keeps two fp32 moments: 8 B per trainable parameter.
+
+    - one process: weights 4P (fp32 master weights: the Trainer's autocast keeps them fp32), gradients 4T,
+      optimizer 8T, activations A. 16 B/param, the figure of the ZeRO paper (Rajbhandari et al., 2020, "ZeRO:
+      Memory Optimizations Toward Training Trillion Parameter Models", sec. 3.1: 2+2+12 B/param for mixed-precision
+      Adam, which is 16 B as well).
+    - ddp: the same on every process, plus DDP's gradient buckets 4T: torch's `DistributedDataParallel` all-reduces
+      flat bucket tensors that are a second copy of the gradients unless `gradient_as_bucket_view=True`, which
+      transformers/accelerate leave off (torch/nn/parallel/distributed.py, Reducer).
+    - fsdp FULL_SHARD (FSDP2 `fully_shard`, reshard after forward): weights 4P/N, gradients 4T/N, optimizer 8T/N,
+      plus the gathered unit: while a unit runs its whole weights exist twice (FSDP2 all-gathers into one buffer
+      and copies out into the unsharded parameters: 2*w*U), and in the backward pass its whole gradient until the
+      reduce-scatter (4U, scaled by the trainable share T/P: frozen weights have none): 2*w*U + 4U*T/P.
+    - fsdp SHARD_GRAD_OP (no reshard after forward, ZeRO-2-like): as FULL_SHARD, but every unit stays gathered
+      from its forward to its backward, so at the end of the forward pass the whole model is there: w*P gathered,
+      plus the all-gather buffer of the unit in flight and its whole gradient: w*P + w*U + 4U*T/P.
+    - fsdp + cpu_offload (`CPUOffloadPolicy`): the sharded weights, gradients and optimizer (16 B/param / N) live
+      in host memory and the optimizer steps there; the device holds the gathered units and the activations.
+    - zero2 (DeepSpeed ZeRO stage 2): weights w*P whole, gradients w*T/N (partitioned) + a reduce bucket
+      (5e7 values), optimizer 12T/N: fp32 master copy 4 B + Adam 8 B (DeepSpeed keeps the fp32 partition even
+      when training in fp32). With offload_optimizer (ZeRO-Offload, Ren et al., 2021) the master copy, the Adam
+      state and an fp32 gradient partition (16T/N) go to host memory.
+    - zero3: as zero2 with the weights partitioned too (w*P/N) plus the gathered unit and the prefetch bucket
+      (2*w*U); with offload (`offload_optimizer` and `offload_params`, ZeRO-Infinity-like) the partitions live
+      in host memory: w*P/N + 16T/N there.
+
+    `activations` should be what eager PyTorch keeps: `estimate_run` passes `activation_bytes` x
+    `EAGER_ACTIVATION_FACTOR` (Korthikanti et al. count Megatron's fused kernels; a transformers model run op by
+    op keeps more, measured by benchmarks/bench_memory_plan.py).
+
+    Every process also holds `PROCESS_DATA_BYTES` (tokenizer, tokenised data, kernels loaded on first use;
+    measured) and the fixed runtime overhead (torch and the libraries once imported).
+    Host-side parts are keyed `host: ...` and left out of `device_total`.
+    """
+    n = max(1, int(world_size or cfg.distributed.world_size))
+    P, T, A = float(total_params), float(trainable_params), float(activations)
+    U = float((units or Units()).largest)
+    w = 2.0 if mixed else 4.0
+    Ug = U * (T / P if P else 1.0)  # the unit's gradient: only its trainable share has one (LoRA: almost none)
+    base = {"data and kernels": PROCESS_DATA_BYTES, "runtime overhead": RUNTIME_OVERHEAD_BYTES}
+    one = {"weights": 4 * P, "gradients": 4 * T, "optimizer": 8 * T, "activations": A}
+    plan: dict[str, dict[str, float]] = {"one process": {**one, **base}}
+    plan["ddp"] = {**one, "gradient buckets": 4 * T, **base}
+    sharded = {"weights": 4 * P / n, "gradients": 4 * T / n, "optimizer": 8 * T / n, "activations": A}
+    plan["fsdp SHARD_GRAD_OP"] = {**sharded, "gathered layer": w * P + w * U + 4 * Ug, **base}
+    plan["fsdp FULL_SHARD"] = {**sharded, "gathered layer": 2 * w * U + 4 * Ug, **base}
+    plan["fsdp FULL_SHARD + cpu_offload"] = {"activations": A, "gathered layer": 2 * w * U + 4 * Ug, **base,
+                                             HOST + "weights": 4 * P / n, HOST + "gradients": 4 * T / n,
+                                             HOST + "optimizer": 8 * T / n}
+    bucket = min(ZERO_BUCKET_VALUES, T) * w
+    plan["zero2"] = {"weights": w * P, "gradients": w * T / n + bucket, "optimizer": 12 * T / n, "activations": A,
+                     **base}
+    plan["zero2 + offload_optimizer"] = {"weights": w * P, "gradients": w * T / n + bucket, "activations": A, **base,
+                                         HOST + "optimizer": 16 * T / n}
+    gathered3 = 2 * w * U
+    plan["zero3"] = {"weights": w * P / n, "gradients": w * T / n + bucket, "optimizer": 12 * T / n,
+                     "activations": A, "gathered layer": gathered3, **base}
+    plan["zero3 + offload"] = {"gradients": bucket, "activations": A, "gathered layer": gathered3, **base,
+                               HOST + "weights": w * P / n, HOST + "optimizer": 16 * T / n}
+    return plan
+
+
+def device_total(parts: dict[str, float], *, overhead: bool = True) -> float:
+    """The bytes one device holds: every part but the host-side ones (and, with `overhead=False`, the runtime's)."""
+    return float(sum(v for k, v in parts.items()
+                     if not k.startswith(HOST) and (overhead or k != "runtime overhead")))
+
+
+def host_total(parts: dict[str, float]) -> float:
+    """The bytes an offloading strategy keeps in host (CPU) memory per process."""
+    return float(sum(v for k, v in parts.items() if k.startswith(HOST)))
+
+
+def plan_choice(cfg: RunConfig) -> str:
+    """The `memory_plan` row of `cfg.distributed` as configured."""
+    d = cfg.distributed
+    if d.strategy == "ddp" or (d.strategy == "none" and d.world_size > 1):
+        return "ddp"
+    if d.strategy == "fsdp":
+        return "fsdp FULL_SHARD + cpu_offload" if d.fsdp.cpu_offload else f"fsdp {d.fsdp.sharding_strategy}"
+    if d.strategy == "deepspeed":
+        ds = d.deepspeed
+        if ds.zero_stage == 3:
+            return "zero3 + offload" if ds.offload_params or ds.offload_optimizer else "zero3"
+        return "zero2 + offload_optimizer" if ds.offload_optimizer else "zero2"
+    return "one process"
+
+
+def _with_batch(parts: dict[str, float], batch: int, configured: int) -> dict[str, float]:
+    out = dict(parts)
+    if "activations" in out:
+        out["activations"] = parts["activations"] * batch / max(configured, 1)
+    return out
+
+
+def suggest_plan(cfg: RunConfig, plan: dict[str, dict[str, float]], budget: float | None,
+                 choice: str | None = None) -> dict[str, Any] | None:
+    """What to change when `choice` (default: `cfg`'s strategy) does not fit `budget` bytes per device; None when
+    it fits (or no budget is known).
+
+    Tried in `SUGGEST_ORDER` (DDP, FSDP SHARD_GRAD_OP, FSDP FULL_SHARD, ZeRO-3, then with offload: each shards more
+    and communicates more than the one before), each at the configured per-device batch, then at half of it, down
+    to 1 (activations scale with the batch): the first strategy that fits at the largest batch wins, so the batch
+    is only cut when no strategy fits the configured one. Returns {"strategy", "batch", "fits", "device_bytes",
+    "budget", "gradient_accumulation_steps", "set" (the `--set` overrides), "message"}; `fits` False when nothing
+    fits even at batch 1 (the message says so).
+    """
+    if not budget or budget <= 0 or not plan:
+        return None
+    choice = choice or plan_choice(cfg)
+    t = cfg.training
+    batch0 = t.per_device_train_batch_size
+    if choice in plan and device_total(plan[choice]) <= budget:
+        return None
+    world = cfg.distributed.world_size
+    order = [s for s in SUGGEST_ORDER if s in plan]
+    if world == 1:  # one device: sharding across one process saves nothing; only offload (and the batch) help
+        order = [s for s in order if "offload" in s]
+    batch = batch0
+    found: tuple[str, int] | None = None
+    while found is None:
+        for s in order:
+            if device_total(_with_batch(plan[s], batch, batch0)) <= budget:
+                found = (s, batch)
+                break
+        if found is None and batch == 1:
+            break
+        batch = max(1, batch // 2) if found is None else batch
+    have = format_bytes(budget)
+    if found is None:
+        best = min(order or [choice], key=lambda s: device_total(_with_batch(plan[s], 1, batch0)))
+        need = device_total(_with_batch(plan[best], 1, batch0))
+        return {"strategy": best, "batch": 1, "fits": False, "device_bytes": need, "budget": budget,
+                "gradient_accumulation_steps": t.gradient_accumulation_steps, "set": {},
+                "message": f"nothing fits {have} per device: even {best} at batch 1 needs {format_bytes(need)}. "
+                           f"Fix: more processes/devices, LoRA (peft.method: lora), a shorter data.max_length, or a "
+                           f"device with more memory."}
+    s, b = found
+    accum = t.gradient_accumulation_steps * max(1, batch0 // b)
+    sets = _strategy_sets(s)
+    if b != batch0:
+        sets.update({"training.per_device_train_batch_size": b, "training.gradient_accumulation_steps": accum})
+    need = device_total(_with_batch(plan[s], b, batch0))
+    cur = device_total(plan[choice]) if choice in plan else float("nan")
+    change = f"use {s}" + (f" with per-device batch {b} (gradient_accumulation_steps {accum} keeps the batch of "
+                           f"{batch0 * t.gradient_accumulation_steps} per process)" if b != batch0 else "")
+    return {"strategy": s, "batch": b, "fits": True, "device_bytes": need, "budget": budget,
+            "gradient_accumulation_steps": accum, "set": sets,
+            "message": f"{choice} needs {format_bytes(cur)} per device, more than {have}: {change}, about "
+                       f"{format_bytes(need)} per device. "
+                       + " ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}"
+                                  for k, v in sets.items())}
+
+
+def _strategy_sets(s: str) -> dict[str, Any]:
+    """The config overrides that select `memory_plan` row `s`."""
+    if s == "one process":
+        return {"distributed.strategy": "none"}
+    if s == "ddp":
+        return {"distributed.strategy": "ddp"}
+    if s.startswith("fsdp"):
+        return {"distributed.strategy": "fsdp", "distributed.fsdp.sharding_strategy": s.split()[1],
+                "distributed.fsdp.cpu_offload": "cpu_offload" in s}
+    stage = 3 if s.startswith("zero3") else 2
+    return {"distributed.strategy": "deepspeed", "distributed.deepspeed.zero_stage": stage,
+            "distributed.deepspeed.offload_optimizer": "offload" in s,
+            "distributed.deepspeed.offload_params": s == "zero3 + offload"}
 
 
 def _run_step_time(run: Any) -> tuple[float, float] | None:
@@ -271,7 +522,7 @@ def _device() -> tuple[str, float, bool]:
 
 def estimate_run(cfg: RunConfig, train_rows: int, *, num_labels: int = 2, mean_tokens: float | None = None,
                  max_tokens: int | None = None, eval_rows: int = 0, runs_root: str | Path | None = None,
-                 model_config: Any = None, probe: bool = False) -> Estimate:
+                 model_config: Any = None, probe: bool = False, memory_budget: float | None = None) -> Estimate:
     """Estimate parameters, peak training memory and wall time of `cfg` on `train_rows` examples.
 
     `mean_tokens`/`max_tokens` come from the data report (token lengths); without them the estimate
@@ -281,6 +532,10 @@ def estimate_run(cfg: RunConfig, train_rows: int, *, num_labels: int = 2, mean_t
     precision (one run slowed by another process does not decide it), with a range from their spread;
     with no such run and `probe`, from a few training steps timed now (`probe_step`); else from a
     tabulated FLOP rate.
+
+    `plan` holds the per-device memory of every strategy for `cfg.distributed`'s process count (`memory_plan`);
+    with `memory_budget` (bytes per device: what the user states, or `device_memory_budget()`), `suggestion` says
+    what to change when the configured strategy does not fit it (`suggest_plan`).
     """
     from .tasks import get_task
 
@@ -310,6 +565,18 @@ def estimate_run(cfg: RunConfig, train_rows: int, *, num_labels: int = 2, mean_t
             est.memory["activations"] = activation_bytes(conf, t.per_device_train_batch_size, seq_max,
                                                          3.0 if mixed else 4.0)
         est.memory["runtime overhead"] = RUNTIME_OVERHEAD_BYTES
+        units = None
+        if conf is not None:
+            try:
+                units = model_units(conf, num_labels, get_task(cfg.task), cfg.distributed.fsdp.auto_wrap)
+            except Exception:  # an architecture the meta build cannot split: the gathered layer is left out
+                est.notes.append("The model's layers could not be sized: FSDP/ZeRO-3 rows leave out the gathered "
+                                 "layer.")
+        # `memory` stays the single-process figure earlier versions showed; the plan counts eager activations.
+        est.plan = memory_plan(cfg, est.total_params, trainable,
+                               est.memory.get("activations", 0.0) * EAGER_ACTIVATION_FACTOR, mixed=mixed, units=units)
+        est.plan_choice = plan_choice(cfg)
+        est.suggestion = suggest_plan(cfg, est.plan, memory_budget)
 
     per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(train_rows / per_step))
@@ -424,6 +691,33 @@ def gpu_memory_note(total_bytes: float) -> str | None:
     return None
 
 
+def device_memory_budget() -> float | None:
+    """Free memory of this machine's first GPU in bytes (what a run there could use); None without a GPU."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return float(torch.cuda.mem_get_info()[0])
+    except (RuntimeError, AssertionError):  # a driver that does not answer: no budget, no suggestion
+        return None
+    return None
+
+
+def plan_table(est: Estimate) -> pd.DataFrame:
+    """`est.plan` as a table: one row per strategy (the configured one marked), MB per part, device and host
+    totals."""
+    rows = []
+    parts = [k for k in ("weights", "gradients", "optimizer", "activations", "gathered layer", "gradient buckets")
+             if any(k in p for p in est.plan.values())]
+    for name, p in est.plan.items():
+        row: dict[str, Any] = {"strategy": name + (" (chosen)" if name == est.plan_choice else "")}
+        row.update({k: p.get(k, 0.0) / 2**20 for k in parts})
+        row["device total"] = device_total(p) / 2**20
+        row["host (offload)"] = host_total(p) / 2**20
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def model_summary(name_or_path: str) -> dict[str, Any]:
     """Architecture facts from config.json for display (empty when the config is not on disk)."""
     conf = load_model_config(name_or_path)
@@ -434,7 +728,8 @@ def model_summary(name_or_path: str) -> dict[str, Any]:
     return {k: getattr(conf, k) for k in keys if getattr(conf, k, None) is not None}
 
 
-__all__ = ["Estimate", "activation_bytes", "count_parameters", "estimate_run", "format_bytes", "format_estimate",
-           "format_seconds", "gpu_memory_note", "load_model_config", "local_model_dir", "measured_step",
-           "measured_steps", "model_summary", "probe_step"]
+__all__ = ["Estimate", "PLAN_ORDER", "SUGGEST_ORDER", "Units", "activation_bytes", "count_parameters",
+           "device_memory_budget", "device_total", "estimate_run", "format_bytes", "format_estimate", "format_seconds",
+           "gpu_memory_note", "host_total", "load_model_config", "local_model_dir", "measured_step", "measured_steps",
+           "memory_plan", "model_summary", "model_units", "plan_choice", "plan_table", "probe_step", "suggest_plan"]
 
