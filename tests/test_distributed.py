@@ -215,7 +215,8 @@ def test_fsdp_stops_gracefully_and_resumes_on_three_processes(tiny_llama, tmp_pa
     assert "resumed with 3 process(es)" in st.get("note", "")
     assert h.run.config().distributed.nproc_per_node == 3
     steps = h.run.metrics().query("kind == 'train'")["step"].tolist()
-    assert steps == sorted(set(steps)) and steps[-1] == 40 and stopped_at in steps  # one row per step, no gap
+    # one row per logged step (every 2), none missing around the stop at step {stopped_at}, none twice
+    assert steps == sorted(set(steps)) and set(range(2, 41, 2)) <= set(steps) and steps[-1] == 40, (stopped_at, steps)
     assert (h.run.model_dir / "model.safetensors").is_file()
 
 
