@@ -169,6 +169,7 @@ def test_i13_5_weighted_loss_matches_a_hand_computed_batch(tiny_bert, tmp_path):
     from workbench.trainer import WorkbenchTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
+    torch.manual_seed(0)  # the new head's initial weights: seeded, so the weighted/unweighted gap is the same each run
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     texts = ["good film", "awful plot", "great cast", "dull", "superb music", "lovely"]
     labels = torch.tensor([1, 0, 1, 0, 1, 1])
