@@ -287,17 +287,24 @@ def _config_grants(cfg: Any) -> dict[str, bool]:
     return {"trust_remote_code": cfg.model.trust_remote_code, "allow_pickle": cfg.model.allow_pickle}
 
 
-def cmd_train(a: argparse.Namespace) -> int:
+def _distributed_config(a: argparse.Namespace) -> Any:
+    """The config of `train`/`launch-cmd`: the file, then `--set`, `--name`, `--output-dir` and the distributed flags;
+    its load notes printed."""
     from .config import load_config
     sets = _parse_sets(a.set)
     if a.name:
         sets["name"] = a.name
-    if a.output_dir:
+    if getattr(a, "output_dir", None):
         sets["output_dir"] = a.output_dir
     notes = _distributed_sets(a, sets, _file_strategy(a.config, sets))
     cfg = load_config(a.config, sets)
     for note in cfg.load_notes + notes:
         print(f"note: {note}", file=sys.stderr)
+    return cfg
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    cfg = _distributed_config(a)
     if not 0 <= a.node_rank < cfg.distributed.nnodes:
         from .errors import ConfigError
         raise ConfigError(f"--node-rank {a.node_rank}: machines are numbered 0 to distributed.nnodes - 1 "
@@ -339,15 +346,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_launch_cmd(a: argparse.Namespace) -> int:
-    from .config import load_config
     from .distributed import accelerate_config, cluster_command, deepspeed_config
-    sets = _parse_sets(a.set)
-    if a.name:
-        sets["name"] = a.name
-    notes = _distributed_sets(a, sets, _file_strategy(a.config, sets))
-    cfg = load_config(a.config, sets)
-    for note in cfg.load_notes + notes:
-        print(f"note: {note}", file=sys.stderr)
+    cfg = _distributed_config(a)
     print(cluster_command(cfg, a.config))
     print("# accelerate's config file for the same launch (`accelerate launch --config_file F -m workbench.worker "
           "RUN --rank-process`; the run writes it as launch/accelerate_config.yaml):")
